@@ -1,0 +1,24 @@
+# Every target does its own set-up: a virtualenv in .venv with the project installed (editable,
+# with the test extras), rebuilt when pyproject.toml or setup.py change.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: run test check bench clean
+
+$(STAMP): pyproject.toml setup.py $(wildcard native/*.pyx native/*.pxd)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel Cython
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+run: $(STAMP)
+	$(VENV)/bin/clbscf-proxy --listen :8080
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info proxy/_speedups/*.so native/*.c

@@ -1,0 +1,1 @@
+"""Compiled twins of hot-path modules (built from native/*.pyx); may be empty."""

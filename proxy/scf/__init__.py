@@ -1,0 +1,1 @@
+"""Function backends: the CLB event codec, local worker instances, remote invocation."""
