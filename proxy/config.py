@@ -1,17 +1,47 @@
 """The configuration as a value: TOML -> validated, frozen dataclasses.
 
 Owns the schema of SPEC §1-2 (listeners, rules, targets, functions, remote SCF), its defaults
-(CLB's), and its validation. Every error is a ConfigError naming the file, the path to the field
-and what was expected: ``rules.toml: listener[0].rule[2].target[1].weight: must be 0..100, got
-150``. Unknown keys are errors. No I/O beyond reading the file in ``load_config`` (certificate
-*contents* are checked by tls.py, code directories by scf/local.py).
+(CLB's), its validation, the embedded default and the CLI's ``--listen`` overrides. Every error is
+a ConfigError naming the file, the path to the field and what was expected: ``rules.toml:
+listener[0].rule[2].target[1].weight: must be 0..100, got 150``.
+
+Strategy: one table of checks per section (key -> check function); a check validates one value
+at its field path and returns it converted, raising the internal ``_Invalid``, which the public
+entry points turn into ConfigError with the file's name in front. Cross-field rules (duplicates,
+default_domain, SCF target resolution, secrets in the environment) run after the tables.
+
+I/O: reading the file, and one stat per path field (function ``code`` must be a directory,
+certificates and ``ca_file`` must be files). It does not read certificate *contents* (tls.py) nor
+import handlers (scf/local.py). It knows nothing of sockets, asyncio or HTTP.
+
+Decisions where the SPEC is silent (ours):
+- ``port = 0`` means "bind any free port" (tests); such listeners never clash with each other.
+- An HTTPS listener in the file must list certificates; only embedded_default and
+  with_listen_overrides (the CLI path) may produce an HTTPS listener without them, and the CLI
+  then makes the development certificate. An HTTP listener with certificates is an error.
+- Listener knobs accept shorter timeouts than CLB's console (30..120 s) so tests can be quick.
+- The health check's ``timeout`` must not exceed its ``interval``.
+- A regex url's space after the modifier (``~* \\.png$``) is dropped; exact and wildcard domains
+  are lower-cased; the normalised domain and url identify the rule and feed its location_id.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import ipaddress
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
+from .builtin import HELLO_CODE_DIR
 from .errors import ConfigError
 
 SCHEDULERS = ("WRR", "LEAST_CONN", "IP_HASH")
@@ -19,6 +49,10 @@ PROTOCOLS = ("HTTP", "HTTPS")
 TARGET_TYPES = ("SCF", "CVM")
 REMOTE_ACTIONS = ("InvokeFunction", "Invoke")
 DEFAULT_ENDPOINT = "https://scf.tencentcloudapi.com"
+#: the credentials of remote invocation; read from the environment only, never from the file
+SECRET_VARIABLES = ("TENCENTCLOUD_SECRETID", "TENCENTCLOUD_SECRETKEY")
+#: environment prefixes the SCF runtime reserves for itself (SPEC §7)
+RESERVED_ENV_PREFIXES = ("SCF_", "QCLOUD_", "TENCENTCLOUD_")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +87,8 @@ class Target:
         """How logs, metrics and the admin API name this target."""
         if self.type == "CVM":
             return f"CVM:{self.address}"
+        if not self.function:  # served only by its invoke_url
+            return f"SCF:{self.invoke_url}"
         return f"SCF:{self.namespace}/{self.function}"
 
 
@@ -95,6 +131,10 @@ class Listener:
     max_header_count: int = 100
     max_request_line: int = 8192
     max_connections: int = 10000
+    # TLS and redirects (issue 5)
+    hsts_max_age: int = 0  # HTTPS: > 0 adds Strict-Transport-Security with this max-age
+    ssl_handshake_timeout: float = 10.0  # HTTPS: a handshake not done by then is dropped
+    redirect_https_port: int = 0  # HTTP: > 0 answers every request with 301 to https://host:port
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,5 +183,603 @@ class Config:
         return None
 
 
-def _unused() -> ConfigError:  # placeholder removed by the loader implementation
-    return ConfigError("")
+# --- public entry points -------------------------------------------------------------------
+
+
+def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the TOML file at ``path``; relative paths in it are from its folder."""
+    # abspath, not resolve(): a symlinked config (a Kubernetes ConfigMap) must be re-read
+    # through the link at reload, not pinned to the file it pointed to the first time.
+    source = Path(os.path.abspath(path))
+    try:
+        data = tomllib.loads(source.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{source.name}: cannot read {source}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source.name}: must be UTF-8 text, got byte {exc.start}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        line = re.search(r"at line (\d+)", str(exc))
+        where = f" line {line.group(1)}:" if line else ""
+        raise ConfigError(f"{source.name}:{where} invalid TOML: {exc}") from exc
+    return parse_config(data, source, source.parent, environ)
+
+
+def parse_config(data: Mapping[str, object], source: Path | None, base_dir: Path,
+                 environ: Mapping[str, str] | None = None) -> Config:
+    """Validate parsed TOML; errors name ``source``'s file name (``<config>`` when None)."""
+    env = os.environ if environ is None else environ
+    with _errors_named(source.name if source is not None else "<config>"):
+        values = _fields(_Ctx(Path(os.path.abspath(base_dir))), "", data, _TOP_FIELDS)
+        config = Config(listeners=values.get("listener", ()), functions=values.get("function", ()),
+                        scf=values.get("scf"),
+                        load_balancer_id=values.get("load_balancer_id", "lb-local"), source=source)
+        _check_listeners(config.listeners)
+        _check_functions(config.functions)
+        _check_scf_targets(config, env)
+    return config
+
+
+def embedded_default(host: str, port: int, tls: bool = False,
+                     certificates: tuple[Certificate, ...] = ()) -> Config:
+    """SPEC §2's config for ``--listen`` without ``--config``: every Host -> the Hello function.
+
+    With ``tls`` and no certificates the listener is HTTPS without any: the CLI must then make
+    the development certificate.
+    """
+    with _errors_named("<config>"):
+        _check_bind("listener[0]", host, port)
+    target = Target(type="SCF", weight=10, namespace="default", function="hello")
+    listener = Listener(name="default", protocol="HTTPS" if tls else "HTTP", port=port, host=host,
+                        certificates=certificates, default_domain="localhost",
+                        rules=(Rule(domain="localhost", url="/", targets=(target,)),))
+    hello = Function(namespace="default", name="hello", handler="index.main_handler",
+                     code=Path(os.path.abspath(HELLO_CODE_DIR)))
+    return Config(listeners=(_with_location_ids(listener),), functions=(hello,))
+
+
+def with_listen_overrides(config: Config, listens: Sequence[tuple[str, int]], tls: bool,
+                          certificates: tuple[Certificate, ...] = ()) -> Config:
+    """Apply the CLI's repeated ``--listen [host]:port`` to ``config``.
+
+    Each address either moves the first not-yet-moved listener on that port to its host, or
+    adds a copy of the first listener (rules included) named ``listen-<port>``, HTTPS when
+    ``tls`` or the port is 443, with ``certificates`` (else the copied listener's). A moved
+    listener keeps its protocol and certificates.
+    """
+    listeners = list(config.listeners)
+    moved: set[int] = set()
+    with _errors_named("--listen"):
+        for host, port in listens:
+            where = _show_hostport(host, port)
+            _check_bind(where, host, port)
+            index = next((i for i, lst in enumerate(config.listeners)
+                          if lst.port == port and i not in moved), None)
+            if index is not None:
+                moved.add(index)
+                listeners[index] = replace(listeners[index], host=host)
+            elif not config.listeners:
+                raise _Invalid(where, "needs a listener in the config to copy rules from, got none")
+            else:
+                listeners.append(_copy_listener(config.listeners[0], host, port, tls, certificates,
+                                                {lst.name for lst in listeners}))
+        _check_listeners(listeners)
+    return replace(config, listeners=tuple(listeners))
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``":8080"``, ``"8080"``, ``"0.0.0.0:8080"``, ``"[::1]:8080"`` -> (host, port); "" = all."""
+    hostport = _split_hostport(text if ":" in text else ":" + text)  # "8080" is ":8080"
+    if hostport is None or hostport[1] > 65535:
+        raise ConfigError(f"--listen: must be [host]:port (IPv6 as [::1]:port, port 0..65535), "
+                          f"got {_show(text)}")
+    return hostport
+
+
+def location_id(listener: str, domain: str, url: str) -> str:
+    """The stable LocationId of a rule: the same listener name, domain and url give the same id."""
+    return "loc-" + hashlib.sha1(f"{listener}\0{domain}\0{url}".encode()).hexdigest()[:8]
+
+
+def normalize_domain(text: str) -> str:
+    """A rule domain checked and normalised (for the admin API's CreateRule); ConfigError if bad."""
+    with _errors_named(""):
+        return str(_domain(_NO_FILES, "domain", text))
+
+
+def normalize_url(text: str) -> str:
+    """A rule url checked and normalised (for the admin API's CreateRule); ConfigError if bad."""
+    with _errors_named(""):
+        return str(_url(_NO_FILES, "url", text))
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+class _Invalid(Exception):
+    """One bad value: its field path and "<what was expected>, got <value>"."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+def _bad(path: str, expected: str, value: object) -> _Invalid:
+    return _Invalid(path, f"{expected}, got {_show(value)}")
+
+
+@contextmanager
+def _errors_named(label: str) -> Iterator[None]:
+    try:
+        yield
+    except _Invalid as exc:
+        raise ConfigError(f"{label}: {exc}" if label else str(exc)) from None
+
+
+def _show(value: object) -> str:
+    """A value as TOML would spell it, short enough for one error line."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, list):
+        text = "[" + ", ".join(_show(v) for v in value) + "]"
+        return text if len(text) <= 80 else f"an array of {len(value)}"
+    return str(value)
+
+
+def _show_hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# --- value checks: (ctx, field path, raw value) -> converted value --------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Ctx:
+    base_dir: Path  # relative paths in the file are relative to its folder (SPEC §2)
+
+
+Check = Callable[[_Ctx, str, object], Any]
+_NO_FILES = _Ctx(Path("/"))  # for checks of values that are not paths
+
+
+def _integer(lo: int, hi: int) -> Check:
+    def check(ctx: _Ctx, path: str, value: object) -> int:
+        # TOML booleans are Python bools, which are ints: `weight = true` must not pass as 1.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _bad(path, f"must be an integer {lo}..{hi}", value)
+        if not lo <= value <= hi:
+            raise _bad(path, f"must be {lo}..{hi}", value)
+        return value
+    return check
+
+
+def _number(lo: float, hi: float) -> Check:
+    def check(ctx: _Ctx, path: str, value: object) -> float:
+        # TOML allows inf and nan; neither is a usable number of seconds or bytes.
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
+            raise _bad(path, f"must be a number {lo:g}..{hi:g}", value)
+        if not lo <= value <= hi:
+            raise _bad(path, f"must be {lo:g}..{hi:g}", value)
+        return float(value)
+    return check
+
+
+def _boolean(ctx: _Ctx, path: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _bad(path, "must be true or false", value)
+    return value
+
+
+def _string(pattern: str, expected: str) -> Check:
+    compiled = re.compile(pattern)
+
+    def check(ctx: _Ctx, path: str, value: object) -> str:
+        if not isinstance(value, str) or not compiled.fullmatch(value):
+            raise _bad(path, f"must be {expected}", value)
+        return value
+    return check
+
+
+def _choice(options: tuple[str, ...]) -> Check:
+    return _string("|".join(map(re.escape, options)), "one of " + ", ".join(options))
+
+
+def _or_empty(check: Check) -> Check:
+    def or_empty(ctx: _Ctx, path: str, value: object) -> Any:
+        return "" if value == "" else check(ctx, path, value)
+    return or_empty
+
+
+_PATH_KINDS: dict[str, Callable[[Path], bool]] = {"file": Path.is_file, "directory": Path.is_dir}
+
+
+def _existing(kind: str) -> Check:
+    def check(ctx: _Ctx, path: str, value: object) -> Path:
+        if not isinstance(value, str) or not value:
+            raise _bad(path, f"must be the path of a {kind}", value)
+        resolved = Path(os.path.abspath(ctx.base_dir / value))  # an absolute value stays as is
+        if not _PATH_KINDS[kind](resolved):
+            raise _bad(path, f"must be an existing {kind} ({resolved})", value)
+        return resolved
+    return check
+
+
+def _array(item: Check) -> Check:
+    def check(ctx: _Ctx, path: str, value: object) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise _bad(path, "must be an array", value)
+        return tuple(item(ctx, f"{path}[{i}]", v) for i, v in enumerate(value))
+    return check
+
+
+def _http_url(ctx: _Ctx, path: str, value: object) -> str:
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _bad(path, "must be an http:// or https:// URL", value)
+    return str(value)
+
+
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                          r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+_HOSTPORT_RE = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]*)):(?P<port>[0-9]{1,5})")
+
+
+def _is_host(text: str, version: int | None = None) -> bool:
+    """An IP literal (of ``version`` when given) or, with no version, a DNS name."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return version is None and _HOSTNAME_RE.fullmatch(text) is not None
+    return version in (None, address.version)
+
+
+def _split_hostport(text: str) -> tuple[str, int] | None:
+    match = _HOSTPORT_RE.fullmatch(text)
+    if match is None:
+        return None
+    v6, host = match["v6"], match["host"]
+    if (v6 is not None and not _is_host(v6, 6)) or (host and not _is_host(host)):
+        return None
+    return (v6 if v6 is not None else host), int(match["port"])
+
+
+def _bind_host(ctx: _Ctx, path: str, value: object) -> str:
+    if not isinstance(value, str) or (value and not _is_host(value)):
+        raise _bad(path, 'must be "" (all addresses), an IP address or a host name', value)
+    return value
+
+
+def _address(ctx: _Ctx, path: str, value: object) -> str:
+    hostport = _split_hostport(value) if isinstance(value, str) else None
+    if hostport is None or not hostport[0] or not 1 <= hostport[1] <= 65535:
+        raise _bad(path, "must be host:port (IPv6 as [::1]:80) with port 1..65535", value)
+    return str(value)
+
+
+def _cidr(ctx: _Ctx, path: str, value: object) -> str:
+    try:
+        # strict=False: "10.1.2.3/8" means the network 10.0.0.0/8; stored in canonical form
+        return str(ipaddress.ip_network(value if isinstance(value, str) else "", strict=False))
+    except ValueError:
+        raise _bad(path, "must be an IP network such as 10.0.0.0/8 or 2001:db8::/32",
+                   value) from None
+
+
+def _regex(path: str, pattern: str, flags: int, value: object) -> None:
+    if not pattern:
+        raise _bad(path, "must have a regular expression after the modifier", value)
+    try:
+        re.compile(pattern, flags)
+    except re.error as exc:
+        raise _bad(path, f"must be a valid regular expression ({exc})", value) from None
+
+
+# clb-scf-facts.md §5.1: a-z 0-9 . - _, not starting with "_"; labels must not be empty.
+_EXACT_DOMAIN_RE = re.compile(r"[a-z0-9-][a-z0-9_-]*(?:\.[a-z0-9_-]+)*")
+_DOMAIN_EXPECTED = ("must be an exact name of a-z 0-9 . - _ (not starting with _), *.suffix, "
+                    "prefix.* or ~regex")
+
+
+def _domain(ctx: _Ctx, path: str, value: object) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= 80:
+        raise _bad(path, "must be a domain of 1..80 characters", value)
+    if value.startswith("~"):  # a regex domain: one "~", nginx-style (§5.1)
+        if "~" in value[1:]:
+            raise _bad(path, "must hold only one ~", value)
+        _regex(path, value[1:], 0, value)
+        return value
+    name = value.lower()  # host names are case-insensitive (RFC 9110 §4.2.3)
+    body = name[2:] if name.startswith("*.") else name[:-2] if name.endswith(".*") else name
+    if not _EXACT_DOMAIN_RE.fullmatch(body):
+        raise _bad(path, _DOMAIN_EXPECTED, value)
+    return name
+
+
+def _fixed_domain(ctx: _Ctx, path: str, value: object) -> str:
+    name = _domain(ctx, path, value)
+    if name.startswith("~") or "*" in name:  # §6.2: the health check's Host is a fixed name
+        raise _bad(path, "must be a fixed domain name (no wildcard, no regex)", value)
+    return name
+
+
+# clb-scf-facts.md §5.2: the characters of a non-regex url; regex modifiers and their flags.
+_URL_PATH_RE = re.compile(r"/[A-Za-z0-9._\-/=?]*")
+_REGEX_URL_FLAGS = {"~*": re.IGNORECASE, "~": 0}  # "~*" first: it also starts with "~"
+_LITERAL_URL_MODIFIERS = ("=", "^~", "")
+
+
+def _url(ctx: _Ctx, path: str, value: object) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= 200:
+        raise _bad(path, "must be a url of 1..200 characters", value)
+    for modifier, flags in _REGEX_URL_FLAGS.items():
+        if value.startswith(modifier):
+            pattern = value[len(modifier):].lstrip(" ")  # "~* \.png$" is CLB's own example
+            _regex(path, pattern, flags, value)
+            return modifier + pattern
+    modifier = next(m for m in _LITERAL_URL_MODIFIERS if value.startswith(m))
+    if not _URL_PATH_RE.fullmatch(value[len(modifier):]):
+        raise _bad(path, "must be /path, =/path, ^~/path (characters a-z A-Z 0-9 . - _ / = ?), "
+                   "~regex or ~*regex", value)
+    return value
+
+
+_ENV_KEY_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def _environment(ctx: _Ctx, path: str, value: object) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, Mapping):
+        raise _bad(path, "must be a table of strings", value)
+    for key, text in value.items():
+        if not _ENV_KEY_RE.fullmatch(key) or key.upper().startswith(RESERVED_ENV_PREFIXES):
+            raise _bad(f"{path}.{key}", "must be a name of A-Z a-z 0-9 _ starting with a letter "
+                       "and not starting with " + ", ".join(RESERVED_ENV_PREFIXES), key)
+        if not isinstance(text, str) or "\0" in text:
+            raise _bad(f"{path}.{key}", "must be a string without NUL", text)
+    return tuple(value.items())
+
+
+# --- sections: tables of checks -------------------------------------------------------------
+
+#: TOML key -> the name used in field paths (the SPEC's `target[1]`) and dataclass fields
+_PATH_NAMES = {"targets": "target"}
+_FIELD_NAMES = {"rule": "rules"}
+#: an unknown key that looks like a credential gets this answer, and its value is not echoed
+_SECRET_WORDS = ("secret", "token", "password", "credential")
+
+
+def _fields(ctx: _Ctx, path: str, value: object, checks: Mapping[str, Check],
+            required: tuple[str, ...] = (), what: str = "") -> dict[str, Any]:
+    """Check a table key by key (unknown keys are errors); returns dataclass keyword values."""
+    if not isinstance(value, Mapping):
+        raise _bad(path or "top level", "must be a table", value)
+    out: dict[str, Any] = {}
+    for key, raw in value.items():
+        sub = f"{path}.{_PATH_NAMES.get(key, key)}" if path else key
+        check = checks.get(key)
+        if check is None and any(w in key.lower() for w in _SECRET_WORDS):
+            raise _Invalid(sub, "credentials are never read from the config file; set "
+                           + ", ".join(SECRET_VARIABLES) + " (and TENCENTCLOUD_SESSIONTOKEN) "
+                           "in the environment")
+        if check is None:
+            raise _bad(sub, f"unknown key{what}, expected one of " + ", ".join(checks), key)
+        out[_FIELD_NAMES.get(key, key)] = check(ctx, sub, raw)
+    for key in required:
+        if _FIELD_NAMES.get(key, key) not in out:
+            raise _Invalid(f"{path}.{key}" if path else key, "is required, got nothing")
+    return out
+
+
+def _section(kind: Callable[..., Any], checks: Mapping[str, Check],
+             required: tuple[str, ...] = ()) -> Check:
+    def check(ctx: _Ctx, path: str, value: object) -> Any:
+        return kind(**_fields(ctx, path, value, checks, required))
+    return check
+
+
+_HEALTH_CHECK_FIELDS: dict[str, Check] = {  # clb-scf-facts.md §6.2 (interval 2: quick tests)
+    "enabled": _boolean, "interval": _integer(2, 300), "healthy_threshold": _integer(2, 10),
+    "unhealthy_threshold": _integer(2, 10), "timeout": _integer(1, 60),
+    "http_codes": _integer(1, 31), "path": _string(r"/[!-~]{0,199}", "a path starting with /"),
+    "method": _choice(("HEAD", "GET")), "domain": _or_empty(_fixed_domain),
+}
+
+
+def _health_check(ctx: _Ctx, path: str, value: object) -> HealthCheck:
+    check = HealthCheck(**_fields(ctx, path, value, _HEALTH_CHECK_FIELDS))
+    if check.timeout > check.interval:  # a check must end before the next one starts
+        raise _bad(f"{path}.timeout", f"must be <= interval ({check.interval})", check.timeout)
+    return check
+
+
+_NAME = r"[A-Za-z](?:[A-Za-z0-9_-]{0,58}[A-Za-z0-9])?"  # SCF's function and namespace names
+_NAME_EXPECTED = "a name of letters, digits, - and _ (1..60, starting with a letter)"
+_COMMON_TARGET_FIELDS: dict[str, Check] = {"type": _choice(TARGET_TYPES),
+                                           "weight": _integer(0, 100)}
+_TARGET_FIELDS: dict[str, dict[str, Check]] = {
+    "SCF": {**_COMMON_TARGET_FIELDS, "namespace": _string(_NAME, _NAME_EXPECTED),
+            "function": _string(_NAME, _NAME_EXPECTED),
+            "qualifier": _string(r"\$LATEST|\$DEFAULT|[0-9]+|" + _NAME,
+                                 "$LATEST, $DEFAULT, a version number or an alias"),
+            "invoke_url": _http_url},
+    "CVM": {**_COMMON_TARGET_FIELDS, "address": _address},
+}
+_TARGET_REQUIRED = {"SCF": (), "CVM": ("address",)}
+
+
+def _target(ctx: _Ctx, path: str, value: object) -> Target:
+    if not isinstance(value, Mapping):
+        raise _bad(path, "must be a table", value)
+    if "type" not in value:
+        raise _Invalid(f"{path}.type", "is required (SCF or CVM), got nothing")
+    # the type decides which other keys are allowed, so it is checked first
+    kind = _choice(TARGET_TYPES)(ctx, f"{path}.type", value["type"])
+    target = Target(**_fields(ctx, path, value, _TARGET_FIELDS[kind], _TARGET_REQUIRED[kind],
+                              f" for a target of type {kind}"))
+    if kind == "SCF" and not (target.function or target.invoke_url):
+        raise _Invalid(f"{path}.function", "is required (or invoke_url), got nothing")
+    return target
+
+
+_RULE_FIELDS: dict[str, Check] = {
+    "domain": _domain, "url": _url, "scheduler": _choice(SCHEDULERS),
+    "health_check": _health_check, "targets": _array(_target),
+}
+
+_LISTENER_FIELDS: dict[str, Check] = {
+    "name": _string(r"[A-Za-z0-9][A-Za-z0-9._-]{0,59}", "a name of letters, digits, ., - and _"),
+    "protocol": _choice(PROTOCOLS), "port": _integer(0, 65535), "host": _bind_host,
+    "certificates": _array(_section(Certificate, {"cert": _existing("file"),
+                                                  "key": _existing("file")}, ("cert", "key"))),
+    "default_domain": _or_empty(_domain),
+    "rule": _array(_section(Rule, _RULE_FIELDS, ("domain", "url"))),
+    # CLB custom-configuration knobs; shorter timeouts than CLB's console allows, for tests
+    "client_header_timeout": _number(0.001, 3600), "client_body_timeout": _number(0.001, 3600),
+    "keepalive_timeout": _number(0, 3600),  # 0 turns keep-alive off, as on CLB
+    "client_max_body_size": _integer(1, 10240 * 1024 * 1024),  # CLB: 1..10240M
+    "proxy_connect_timeout": _number(0.001, 120), "proxy_read_timeout": _number(0.001, 3600),
+    "trusted_proxies": _array(_cidr),
+    "max_header_size": _integer(1024, 1024 * 1024), "max_header_count": _integer(1, 1000),
+    "max_request_line": _integer(256, 65536), "max_connections": _integer(1, 1_000_000),
+    "hsts_max_age": _integer(0, 10 * 365 * 86400), "ssl_handshake_timeout": _number(0.1, 300),
+    "redirect_https_port": _integer(0, 65535),
+}
+
+
+def _listener(ctx: _Ctx, path: str, value: object) -> Listener:
+    values = _fields(ctx, path, value, _LISTENER_FIELDS, ("protocol", "port"))
+    values.setdefault("name", f"{values['protocol'].lower()}-{values['port']}")
+    listener = Listener(**values)
+    if listener.protocol == "HTTPS" and listener.redirect_https_port:
+        raise _bad(f"{path}.redirect_https_port", "only for an HTTP listener",
+                   listener.redirect_https_port)
+    if listener.protocol == "HTTP" and listener.hsts_max_age:
+        raise _bad(f"{path}.hsts_max_age", "only for an HTTPS listener (RFC 6797 §7.2)",
+                   listener.hsts_max_age)
+    if (listener.protocol == "HTTPS") != bool(listener.certificates):
+        expected = {"HTTPS": "an HTTPS listener needs at least one { cert, key }",
+                    "HTTP": "only an HTTPS listener takes certificates"}[listener.protocol]
+        raise _bad(f"{path}.certificates", expected, values.get("certificates", []))
+    seen: dict[tuple[str, str], int] = {}
+    for j, rule in enumerate(listener.rules):
+        first = seen.setdefault((rule.domain, rule.url), j)
+        if first != j:
+            raise _Invalid(f"{path}.rule[{j}]", "domain and url must be unique in a listener, "
+                           f"got {_show(rule.domain)} {_show(rule.url)} again "
+                           f"(first at {path}.rule[{first}])")
+    domains = [rule.domain for rule in listener.rules]
+    if listener.default_domain and listener.default_domain not in domains:
+        raise _bad(f"{path}.default_domain", "must be the domain of one of the listener's rules "
+                   f"({', '.join(map(_show, dict.fromkeys(domains))) or 'none'})",
+                   listener.default_domain)
+    return _with_location_ids(replace(listener, default_domain=listener.default_domain
+                                      or (domains[0] if domains else "")))
+
+
+_FUNCTION_FIELDS: dict[str, Check] = {
+    "namespace": _string(_NAME, _NAME_EXPECTED), "name": _string(_NAME, _NAME_EXPECTED),
+    "handler": _string(r"(?a)[A-Za-z_]\w*(?:[./][A-Za-z_]\w*)*\.[A-Za-z_]\w*",
+                       "file.function, such as index.main_handler"),
+    "code": _existing("directory"),
+    "runtime": _string(r"Python3\.[0-9]{1,2}", "Python3.x"),
+    "timeout": _integer(1, 900), "memory": _integer(64, 3072), "concurrency": _integer(1, 1000),
+    "environment": _environment, "debug": _boolean, "idle_timeout": _number(0.001, 86400),
+    "min_instances": _integer(0, 1000), "queue_size": _integer(0, 100_000),
+    "queue_timeout": _number(0, 3600),  # 0: a request never waits for a busy instance
+}
+
+
+def _function(ctx: _Ctx, path: str, value: object) -> Function:
+    values = _fields(ctx, path, value, _FUNCTION_FIELDS, ("name", "code"))
+    fn = Function(**{"namespace": "default", "handler": "index.main_handler", **values})
+    if fn.min_instances > fn.concurrency:
+        raise _bad(f"{path}.min_instances", f"must be <= concurrency ({fn.concurrency})",
+                   fn.min_instances)
+    return fn
+
+
+_TOP_FIELDS: dict[str, Check] = {
+    "listener": _array(_listener), "function": _array(_function),
+    "scf": _section(RemoteScf, {"region": _string(r"[a-z]{2,}(?:-[a-z0-9]+)+",
+                                                   "a region such as ap-guangzhou"),
+                                "endpoint": _http_url, "action": _choice(REMOTE_ACTIONS),
+                                "ca_file": _existing("file")}, ("region",)),
+    "load_balancer_id": _string(r"[a-z0-9-]{1,60}", "letters a-z, digits and - (1..60)"),
+}
+
+
+# --- cross-field rules ----------------------------------------------------------------------
+
+
+def _check_bind(path: str, host: str, port: int) -> None:
+    _bind_host(_NO_FILES, f"{path}.host", host)
+    _integer(0, 65535)(_NO_FILES, f"{path}.port", port)
+
+
+def _check_listeners(listeners: Sequence[Listener]) -> None:
+    """Names are unique; two listeners never bind the same port on overlapping addresses."""
+    for i, lst in enumerate(listeners):
+        for j, other in enumerate(listeners[:i]):
+            if other.name == lst.name:
+                raise _bad(f"listener[{i}].name", f"must be unique (listener[{j}] has it)",
+                           lst.name)
+            # "" binds every address, so it clashes with any host on the same port; port 0
+            # is a fresh free port each time and never clashes.
+            if lst.port and other.port == lst.port and (
+                    other.host == lst.host or "" in (other.host, lst.host)):
+                raise _bad(f"listener[{i}].port", f"must not be bound twice (listener[{j}] "
+                           f"binds {_show_hostport(other.host, other.port)})", lst.port)
+
+
+def _check_functions(functions: Sequence[Function]) -> None:
+    for i, fn in enumerate(functions):
+        first = next(j for j, other in enumerate(functions) if other.key == fn.key)
+        if first != i:
+            raise _bad(f"function[{i}]", f"must be unique (function[{first}] defines it)", fn.key)
+
+
+def _scf_targets(listeners: Sequence[Listener]) -> Iterator[tuple[str, Target]]:
+    for i, lst in enumerate(listeners):
+        for j, rule in enumerate(lst.rules):
+            for k, target in enumerate(rule.targets):
+                if target.type == "SCF":
+                    yield f"listener[{i}].rule[{j}].target[{k}]", target
+
+
+def _check_scf_targets(config: Config, environ: Mapping[str, str]) -> None:
+    """SPEC §1: a local [[function]], an invoke_url, or a remote call with credentials."""
+    local = {fn.key for fn in config.functions}
+    for path, target in _scf_targets(config.listeners):
+        key = f"{target.namespace}/{target.function}"
+        if target.invoke_url or key in local:
+            continue
+        if config.scf is None:
+            raise _Invalid(f"{path}.function", f"no [[function]] {_show(key)} and no [scf] "
+                           "section for remote invocation")
+        missing = [name for name in SECRET_VARIABLES if not environ.get(name)]
+        if missing:
+            raise _Invalid(path, f"remote invocation of {_show(key)} needs "
+                           f"{' and '.join(SECRET_VARIABLES)} in the environment, "
+                           f"got no {', '.join(missing)}")
+
+
+def _with_location_ids(listener: Listener) -> Listener:
+    rules = tuple(replace(rule, location_id=location_id(listener.name, rule.domain, rule.url))
+                  for rule in listener.rules)
+    return replace(listener, rules=rules)
+
+
+def _copy_listener(base: Listener, host: str, port: int, tls: bool,
+                   certificates: tuple[Certificate, ...], taken: set[str]) -> Listener:
+    https = tls or port == 443
+    name = f"listen-{port}"
+    suffix = 2
+    while name in taken:
+        name, suffix = f"listen-{port}-{suffix}", suffix + 1
+    return _with_location_ids(replace(
+        base, name=name, host=host, port=port, protocol="HTTPS" if https else "HTTP",
+        certificates=(certificates or base.certificates) if https else ()))
