@@ -1,0 +1,129 @@
+"""The forwarded header set: what a backend (SCF event or CVM request) sees of the client's headers.
+
+Owns the hop-by-hop list (RFC 9110 §7.6.1), the headers CLB adds (SPEC §5) and the trusted-proxy
+test for ``X-Forwarded-For``. Strategy: one pass finds the ``Connection`` options, one pass
+filters (hop-by-hop, nominated, forged CLB headers), then ours are appended, so nothing a client
+sends can remove or forge them. Pure: no asyncio, no logging, no knowledge of SCF or CVM
+framing (WebSocket upgrades re-add ``Connection``/``Upgrade`` in the CVM tunnel, not here).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+from .messages import Headers, Request
+
+#: Connection-specific fields never forwarded (RFC 9110 §7.6.1; RFC 9112 §7.1 for TE/Trailer
+#: as framing; Proxy-Connection and Keep-Alive are the common non-standard spellings), plus
+#: ``HTTP2-Settings``, which only means something with an ``Upgrade: h2c`` (RFC 7540 §3.2.1)
+#: that we never forward.
+HOP_BY_HOP: frozenset[str] = frozenset({
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+    "upgrade", "proxy-authenticate", "proxy-authorization", "http2-settings",
+})
+
+#: The headers CLB adds, in the event and to CVM requests (SPEC §5), canonical spelling.
+CLB_HEADERS: tuple[str, ...] = (
+    "X-Stgw-Time", "X-Client-Proto", "X-Forwarded-Proto", "X-Client-Proto-Ver", "X-Real-IP",
+    "X-Forwarded-For",
+)
+_CLB_LOWER = frozenset(name.lower() for name in CLB_HEADERS)
+_XFF = "x-forwarded-for"
+#: Removed from every client message before ours are added.
+_DROP = HOP_BY_HOP | _CLB_LOWER
+#: Fields a client may not nominate for removal in ``Connection``: the router chose the rule
+#: by Host and the backend frames the body by Content-Length; removing either would make the
+#: backend see a different request than the one we routed (RFC 9110 §7.6.1 forbids nominating
+#: fields meant for all recipients anyway).
+_NOT_NOMINABLE = frozenset({"host", "content-length"})
+
+_CACHE_MAX = 1024
+
+
+class TrustedProxies:
+    """The peers (CIDRs) whose ``X-Forwarded-For`` is extended rather than replaced.
+
+    Membership answers are cached: a gateway sees the same few peers over and over, and
+    ``ipaddress`` parsing costs more than the rest of the header pass.
+    """
+
+    __slots__ = ("_networks", "_cache")
+
+    def __init__(self, cidrs: Iterable[str]) -> None:
+        # strict=False: "10.0.0.1/8" means 10.0.0.0/8, as nginx's set_real_ip_from reads it.
+        self._networks = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+        self._cache: dict[str, bool] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._networks)
+
+    def __contains__(self, ip: object) -> bool:
+        if not self._networks or not isinstance(ip, str):
+            return False
+        hit = self._cache.get(ip)
+        if hit is None:
+            hit = self._lookup(ip)
+            if len(self._cache) >= _CACHE_MAX:  # bounded: a scan of many peers cannot grow it
+                self._cache.clear()
+            self._cache[ip] = hit
+        return hit
+
+    def _lookup(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip.split("%", 1)[0])  # drop an IPv6 zone id
+        except ValueError:
+            return False
+        candidates: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = (addr,)
+        # A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d; match them as IPv4 too.
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            candidates = (addr, addr.ipv4_mapped)
+        return any(a in net for a in candidates for net in self._networks)
+
+
+def _connection_options(headers: Headers, lowers: list[str]) -> frozenset[str]:
+    """The field names listed in every ``Connection`` header (RFC 9110 §7.6.1)."""
+    options: set[str] = set()
+    for (_, value), lname in zip(headers, lowers):
+        if lname == "connection":
+            options.update(token.strip().lower() for token in value.split(","))
+    options.discard("")
+    return frozenset(options - _NOT_NOMINABLE)
+
+
+def forwarded_headers(request: Request, trusted: TrustedProxies) -> Headers:
+    """The client's end-to-end headers, names as sent and in order, then the CLB headers."""
+    headers = request.headers
+    lowers = [name.lower() for name, _ in headers]
+    nominated = _connection_options(headers, lowers) if "connection" in lowers else frozenset()
+    client_ip = request.client_ip
+    keep_xff = client_ip in trusted
+    incoming_xff: list[str] = []
+    kept: list[tuple[str, str]] = []
+    for field, lname in zip(headers, lowers):
+        # Nominated fields go first, so a trusted proxy that nominates X-Forwarded-For gets it
+        # treated as hop-by-hop like any other nominated field.
+        if lname in nominated:
+            continue
+        if lname in _DROP:
+            if keep_xff and lname == _XFF:
+                incoming_xff.append(field[1].strip())
+            continue
+        kept.append(field)
+    scheme = request.scheme
+    chain = ", ".join([v for v in incoming_xff if v] + [client_ip])
+    kept += (
+        ("X-Stgw-Time", f"{request.received_at:.3f}"),
+        ("X-Client-Proto", scheme),
+        ("X-Forwarded-Proto", scheme),
+        ("X-Client-Proto-Ver", f"HTTP/{request.http_version}"),
+        # X-Real-IP stays the address we saw even behind a trusted proxy: that proxy vouches
+        # only for the entry it appended to X-Forwarded-For, not for the leftmost one a client
+        # may have written; backends wanting the chain read X-Forwarded-For.
+        ("X-Real-IP", client_ip),
+        ("X-Forwarded-For", chain),
+    )
+    return tuple(kept)
+
+
+__all__ = ["CLB_HEADERS", "HOP_BY_HOP", "TrustedProxies", "forwarded_headers"]
