@@ -1,0 +1,383 @@
+"""One local function instance, seen from the proxy: a worker process and its three channels.
+
+Owns the process side of an instance: starting it (``subprocess.Popen`` with ``pass_fds``: one
+end of a socketpair carries the frames of scf/frames.py; fd 1 and 2 are pipes), sending an
+invocation and taking its reply, logging what the handler prints, noticing the exit, killing.
+The pool (scf/local.py) owns the policy: which instance serves whom, and what a reply means.
+
+Strategy: callbacks only, no task or thread per instance or request. The channel is an
+``asyncio.Protocol``; the pipes and the exit (a pidfd, polled where the kernel has none) are
+``add_reader`` callbacks. Each instance is its own session, so a kill (SIGKILL to the process
+group) also takes the handler's subprocesses. The exit is the authority on death: the socket's
+EOF only starts a short grace for the exit to show, because a handler's forked child may hold
+the socket open. Output is attributed to the request the instance is running: the worker
+flushes before replying and the pipes are drained before the reply is handed on, so what a
+request printed is logged under its id even though pipe and socket are read independently.
+
+Must not know: HTTP, the event's fields, the pool's queue, what a reply status means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
+
+from ..errors import FunctionCrashed, FunctionTimeout, Overloaded, ProxyError
+from . import frames, runtime
+
+if TYPE_CHECKING:
+    from ..config import Function
+
+function_log = logging.getLogger("proxy.function")
+
+#: the directory holding the ``proxy`` package, for the worker's bootstrap
+SOURCE_ROOT = str(Path(__file__).resolve().parents[2])
+#: a cold start (interpreter + handler import) may take this long, apart from ``timeout``
+INIT_TIMEOUT = 30.0
+#: after the channel closes, how long the process may take to exit before it is killed
+EOF_GRACE = 1.0
+EXIT_POLL = 0.05
+#: handler output lines longer than this are logged in pieces
+MAX_LINE = 16 * 1024
+STREAMS = ("stdout", "stderr")
+
+
+class Owner(Protocol):
+    """What an instance needs from its pool (scf/local.py's LocalFunction)."""
+
+    config: Function
+    key: str
+    environment: dict[str, str]
+    closed: bool
+
+    def spawned(self, instance: Instance) -> None: ...
+    def release(self, instance: Instance) -> None: ...
+    def replied(self, instance: Instance, reply: asyncio.Future[bytes] | None, status: str,
+                body: bytes) -> None: ...
+    def gone(self, instance: Instance) -> None: ...
+    def reaped(self, instance: Instance) -> None: ...
+
+
+def logged(exc: ProxyError) -> ProxyError:
+    """``exc``, marked as already written to the log (the router then does not repeat it)."""
+    exc.logged = True
+    return exc
+
+
+def exit_text(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+def _cannot_start(fn: Function, exc: OSError) -> FunctionCrashed:
+    function_log.error("function=%s cannot start an instance: %s", fn.key, exc)
+    crashed = FunctionCrashed("cannot start an instance",
+                              log_detail=f"{fn.key}: cannot start an instance: {exc}")
+    crashed.logged = True
+    return crashed
+
+
+class _Channel(asyncio.Protocol):
+    """The proxy's end of an instance's socketpair: frames in, EOF noticed."""
+
+    def __init__(self, instance: Instance) -> None:
+        self.instance = instance
+        self.decoder = frames.FrameDecoder()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            payloads = self.decoder.feed(data)
+        except frames.FrameError as exc:
+            self.instance.broken(str(exc))
+            return
+        for payload in payloads:
+            self.instance.on_frame(payload)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.instance.on_eof()
+
+
+class Instance:
+    """One worker process: its channel, its output pipes, and what it is doing."""
+
+    def __init__(self, owner: Owner) -> None:
+        self.owner = owner
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pid = 0
+        self.returncode: int | None = None
+        #: resolves once the worker has imported (or failed to import) the handler
+        self.started: asyncio.Future[None] = self.loop.create_future()
+        self.exited: asyncio.Future[int] = self.loop.create_future()
+        self.reply: asyncio.Future[bytes] | None = None
+        self.reply_header: dict[str, Any] | None = None
+        self.request_id = "-"
+        self.last_used = self.loop.time()
+        self.spawned_at = time.perf_counter()
+        self.import_error: str | None = None
+        self.ready = False
+        self.dead = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.pidfd = -1
+        self.outputs: list[int] = []
+        self.partial = [bytearray(), bytearray()]
+
+    # -- starting --------------------------------------------------------------------------
+
+    async def spawn(self) -> None:
+        """Start the process; ``started`` resolves when it has imported the handler."""
+        fn = self.owner.config
+        fds: list[int] = []  # the output pipes: read end, write end, read end, write end
+        try:
+            parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as exc:  # out of file descriptors, most likely
+            raise _cannot_start(fn, exc) from exc
+        try:
+            self.transport, _ = await self.loop.create_unix_connection(
+                lambda: _Channel(self), sock=parent)
+            if self.owner.closed:  # closed while we were connecting: start nothing
+                raise Overloaded("shutting down", log_detail=f"{fn.key}: closed")
+            for _ in STREAMS:
+                fds.extend(os.pipe())
+            self.proc = subprocess.Popen(
+                runtime.worker_argv(SOURCE_ROOT, child.fileno(), fn.handler, fn.memory),
+                stdin=subprocess.DEVNULL, stdout=fds[1], stderr=fds[3],
+                pass_fds=(child.fileno(),), cwd=fn.code, env=self.owner.environment,
+                start_new_session=True)
+        except BaseException as exc:
+            self.dead = True
+            for fd in fds:
+                os.close(fd)
+            if self.transport is not None:
+                self.transport.abort()
+            else:
+                parent.close()
+            if isinstance(exc, OSError):
+                raise _cannot_start(fn, exc) from exc
+            raise
+        finally:
+            child.close()  # the worker's end: only the worker holds it now
+        self.pid = self.proc.pid
+        self.owner.spawned(self)
+        for index in range(len(STREAMS)):
+            read_end, write_end = fds[2 * index], fds[2 * index + 1]
+            os.close(write_end)
+            os.set_blocking(read_end, False)
+            self.loop.add_reader(read_end, self._read_output, index)
+            self.outputs.append(read_end)
+        self._watch_exit()
+        self.timer = self.loop.call_later(INIT_TIMEOUT, self._init_timed_out)
+
+    def _watch_exit(self) -> None:
+        try:
+            self.pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):  # no pidfd (kernel < 5.3): look now and then
+            self.loop.call_later(EXIT_POLL, self._poll_exit)
+            return
+        self.loop.add_reader(self.pidfd, self._on_exit, False)
+
+    def _poll_exit(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.loop.call_later(EXIT_POLL, self._poll_exit)
+        else:
+            self._on_exit(True)
+
+    def _init_timed_out(self) -> None:
+        function_log.warning("function=%s instance pid=%d did not start in %gs; killed",
+                             self.owner.key, self.pid, INIT_TIMEOUT)
+        self.kill(logged(FunctionTimeout("instance did not start", log_detail=(
+            f"{self.owner.key}: instance pid={self.pid} did not import its handler in "
+            f"{INIT_TIMEOUT:g}s"))))
+
+    # -- frames ----------------------------------------------------------------------------
+
+    def on_frame(self, payload: bytes) -> None:
+        if self.dead:
+            return
+        try:
+            message = orjson.loads(payload) if self.reply_header is None else None
+        except orjson.JSONDecodeError:
+            self.broken("a frame that is not JSON")
+            return
+        if not self.ready:
+            self._on_ready(message)
+        elif self.reply is None:
+            self.broken("a frame while idle")
+        elif self.reply_header is None:
+            if not isinstance(message, dict) or message.get("status") not in frames.STATUSES:
+                self.broken(f"a reply header {message!r:.100}")
+                return
+            self.reply_header = message
+        else:
+            status = self.reply_header["status"]
+            self.reply_header = None
+            self._on_reply(status, payload)
+
+    def _on_ready(self, message: Any) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.ready = True
+        self.import_error = message.get("import_error") if isinstance(message, dict) else None
+        self.last_used = self.loop.time()
+        if self.started.cancelled():  # whoever started it went away: it joins the pool
+            self.owner.release(self)
+        elif not self.started.done():
+            self.started.set_result(None)
+
+    def run(self, header: bytes, event: bytes, request_id: str) -> asyncio.Future[bytes]:
+        """Send one invocation; the future gets the result (or a ProxyError) via the owner."""
+        assert self.transport is not None
+        self.request_id = request_id
+        self.reply = reply = self.loop.create_future()
+        length = frames.LENGTH.pack
+        self.transport.writelines((length(len(header)), header, length(len(event)), event))
+        self.timer = self.loop.call_later(self.owner.config.timeout, self._timed_out)
+        return reply
+
+    def _on_reply(self, status: str, body: bytes) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.drain_output()  # what it printed belongs to this request: log it first
+        reply, self.reply = self.reply, None
+        self.last_used = self.loop.time()
+        self.owner.replied(self, reply, status, body)
+
+    def _timed_out(self) -> None:
+        timeout = self.owner.config.timeout
+        function_log.warning("function=%s request_id=%s timed out after %ds (SCF 433); "
+                             "instance pid=%d killed", self.owner.key, self.request_id, timeout,
+                             self.pid)
+        self.kill(logged(FunctionTimeout(
+            "function timed out", log_detail=f"{self.owner.key}: timed out after {timeout}s")))
+
+    def broken(self, what: str) -> None:
+        function_log.error("function=%s instance pid=%d broke the protocol: %s; killed",
+                           self.owner.key, self.pid, what)
+        self.kill(logged(FunctionCrashed("instance broke the protocol",
+                                         log_detail=f"{self.owner.key}: {what}")))
+
+    # -- ending ----------------------------------------------------------------------------
+
+    def kill(self, exc: ProxyError | None) -> None:
+        """Kill the process (and its process group); ``exc`` goes to whoever waits on it."""
+        if self.dead:
+            return
+        self.dead = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        for waiting in (self.started, self.reply):
+            if waiting is not None and not waiting.done():
+                waiting.set_exception(exc or FunctionCrashed("instance retired"))
+                waiting.exception()  # mark it retrieved: its caller may be gone
+        self.reply = None
+        if self.returncode is None and self.pid:
+            # Not reaped yet, so the pid cannot have been reused: safe to signal.
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
+        if self.transport is not None:
+            self.transport.abort()
+        self.owner.gone(self)
+
+    def on_eof(self) -> None:
+        if not self.dead and self.returncode is None:
+            self.loop.call_later(EOF_GRACE, self._eof_expired)
+
+    def _eof_expired(self) -> None:
+        if not self.dead:
+            self._crashed("closed its channel")
+
+    def _on_exit(self, reaped: bool) -> None:
+        assert self.proc is not None
+        if self.pidfd >= 0:
+            self.loop.remove_reader(self.pidfd)
+            os.close(self.pidfd)
+            self.pidfd = -1
+        if not reaped:
+            # The handler's leftover subprocesses, while the unreaped zombie keeps the group
+            # id ours (once reaped, the id could be reused by a stranger).
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
+        self.returncode = self.proc.wait()  # a zombie by now: does not block
+        self.drain_output()
+        if not self.dead:
+            self._crashed(exit_text(self.returncode))
+        for fd in self.outputs:
+            if fd >= 0:
+                self.loop.remove_reader(fd)
+                os.close(fd)
+        self.outputs = []
+        self.owner.reaped(self)
+        self.exited.set_result(self.returncode)
+
+    def _crashed(self, how: str) -> None:
+        busy = self.reply is not None or not self.ready
+        function_log.warning("function=%s request_id=%s instance pid=%d %s %s",
+                             self.owner.key, self.request_id if busy else "-", self.pid, how,
+                             "(SCF 439)" if busy else "while idle")
+        self.kill(logged(FunctionCrashed("function instance crashed", log_detail=(
+            f"{self.owner.key}: instance pid={self.pid} {how} (request {self.request_id})"))))
+
+    # -- output ----------------------------------------------------------------------------
+
+    def _read_output(self, index: int) -> bool:
+        """Log the complete lines in one pipe now; False when there was nothing to read."""
+        fd = self.outputs[index] if index < len(self.outputs) else -1
+        if fd < 0:
+            return False
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return False
+        except OSError:
+            data = b""
+        buf = self.partial[index]
+        if not data:  # every writer closed it: the process and its children are gone
+            self.loop.remove_reader(fd)
+            self.outputs[index] = -1
+            os.close(fd)
+            if buf:
+                self._log_line(index, bytes(buf))
+                buf.clear()
+            return False
+        buf += data
+        while True:
+            cut = buf.find(b"\n")
+            if cut >= 0:
+                self._log_line(index, bytes(buf[:cut]))
+                del buf[: cut + 1]
+            elif len(buf) >= MAX_LINE:
+                self._log_line(index, bytes(buf[:MAX_LINE]))
+                del buf[:MAX_LINE]
+            else:
+                return True
+
+    def drain_output(self) -> None:
+        for index in range(len(self.outputs)):
+            while self._read_output(index):
+                pass
+
+    def _log_line(self, index: int, line: bytes) -> None:
+        function_log.info("function=%s request_id=%s %s: %s", self.owner.key, self.request_id,
+                          STREAMS[index], line.decode("utf-8", "replace").rstrip("\r"))

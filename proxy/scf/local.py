@@ -1,0 +1,406 @@
+"""Local function instances: a pool of worker processes per function, in the proxy's event loop.
+
+Owns the instance lifecycle of SPEC §7: instances start on demand up to ``concurrency`` and run
+one invocation at a time; free ones are reused warm, last in first out, so the least recently
+used ones stay idle and retire after ``idle_timeout`` (one periodic sweep for all functions, no
+timer per instance); ``min_instances`` are kept up. Callers beyond ``concurrency`` wait in a
+bounded queue (``queue_size``, ``queue_timeout``) and get Overloaded (503) past it. Each reply
+status maps to one outcome (the table ``_OUTCOMES``); scf/instance.py turns a timeout and a death
+into FunctionTimeout (504) and FunctionCrashed (502), and the pool replaces the instance.
+
+Strategy: slots, not processes, are counted against ``concurrency``: a slot freed by a death is
+handed straight to the first waiting caller, who starts the replacement, so nobody overtakes the
+queue. Only futures and callbacks on the hot path: no process, thread or task per request.
+
+Decisions (ours):
+- A caller cancelled while its invocation runs (client gone) does not stop it: the instance
+  finishes, the result is dropped, the instance returns to the pool (as SCF runs an invocation
+  whose client went away); the timeout still applies. A caller cancelled while queued frees its
+  place; one cancelled during its instance's cold start leaves that instance to join the pool.
+- ``start()`` checks each handler: a function with ``min_instances`` starts them, one without
+  starts a throwaway instance that is killed as soon as it has reported its import, so the first
+  request is still a cold start. A handler that does not import is a WARNING, never a failed
+  startup; every invocation of it is a FunctionError (SCF 437/443) with an ERROR line.
+- A result that is not JSON is raised here as BadFunctionResponse (the log says why), rather than
+  handing the event decoder bytes it would reject without saying why.
+- A retired instance is killed: an idle worker holds no work to finish, and a kill cannot hang.
+- ``min_instances`` are topped up by the sweep only, so a function that dies while starting is
+  retried once per sweep, never in a tight loop.
+
+Must not know: HTTP, the event's fields, routing, processes (scf/instance.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+
+from ..config import Function
+from ..errors import (BadFunctionResponse, FunctionCrashed, FunctionError,
+                      FunctionResponseTooLarge, Overloaded, PayloadTooLarge, ProxyError)
+from ..messages import Invocation
+from . import frames, runtime
+from .instance import Instance, logged
+
+function_log = logging.getLogger("proxy.function")
+
+#: at most this many import checks at once in start()
+CHECKS_AT_ONCE = max(2, os.cpu_count() or 2)
+
+
+# -- outcomes: reply status -> (result or error, keep the instance) ----------------------------
+
+Outcome = tuple[bytes | ProxyError, bool]
+
+
+def _ok(fn: LocalFunction, inst: Instance, body: bytes) -> Outcome:
+    return body, True
+
+
+def _error(fn: LocalFunction, inst: Instance, body: bytes) -> Outcome:
+    # The handler raised (SCF 430) or cannot be imported (437/443): the body is SCF's error
+    # object, logged whole, stack trace included; the client sees it only with ``debug``.
+    error = orjson.loads(body)
+    function_log.error("function=%s handler=%s request_id=%s %s", fn.key, fn.config.handler,
+                       inst.request_id, body.decode("utf-8", "replace"))
+    return logged(FunctionError(str(error.get("errorMessage", "")), error=error,
+                                debug=fn.config.debug)), True
+
+
+def _memory(fn: LocalFunction, inst: Instance, body: bytes) -> Outcome:
+    function_log.warning("function=%s request_id=%s memory limit of %d MB exceeded (SCF 434); "
+                         "instance pid=%d replaced", fn.key, inst.request_id, fn.config.memory,
+                         inst.pid)
+    return logged(FunctionCrashed("memory limit exceeded", log_detail=(
+        f"{fn.key}: memory limit of {fn.config.memory} MB exceeded (SCF 434)"))), False
+
+
+def _too_large(fn: LocalFunction, inst: Instance, body: bytes) -> Outcome:
+    return FunctionResponseTooLarge("function response too large", log_detail=(
+        f"{fn.key}: {body.decode('utf-8', 'replace')} (SCF 407)")), True
+
+
+def _not_json(fn: LocalFunction, inst: Instance, body: bytes) -> Outcome:
+    return BadFunctionResponse("Analyse scf response failed.", log_detail=(
+        f"{fn.key}: {body.decode('utf-8', 'replace')}")), True
+
+
+_OUTCOMES: dict[str, Callable[[LocalFunction, Instance, bytes], Outcome]] = {
+    frames.OK: _ok, frames.ERROR: _error, frames.IMPORT_ERROR: _error,
+    frames.MEMORY: _memory, frames.TOO_LARGE: _too_large, frames.NOT_JSON: _not_json,
+}
+
+
+# -- the pool --------------------------------------------------------------------------------
+
+
+class LocalFunction:
+    """The instances of one function and the callers waiting for one."""
+
+    def __init__(self, config: Function, region: str, appid: str, uin: str,
+                 wake: Callable[[], None] = lambda: None) -> None:
+        self.config = config
+        self.key = config.key
+        self.environment = runtime.instance_environment(config, region, appid, uin, os.environ)
+        #: the invoke header's fixed part, encoded once
+        self._context = orjson.dumps(runtime.static_context(config, region, appid, uin))
+        self._wake = wake  # starts the idle sweep once there is something to sweep
+        self._instances: set[Instance] = set()  # live: starting, idle or busy
+        self._unreaped: set[Instance] = set()  # every process not waited for yet
+        self._idle: list[Instance] = []  # LIFO: the end is the most recently used
+        self._waiters: deque[asyncio.Future[Instance | None]] = deque()
+        #: live instances + slots handed to waiters that are starting one; <= concurrency
+        self._slots = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.cold_starts = 0
+        self.invocations = 0
+        self.closed = False
+
+    async def invoke(self, event: bytes, request_id: str) -> Invocation:
+        """Run the function on ``event`` (JSON bytes); its return value as JSON bytes."""
+        if len(event) > frames.MAX_EVENT_BYTES:
+            raise PayloadTooLarge(log_detail=f"{self.key}: event of {len(event)} bytes")
+        while True:
+            instance, cold = await self._acquire(request_id)
+            if not instance.dead:  # one handed over can have died before we resumed
+                break
+        header = b'{"request_id":%b,"context":%b}' % (orjson.dumps(request_id), self._context)
+        began = time.perf_counter()
+        reply = instance.run(header, event, request_id)
+        self.invocations += 1
+        result = await reply
+        return Invocation(result, request_id, cold, (time.perf_counter() - began) * 1000.0)
+
+    def stats(self) -> dict[str, int]:
+        """Counters for metrics: instances (total/busy/idle/starting), queue, starts, calls."""
+        starting = sum(1 for i in self._instances if not i.ready)
+        return {"instances": len(self._instances), "idle": len(self._idle),
+                "busy": len(self._instances) - len(self._idle) - starting,
+                "starting": starting, "queued": len(self._waiters),
+                "cold_starts": self.cold_starts, "invocations": self.invocations}
+
+    # -- getting an instance ---------------------------------------------------------------
+
+    async def _acquire(self, request_id: str) -> tuple[Instance, bool]:
+        if self.closed:
+            raise Overloaded("shutting down", log_detail=f"{self.key}: closed")
+        if self._idle:
+            return self._idle.pop(), False
+        if self._slots < self.config.concurrency:
+            self._slots += 1
+            return await self._cold_start(request_id), True
+        granted = await self._queue()
+        if granted is not None:
+            return granted, False
+        return await self._cold_start(request_id), True  # we were handed a free slot
+
+    async def _queue(self) -> Instance | None:
+        """Wait for an idle instance (returned) or a free slot (None)."""
+        cfg = self.config
+        if len(self._waiters) >= cfg.queue_size:
+            raise Overloaded("all instances busy", log_detail=(
+                f"{self.key}: all {cfg.concurrency} instances busy and "
+                f"{len(self._waiters)} callers waiting"))
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Instance | None] = loop.create_future()
+        self._waiters.append(waiter)
+        expiry = loop.call_later(cfg.queue_timeout, self._expire, waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            # Handed something just as we were cancelled: pass it on, or it is lost.
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                granted = waiter.result()
+                if granted is None:
+                    self._free_slot()
+                else:
+                    self.release(granted)
+            raise
+        finally:
+            expiry.cancel()
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def _expire(self, waiter: asyncio.Future[Instance | None]) -> None:
+        if not waiter.done():
+            waiter.set_exception(Overloaded("waited too long for an instance", log_detail=(
+                f"{self.key}: no instance free within {self.config.queue_timeout:g}s")))
+
+    async def _cold_start(self, request_id: str) -> Instance:
+        instance = await self._new_instance()
+        await instance.started  # cancelled: the instance joins the pool when it is up
+        self.cold_starts += 1
+        function_log.info("cold start function=%s request_id=%s pid=%d in %.0f ms",
+                          self.key, request_id, instance.pid,
+                          (time.perf_counter() - instance.spawned_at) * 1000.0)
+        return instance
+
+    async def _new_instance(self) -> Instance:
+        """Start an instance in a slot already counted in ``_slots``."""
+        self._wake()
+        instance = Instance(self)
+        try:
+            await instance.spawn()
+        except BaseException:
+            self._free_slot()
+            raise
+        return instance
+
+    # -- giving instances back -------------------------------------------------------------
+
+    def spawned(self, instance: Instance) -> None:
+        self._instances.add(instance)
+        self._unreaped.add(instance)
+
+    def release(self, instance: Instance) -> None:
+        """An instance is free: to the first caller waiting, else on top of the idle stack."""
+        if instance.dead:
+            return
+        if self.closed:
+            instance.kill(None)
+            return
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(instance)
+                return
+        self._idle.append(instance)
+
+    def replied(self, instance: Instance, reply: asyncio.Future[bytes] | None, status: str,
+                body: bytes) -> None:
+        """An instance answered: the caller gets the outcome; the instance goes back or goes."""
+        result, keep = _OUTCOMES[status](self, instance, body)
+        if reply is not None and not reply.done():
+            if isinstance(result, ProxyError):
+                reply.set_exception(result)
+            else:
+                reply.set_result(result)
+        elif reply is not None:
+            function_log.info("function=%s request_id=%s finished after its caller went away",
+                              self.key, instance.request_id)
+        if keep:
+            self.release(instance)
+        else:
+            instance.kill(None)
+
+    def _free_slot(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes to it: it starts an instance
+                return
+        self._slots -= 1
+
+    def gone(self, instance: Instance) -> None:
+        """An instance was killed or died: its slot is free (its process may still be dying)."""
+        if instance in self._instances:
+            self._instances.discard(instance)
+            if instance in self._idle:
+                self._idle.remove(instance)
+            self._free_slot()
+
+    def reaped(self, instance: Instance) -> None:
+        self._unreaped.discard(instance)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def sweep(self, now: float) -> None:
+        """Retire instances idle for ``idle_timeout`` (least recently used first) down to
+        ``min_instances``, and start instances up to ``min_instances``."""
+        if self.closed:
+            return
+        cfg = self.config
+        idle = self._idle
+        while (idle and len(self._instances) > cfg.min_instances
+               and now - idle[0].last_used >= cfg.idle_timeout):
+            instance = idle.pop(0)
+            function_log.debug("function=%s instance pid=%d retired after %.1fs idle",
+                               self.key, instance.pid, now - instance.last_used)
+            instance.kill(None)
+        # Only here, not when an instance dies: a function that crashes at start is retried
+        # once per sweep, never in a tight loop.
+        for _ in range(min(cfg.min_instances, cfg.concurrency) - self._slots):
+            self._slots += 1
+            task = asyncio.get_running_loop().create_task(self._warm())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _warm(self) -> None:
+        try:
+            instance = await self._new_instance()
+            await instance.started
+        except (ProxyError, OSError) as exc:
+            function_log.warning("function=%s could not start a warm instance: %s", self.key,
+                                 getattr(exc, "log_detail", "") or exc)
+            return
+        self.release(instance)
+
+    async def check(self) -> None:
+        """Start ``min_instances`` (or one throwaway instance) and warn if the handler does not
+        import. Never raises: a broken function must not stop the proxy from starting."""
+        keep = min(self.config.min_instances, self.config.concurrency)
+        count = max(keep, 1)
+        self._slots += count
+        self._wake()
+        results = await asyncio.gather(*(self._started() for _ in range(count)),
+                                       return_exceptions=True)
+        instances = [r for r in results if isinstance(r, Instance)]
+        failures = [r for r in results if not isinstance(r, Instance)]
+        if failures:
+            detail = failures[0]
+            function_log.warning("function=%s: an instance could not start: %s", self.key,
+                                 getattr(detail, "log_detail", "") or detail)
+        errors = sorted({i.import_error for i in instances if i.import_error})
+        if errors:
+            function_log.warning("function=%s handler %r cannot be imported: %s; its "
+                                 "invocations fail until it is fixed", self.key,
+                                 self.config.handler, errors[0])
+        for instance in instances:
+            if keep:
+                self.release(instance)
+            else:
+                instance.kill(None)
+
+    async def _started(self) -> Instance:
+        instance = await self._new_instance()
+        await instance.started
+        return instance
+
+    async def close(self) -> None:
+        """Fail the waiting callers, kill every instance and wait until all are reaped."""
+        self.closed = True
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(Overloaded("shutting down", log_detail=f"{self.key}: closed"))
+        self._waiters.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        for instance in list(self._instances):
+            instance.kill(logged(FunctionCrashed("shutting down",
+                                                  log_detail=f"{self.key}: closed")))
+        pending: list[asyncio.Future[Any]] = [i.exited for i in self._unreaped]
+        pending.extend(self._tasks)
+        if pending:
+            await asyncio.wait(pending, timeout=10.0)
+
+
+class LocalFunctions:
+    """Every local function of the config, by namespace and name; one idle sweep for all."""
+
+    def __init__(self, functions: Iterable[Function], region: str = "ap-guangzhou",
+                 appid: str = "1250000000", uin: str = "100000000001") -> None:
+        self._functions = {
+            (fn.namespace, fn.name): LocalFunction(fn, region, appid, uin, self._start_sweeping)
+            for fn in functions
+        }
+        shortest = min((f.config.idle_timeout for f in self._functions.values()), default=300.0)
+        #: often enough that an instance retires within a quarter of its idle_timeout late
+        self.sweep_interval = min(5.0, max(0.05, shortest / 4))
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    def get(self, namespace: str, name: str) -> LocalFunction | None:
+        return self._functions.get((namespace, name))
+
+    async def start(self) -> None:
+        """Check every handler imports (a WARNING for each that does not) and warm up
+        ``min_instances``; never fails."""
+        self._start_sweeping()
+        limit = asyncio.Semaphore(CHECKS_AT_ONCE)
+
+        async def check(fn: LocalFunction) -> None:
+            async with limit:
+                await fn.check()
+
+        await asyncio.gather(*(check(fn) for fn in self._functions.values()))
+
+    def _start_sweeping(self) -> None:
+        if self._sweeper is None and not self._closed:
+            loop = asyncio.get_running_loop()
+            self._sweeper = loop.call_later(self.sweep_interval, self._sweep)
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for fn in self._functions.values():
+            fn.sweep(now)
+        self._sweeper = loop.call_later(self.sweep_interval, self._sweep)
+
+    async def close(self) -> None:
+        """Kill every instance of every function and wait for them to be gone."""
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        await asyncio.gather(*(fn.close() for fn in self._functions.values()))
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """``stats()`` of each function, by ``namespace/name``."""
+        return {fn.key: fn.stats() for fn in self._functions.values()}
