@@ -42,6 +42,8 @@ class ProxyError(Exception):
     status_hint: int = 500
     #: seconds for a Retry-After header, or None
     retry_after: int | None = None
+    #: the module that raised it already wrote the details to the error log
+    logged: bool = False
 
     def __init__(self, message: str = "", *, log_detail: str = "") -> None:
         super().__init__(message or self.__class__.__name__)
@@ -112,7 +114,14 @@ class RemoteInvokeError(BadGateway):
 
 
 class UpstreamError(BadGateway):
-    pass
+    """A CVM upstream failed. ``retryable``: nothing of the request reached the upstream's
+    application, or it is idempotent and can be replayed (RFC 9110 §9.2.2), so the router may
+    try another target."""
+
+    def __init__(self, message: str = "", *, log_detail: str = "",
+                 retryable: bool = False) -> None:
+        super().__init__(message, log_detail=log_detail)
+        self.retryable = retryable
 
 
 class ServiceUnavailable(ProxyError):

@@ -8,7 +8,12 @@ Nothing here does I/O or knows about asyncio.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .streams import RequestBody
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -34,6 +39,11 @@ class Request:
     received_at: float
     #: the peer asked to keep the connection open (and HTTP/1.1 framing allows it)
     keep_alive: bool = True
+    #: the body still arriving, when the request has one and it was not read yet: a backend
+    #: either streams it (CVM) or reads it whole into ``body`` (SCF)
+    stream: RequestBody | None = None
+    #: the Upgrade header value of a request that asks to switch protocols ("" otherwise)
+    upgrade: str = ""
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), or None."""
@@ -49,6 +59,13 @@ class Response:
     status: int
     headers: Headers = ()
     body: bytes = b""
+    #: a streamed body instead of ``body``: chunks until exhausted; an exception from it means
+    #: the backend broke off and the client connection is aborted, never ended cleanly
+    stream: AsyncIterator[bytes] | None = None
+    #: the streamed body's length when known (Content-Length), None for chunked framing
+    length: int | None = None
+    #: for a 101 answer: the tunnel that takes over the connection (see connection.py)
+    tunnel: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,3 +93,14 @@ class Invocation:
     #: a new instance was started for it
     cold_start: bool = False
     duration_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the router hands back to the connection: the response and what served it."""
+
+    response: Response
+    route: Route | None = None
+    #: SCF targets: the function invocation's request id and whether it started an instance
+    function_request_id: str = ""
+    cold_start: bool = False

@@ -1,0 +1,497 @@
+"""One client connection: an ``asyncio.Protocol`` that parses, dispatches and writes.
+
+Owns the HTTP/1.1 connection semantics: keep-alive; pipelining (requests are parsed as they
+arrive and answered strictly in order, one in flight at a time); request bodies handed to the
+backend as a ``RequestBody`` stream as they arrive (dispatch happens at the end of the head, so a
+CVM upload streams and an SCF target reads it whole); ``Expect: 100-continue`` answered when
+the backend starts reading; ``Connection: close`` (RFC 9112 §9.6: nothing after it is
+processed); a body left unread by the backend closes the connection after the response
+(RFC 9112 §9.3, no CL.0 desync); the client timeouts of SPEC §9 (header deadline -> 408, body
+idle -> 408, keep-alive idle -> quiet close); backpressure both ways (unread body, queued
+requests or a full write buffer pause reading); streamed responses (Content-Length or chunked;
+a backend that breaks off mid-body aborts the connection instead of ending it cleanly); and a
+101 hand-over to a tunnel (WebSocket).
+
+It stays on protocol callbacks; the only task is the one per request that waits on the router.
+It knows nothing about rules or backends: the router is read from the shared ``ServerState``
+at dispatch time, so a reload applies to the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from . import writer
+from .errors import ProxyError, RequestTimeout
+from .http1 import Limits, RequestHead, make_parser
+from .messages import Outcome, Request, Response
+from .streams import RequestBody
+
+if TYPE_CHECKING:
+    from .config import Listener
+    from .logs import AccessLog
+    from .router import Router
+
+error_log = logging.getLogger("proxy.error")
+
+#: pipelined requests parsed ahead of the one in flight before we stop reading
+MAX_QUEUED = 8
+#: lingering close (nginx's lingering_time / lingering_timeout): after answering a request whose
+#: bytes were not all read, keep reading and discarding for up to LINGER_TIME seconds (closing
+#: after LINGER_TIMEOUT seconds of silence), so the client reads our answer instead of a reset
+LINGER_TIME = 30.0
+LINGER_TIMEOUT = 5.0
+
+# What the connection is waiting for from the client.
+IDLE, HEAD, BODY = 0, 1, 2
+
+
+class ServerState:
+    """What connections share: the live router, the access log, the open connections."""
+
+    def __init__(self, router: Router, access_log: AccessLog) -> None:
+        self.router = router
+        self.access_log = access_log
+        self.connections: set[HttpConnection] = set()
+        self.draining = False
+
+    def log_access(self, request: Request, outcome: Outcome, nbytes: int,
+                   duration: float) -> None:
+        if not self.access_log.enabled:
+            return
+        route = outcome.route
+        self.access_log.write({
+            "time": request.received_at,
+            "client": request.client_ip,
+            "method": request.method,
+            "host": request.header("host") or "",
+            "path": request.path,
+            "status": outcome.response.status,
+            "bytes": nbytes,
+            "duration_ms": round(duration * 1000, 3),
+            "listener": request.listener,
+            "rule": f"{route.domain}{route.url}" if route else "",
+            "location_id": route.location_id if route else "",
+            "target": route.target if route else "",
+            "function_request_id": outcome.function_request_id,
+            "cold_start": outcome.cold_start,
+        })
+
+    def log_error_response(self, conn: HttpConnection, exc: ProxyError, nbytes: int) -> None:
+        if not self.access_log.enabled:
+            return
+        self.access_log.write({
+            "time": time.time(), "client": conn.client_ip, "method": "", "host": "",
+            "path": "", "status": exc.status_hint, "bytes": nbytes, "duration_ms": 0.0,
+            "listener": conn.ctx.listener.name, "rule": "", "location_id": "", "target": "",
+            "function_request_id": "", "cold_start": False, "error": str(exc),
+        })
+
+
+class ListenerContext:
+    """Per-listener settings shared by all of its connections."""
+
+    __slots__ = ("listener", "scheme", "parser_kind", "limits", "state", "extra_headers")
+
+    def __init__(self, listener: Listener, parser_kind: str, state: ServerState,
+                 extra_headers: tuple[tuple[str, str], ...] = ()) -> None:
+        self.listener = listener
+        self.scheme = "https" if listener.protocol == "HTTPS" else "http"
+        self.parser_kind = parser_kind
+        self.limits = Limits(
+            max_request_line=listener.max_request_line,
+            max_header_size=listener.max_header_size,
+            max_header_count=listener.max_header_count,
+            max_body_size=listener.client_max_body_size,
+        )
+        self.state = state
+        #: headers added to every response of this listener (e.g. HSTS)
+        self.extra_headers = extra_headers
+
+
+class HttpConnection(asyncio.Protocol):
+    __slots__ = (
+        "ctx", "state", "transport", "parser", "client_ip", "client_port", "phase", "body",
+        "received_at", "queue", "current", "task", "timer", "stopped", "pending_error",
+        "write_paused", "drain_waiter", "pauses", "tunnel", "linger_until",
+    )
+
+    def __init__(self, ctx: ListenerContext) -> None:
+        self.ctx = ctx
+        self.state = ctx.state
+        self.transport: Any = None
+        self.parser = make_parser(ctx.parser_kind, ctx.limits)
+        self.client_ip = ""
+        self.client_port = 0
+        self.phase = IDLE
+        #: the body being received (belongs to the newest request), or None
+        self.body: RequestBody | None = None
+        self.received_at = 0.0
+        #: requests whose heads arrived, waiting for the one in flight to be answered
+        self.queue: deque[Request] = deque()
+        #: the request in flight
+        self.current: Request | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        #: no further request is accepted (Connection: close seen, error, EOF, upgrade)
+        self.stopped = False
+        #: an error to answer once the requests before it are answered
+        self.pending_error: ProxyError | None = None
+        self.write_paused = False
+        self.drain_waiter: asyncio.Future[None] | None = None
+        #: reasons reading is paused (reading resumes when none is left)
+        self.pauses: set[str] = set()
+        self.tunnel: Any = None
+        #: lingering close: the loop time reading stops at; 0.0 while not lingering
+        self.linger_until = 0.0
+
+    # -- asyncio callbacks ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.client_ip, self.client_port = peer[0], peer[1]
+        self.state.connections.add(self)
+        self._arm(self.ctx.listener.client_header_timeout, self._idle_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state.connections.discard(self)
+        self._disarm()
+        if self.task is not None:
+            self.task.cancel()  # the client is gone: stop waiting on the backend
+        self.queue.clear()
+        if self.drain_waiter is not None and not self.drain_waiter.done():
+            self.drain_waiter.set_exception(ConnectionResetError("client closed"))
+        if self.tunnel is not None:
+            self.tunnel.client_closed()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._pause("write")
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._resume("write")
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def eof_received(self) -> bool | None:
+        if self.linger_until:
+            return None  # the client is done sending: close
+        if self.tunnel is not None:
+            self.tunnel.client_eof()
+            return True
+        try:
+            self.parser.feed_eof()
+        except ProxyError as exc:
+            self._fail(exc)
+            return True
+        if self.task is None and not self.queue:
+            return None  # nothing owed to the client: let the transport close
+        self.stopped = True
+        return True  # half-close: answer what was asked, then close
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.from_client(data)
+            return
+        if self.linger_until:
+            self._linger_more()
+            return
+        if self.stopped:
+            return
+        if self.phase == IDLE:
+            self.phase = HEAD
+            self.received_at = time.time()
+            self._arm(self.ctx.listener.client_header_timeout, self._header_timeout)
+        try:
+            events = self.parser.feed(data)
+        except ProxyError as exc:
+            self._fail(exc)
+            return
+        for event in events:
+            if self.stopped:
+                break
+            if type(event) is bytes:
+                if self.body is not None:
+                    self.body.feed(event)
+            elif type(event) is RequestHead:
+                self._on_head(event)
+            else:
+                self._on_end()
+        if self.parser.error is not None and not self.stopped:
+            # The requests before the broken bytes were delivered above; the error is
+            # answered after them.
+            self._fail(self.parser.error)
+        elif self.phase == BODY and "body" not in self.pauses:
+            self._arm(self.ctx.listener.client_body_timeout, self._body_timeout)
+        if self.task is None and self.queue:
+            self._dispatch()
+
+    # -- request assembly -------------------------------------------------------------------
+
+    def _on_head(self, head: RequestHead) -> None:
+        has_body = head.chunked or bool(head.content_length)
+        body = None
+        if has_body:
+            body = RequestBody(head.content_length, self._pause_for_body,
+                               self._resume_for_body, self._send_continue
+                               if head.expect_continue and head.http_version == "1.1" else None)
+        self.body = body
+        self.queue.append(Request(
+            head.method, head.path, head.query, head.headers, b"", head.http_version,
+            self.client_ip, self.client_port, self.ctx.scheme, self.ctx.listener.name,
+            self.received_at, head.keep_alive, body, head.upgrade,
+        ))
+        self.phase = BODY if has_body else HEAD
+        if not head.keep_alive or head.upgrade:
+            # RFC 9112 §9.6: nothing after "close" is processed; after an Upgrade request
+            # the bytes that follow belong to the new protocol or to nobody (RFC 9931).
+            self.stopped = True
+        if self.stopped or len(self.queue) >= MAX_QUEUED:
+            self._pause("queue")
+
+    def _on_end(self) -> None:
+        if self.body is not None:
+            self.body.end()
+            self.body = None
+        self.phase = IDLE
+        self._disarm()
+
+    def _send_continue(self) -> None:
+        body = self.current.stream if self.current is not None else None
+        if body is not None and body.received == 0 and not body.ended:
+            self.transport.write(writer.continue_response())
+
+    def _pause_for_body(self) -> None:
+        self._pause("body")
+        self._disarm()  # the client is not slow, we are: no body timeout while paused
+
+    def _resume_for_body(self) -> None:
+        self._resume("body")
+        if self.phase == BODY:
+            self._arm(self.ctx.listener.client_body_timeout, self._body_timeout)
+
+    # -- dispatch and response ------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        request = self.queue.popleft()
+        self.current = request
+        if len(self.queue) < MAX_QUEUED and not self.stopped:
+            self._resume("queue")
+        self.task = asyncio.get_running_loop().create_task(self._serve(request))
+
+    async def _serve(self, request: Request) -> None:
+        started = time.monotonic()
+        try:
+            outcome = await self.state.router.handle(request)
+        except Exception as exc:  # a bug must cost one 500, not a hung connection
+            error_log.exception("internal error serving %s %s", request.method, request.path)
+            outcome = Outcome(writer.error_response(ProxyError(str(exc))))
+        response = outcome.response
+        if self.ctx.extra_headers:
+            response = Response(response.status, response.headers + self.ctx.extra_headers,
+                                response.body, response.stream, response.length,
+                                response.tunnel)
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        unread = request.stream is not None and not request.stream.ended
+        # The last response on this connection says so: the client asked to close, we are
+        # draining, the body was left unread, or reading stopped with nothing else owed.
+        last = (not request.keep_alive or self.state.draining or unread
+                or (self.stopped and not self.queue and self.pending_error is None))
+        head_only = request.method == "HEAD"
+        if response.tunnel is not None and response.status == 101:
+            nbytes = self._start_tunnel(response)
+        elif response.stream is None:
+            data = writer.serialize(response, not last, head_only)
+            transport.write(data)
+            nbytes = len(data)
+        else:
+            nbytes = await self._write_stream(response, not last, head_only, request)
+            if nbytes < 0:
+                return
+        self.state.log_access(request, outcome, nbytes, time.monotonic() - started)
+        self.task = None
+        self.current = None
+        if self.tunnel is not None or self.linger_until or transport.is_closing():
+            return
+        if last:
+            self._close(linger=unread)
+        else:
+            self._after_response()
+
+    async def _write_stream(self, response: Response, keep_alive: bool, head_only: bool,
+                            request: Request) -> int:
+        """Write a streamed response; -1 when it broke off (the connection is aborted)."""
+        if response.status in writer.NO_BODY_STATUSES:
+            head_only = True  # 204/304 never carry a body, whatever the backend sent
+            chunked = False
+        else:
+            chunked = response.length is None and request.http_version == "1.1"
+            if response.length is None and not chunked:
+                keep_alive = False  # HTTP/1.0 client: the end of the body is the close
+        head = writer.serialize_head(response, keep_alive, chunked)
+        transport = self.transport
+        transport.write(head)
+        total = len(head)
+        stream = response.stream
+        assert stream is not None
+        try:
+            async for chunk in stream:
+                if head_only or not chunk:
+                    continue
+                transport.write(writer.frame_chunk(chunk) if chunked else chunk)
+                total += len(chunk)
+                if self.write_paused:
+                    await self._drained()
+            if chunked and not head_only:
+                transport.write(writer.LAST_CHUNK)
+        except (Exception, asyncio.CancelledError) as exc:
+            # The backend broke off mid-body: the client must see a broken response, never a
+            # truncated one that looks complete (RFC 9112 §6.3).
+            if not transport.is_closing():
+                transport.abort()
+            self.task = None
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return -1
+        if not keep_alive:
+            self._close(linger=request.stream is not None and not request.stream.ended)
+        return total
+
+    async def _drained(self) -> None:
+        self.drain_waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self.drain_waiter
+        finally:
+            self.drain_waiter = None
+
+    def _start_tunnel(self, response: Response) -> int:
+        data = writer.serialize_head(response, True, False)
+        self.transport.write(data)
+        self.tunnel = response.tunnel
+        self._disarm()
+        self.pauses.clear()
+        self.transport.resume_reading()
+        self.tunnel.attach(self.transport)
+        return len(data)
+
+    def _after_response(self) -> None:
+        if self.queue:
+            self._dispatch()
+            return
+        if self.pending_error is not None:
+            self._write_error(self.pending_error)
+            return
+        if self.state.draining:
+            self.transport.close()
+            return
+        if self.phase == IDLE:
+            self._arm(self.ctx.listener.keepalive_timeout, self._idle_timeout)
+
+    # -- errors and timeouts ----------------------------------------------------------------
+
+    def _fail(self, exc: ProxyError) -> None:
+        """A framing, limit or timeout error: answer it after what is owed, then close."""
+        self.stopped = True
+        self._disarm()
+        self._pause("error")
+        body = self.body
+        if body is not None and self.current is not None and self.current.stream is body:
+            # The request in flight is the one that broke: its backend gets the error and
+            # its response (the error page) is the last one.
+            body.abort(exc)
+            return
+        if body is not None and self.queue and self.queue[-1].stream is body:
+            # Broken before its turn came: the backend will read the error from its body.
+            body.abort(exc)
+            return
+        if self.task is None and not self.queue:
+            self._write_error(exc)
+        else:
+            self.pending_error = exc
+
+    def _write_error(self, exc: ProxyError) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        data = writer.serialize(writer.error_response(exc), False)
+        transport.write(data)
+        self.state.log_error_response(self, exc, len(data))
+        # The request that broke may still be arriving: let the client read the answer.
+        self._close(linger=True)
+
+    def _close(self, linger: bool) -> None:
+        """Close after what was written; with ``linger``, first send our FIN and discard
+        what the client still sends (RFC 9112 §9.6: closing with unread input makes the
+        kernel reset the connection, and the client may lose our response)."""
+        transport = self.transport
+        if not linger or transport.is_closing():
+            transport.close()
+            return
+        self.stopped = True
+        self.linger_until = asyncio.get_running_loop().time() + LINGER_TIME
+        self.pauses.clear()
+        transport.resume_reading()
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._arm(LINGER_TIMEOUT, transport.close)
+
+    def _linger_more(self) -> None:
+        if asyncio.get_running_loop().time() >= self.linger_until:
+            self._disarm()
+            self.transport.close()
+        else:
+            self._arm(LINGER_TIMEOUT, self.transport.close)
+
+    def _header_timeout(self) -> None:
+        self.timer = None
+        self._fail(RequestTimeout("client header timeout"))
+
+    def _body_timeout(self) -> None:
+        self.timer = None
+        self._fail(RequestTimeout("client body timeout"))
+
+    def _idle_timeout(self) -> None:
+        self.timer = None
+        if self.task is None and not self.queue and self.phase == IDLE:
+            self.transport.close()
+
+    def _arm(self, seconds: float, callback: Any) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = asyncio.get_running_loop().call_later(seconds, callback)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _pause(self, reason: str) -> None:
+        if not self.pauses and self.transport is not None:
+            self.transport.pause_reading()
+        self.pauses.add(reason)
+
+    def _resume(self, reason: str) -> None:
+        if reason in self.pauses:
+            self.pauses.discard(reason)
+            if not self.pauses and self.transport is not None:
+                self.transport.resume_reading()
+
+    # -- server control ---------------------------------------------------------------------
+
+    def close_if_idle(self) -> bool:
+        """Graceful drain: close now if nothing is owed; returns whether it closed."""
+        if self.task is None and not self.queue and self.phase == IDLE and self.tunnel is None:
+            self.transport.close()
+            return True
+        return False
+

@@ -1,0 +1,136 @@
+"""Bytes out: the one place that turns a Response or a ProxyError into HTTP/1.1 bytes.
+
+Strategy (the hot path): status lines and the static headers are pre-encoded ``bytes``; the
+``Date`` header is rebuilt at most once a second; a response is joined into one ``bytes`` so the
+connection does one ``transport.write`` per response. Error pages are built once per status.
+``Content-Length`` is always computed here (RFC 9110 §8.6), never taken from a backend.
+"""
+
+from __future__ import annotations
+
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+
+import orjson
+
+from .errors import BadFunctionResponse, FunctionError, ProxyError
+from .messages import Response
+
+SERVER_NAME = "clbscf-proxy"
+
+#: CLB's documented body for an integration response it cannot parse (SPEC §6).
+ANALYSE_FAILED_BODY = b'{"errno":403,"error":"Analyse scf response failed."}'
+
+STATUS_LINES: dict[int, bytes] = {
+    s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode("ascii") for s in HTTPStatus
+}
+_SERVER_HEADER = f"Server: {SERVER_NAME}\r\n".encode("ascii")
+_KEEP_ALIVE = b"Connection: keep-alive\r\n"
+_CLOSE = b"Connection: close\r\n"
+#: statuses whose responses never carry a body or a Content-Length of one (RFC 9110 §6.4.1)
+NO_BODY_STATUSES = frozenset({204, 304}) | frozenset(range(100, 200))
+
+_date_second = 0
+_date_header = b""
+
+
+def date_header() -> bytes:
+    """``Date: ...\\r\\n`` for the current second, rebuilt once a second."""
+    global _date_second, _date_header
+    now = int(time.time())
+    if now != _date_second:
+        _date_second = now
+        _date_header = b"Date: " + formatdate(now, usegmt=True).encode("ascii") + b"\r\n"
+    return _date_header
+
+
+def status_line(status: int) -> bytes:
+    line = STATUS_LINES.get(status)
+    if line is None:  # a valid but unregistered code a function may return (e.g. 299)
+        line = f"HTTP/1.1 {status} Unknown\r\n".encode("ascii")
+    return line
+
+
+def serialize(response: Response, keep_alive: bool, head_only: bool = False) -> bytes:
+    """The whole response as one ``bytes``; HEAD gets the headers of the GET, no body."""
+    status = response.status
+    parts = [status_line(status), _SERVER_HEADER, date_header()]
+    for name, value in response.headers:
+        parts.append(f"{name}: {value}\r\n".encode("latin-1"))
+    body = response.body
+    if status in NO_BODY_STATUSES:
+        body = b""
+    else:
+        parts.append(b"Content-Length: %d\r\n" % len(body))
+    parts.append(_KEEP_ALIVE if keep_alive else _CLOSE)
+    parts.append(b"\r\n")
+    if body and not head_only:
+        parts.append(body)
+    return b"".join(parts)
+
+
+def serialize_head(response: Response, keep_alive: bool, chunked: bool) -> bytes:
+    """Status line and headers of a streamed response (or of a 101 hand-over)."""
+    parts = [status_line(response.status), _SERVER_HEADER, date_header()]
+    for name, value in response.headers:
+        parts.append(f"{name}: {value}\r\n".encode("latin-1"))
+    if response.status == 101:
+        return b"".join(parts) + b"\r\n"  # its Connection/Upgrade come from the backend
+    if response.status not in NO_BODY_STATUSES:
+        if response.length is not None:
+            parts.append(b"Content-Length: %d\r\n" % response.length)
+        elif chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+    parts.append(_KEEP_ALIVE if keep_alive else _CLOSE)
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def frame_chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body (RFC 9112 §7.1)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def continue_response() -> bytes:
+    """The interim ``100 Continue`` for a request with ``Expect: 100-continue``."""
+    return b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def _html_page(status: int) -> bytes:
+    phrase = STATUS_LINES[status].decode("ascii").split(" ", 2)[2].strip()
+    return (
+        f"<html>\r\n<head><title>{status} {phrase}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{status} {phrase}</h1></center>\r\n<hr><center>{SERVER_NAME}</center>\r\n"
+        "</body>\r\n</html>\r\n"
+    ).encode("ascii")
+
+
+_HTML = (("Content-Type", "text/html"),)
+_JSON = (("Content-Type", "application/json"),)
+_PAGES: dict[int, Response] = {
+    s: Response(s, _HTML, _html_page(s)) for s in (400, 404, 408, 413, 414, 431, 500, 501, 502,
+                                                   503, 504)
+}
+
+
+def error_response(exc: ProxyError) -> Response:
+    """The client's view of an error: CLB's texts where CLB documents one, else a short page."""
+    status = exc.status_hint
+    if isinstance(exc, BadFunctionResponse):
+        return Response(status, _JSON, ANALYSE_FAILED_BODY)
+    if isinstance(exc, FunctionError) and exc.debug:
+        return Response(status, _JSON, orjson.dumps(exc.error))
+    page = _PAGES.get(status) or Response(status, _HTML, _html_page(status))
+    if exc.retry_after is not None:
+        return Response(status, page.headers + (("Retry-After", str(exc.retry_after)),),
+                        page.body)
+    return page
+
+
+def redirect_response(location: str) -> Response:
+    """301 to ``location`` (the CLB trailing-slash redirect, SPEC §3)."""
+    return Response(301, (("Location", location),) + _HTML, _html_page(301))
