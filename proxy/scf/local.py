@@ -122,6 +122,8 @@ class LocalFunction:
         self.cold_starts = 0
         self.invocations = 0
         self.closed = False
+        #: replaced by a reload: callers already holding it are served, then instances go
+        self.retiring = False
 
     async def invoke(self, event: bytes, request_id: str) -> Invocation:
         """Run the function on ``event`` (JSON bytes); its return value as JSON bytes."""
@@ -231,7 +233,22 @@ class LocalFunction:
             if not waiter.done():
                 waiter.set_result(instance)
                 return
+        if self.retiring:
+            instance.kill(None)
+            return
         self._idle.append(instance)
+
+    @property
+    def finished(self) -> bool:
+        """No process of it is left (retired functions are forgotten then)."""
+        return not self._instances and not self._unreaped and not self._waiters
+
+    def retire(self) -> None:
+        """A reload replaced this function's config: requests already routed here finish on
+        it, idle instances go now, busy ones when they are released."""
+        self.retiring = True
+        while self._idle:
+            self._idle.pop().kill(None)
 
     def replied(self, instance: Instance, reply: asyncio.Future[bytes] | None, status: str,
                 body: bytes) -> None:
@@ -274,7 +291,7 @@ class LocalFunction:
     def sweep(self, now: float) -> None:
         """Retire instances idle for ``idle_timeout`` (least recently used first) down to
         ``min_instances``, and start instances up to ``min_instances``."""
-        if self.closed:
+        if self.closed or self.retiring:
             return
         cfg = self.config
         idle = self._idle
@@ -356,15 +373,43 @@ class LocalFunctions:
 
     def __init__(self, functions: Iterable[Function], region: str = "ap-guangzhou",
                  appid: str = "1250000000", uin: str = "100000000001") -> None:
-        self._functions = {
-            (fn.namespace, fn.name): LocalFunction(fn, region, appid, uin, self._start_sweeping)
-            for fn in functions
-        }
-        shortest = min((f.config.idle_timeout for f in self._functions.values()), default=300.0)
-        #: often enough that an instance retires within a quarter of its idle_timeout late
-        self.sweep_interval = min(5.0, max(0.05, shortest / 4))
+        self._identity = (region, appid, uin)
+        self._functions = {(fn.namespace, fn.name): self._new(fn) for fn in functions}
+        self._retired: set[LocalFunction] = set()  # replaced by a reload, closed at close()
+        self.sweep_interval = self._interval()
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
+
+    def _new(self, config: Function) -> LocalFunction:
+        return LocalFunction(config, *self._identity, wake=self._start_sweeping)
+
+    def _interval(self) -> float:
+        shortest = min((f.config.idle_timeout for f in self._functions.values()), default=300.0)
+        # often enough that an instance retires within a quarter of its idle_timeout late
+        return min(5.0, max(0.05, shortest / 4))
+
+    async def update(self, functions: Iterable[Function]) -> None:
+        """Reconcile with a reloaded config: an unchanged function keeps its warm instances;
+        a new or changed one gets a fresh pool (its handler checked as at start); a removed or
+        replaced one retires, finishing the requests already routed to it."""
+        current = self._functions
+        updated: dict[tuple[str, str], LocalFunction] = {}
+        started: list[LocalFunction] = []
+        for config in functions:
+            key = (config.namespace, config.name)
+            old = current.get(key)
+            if old is not None and old.config == config:
+                updated[key] = old
+            else:
+                updated[key] = fn = self._new(config)
+                started.append(fn)
+        for key, old in current.items():
+            if updated.get(key) is not old:
+                old.retire()
+                self._retired.add(old)
+        self._functions = updated
+        self.sweep_interval = self._interval()
+        await self._check(started)
 
     def get(self, namespace: str, name: str) -> LocalFunction | None:
         return self._functions.get((namespace, name))
@@ -373,13 +418,16 @@ class LocalFunctions:
         """Check every handler imports (a WARNING for each that does not) and warm up
         ``min_instances``; never fails."""
         self._start_sweeping()
+        await self._check(list(self._functions.values()))
+
+    async def _check(self, functions: list[LocalFunction]) -> None:
         limit = asyncio.Semaphore(CHECKS_AT_ONCE)
 
         async def check(fn: LocalFunction) -> None:
             async with limit:
                 await fn.check()
 
-        await asyncio.gather(*(check(fn) for fn in self._functions.values()))
+        await asyncio.gather(*(check(fn) for fn in functions))
 
     def _start_sweeping(self) -> None:
         if self._sweeper is None and not self._closed:
@@ -391,6 +439,7 @@ class LocalFunctions:
         now = loop.time()
         for fn in self._functions.values():
             fn.sweep(now)
+        self._retired = {fn for fn in self._retired if not fn.finished}
         self._sweeper = loop.call_later(self.sweep_interval, self._sweep)
 
     async def close(self) -> None:
@@ -399,7 +448,8 @@ class LocalFunctions:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        await asyncio.gather(*(fn.close() for fn in self._functions.values()))
+        await asyncio.gather(*(fn.close() for fn in [*self._functions.values(),
+                                                     *self._retired]))
 
     def stats(self) -> dict[str, dict[str, int]]:
         """``stats()`` of each function, by ``namespace/name``."""

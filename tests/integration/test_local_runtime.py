@@ -245,6 +245,34 @@ def test_a_thousand_invocations_from_50_tasks_succeed_and_leave_no_process() -> 
     uvloop.run(main())
 
 
+def test_update_keeps_unchanged_functions_warm_and_retires_changed_ones() -> None:
+    async def main() -> None:
+        counter = _fn("counter", "counter")
+        sleeps = _fn("sleeps", "sleeps", timeout=5)
+        async with _pool(counter, sleeps) as pool:
+            warm = _get(pool, "counter")
+            first = _body(await warm.invoke(b"{}", "r1"))
+            old_sleeps = _get(pool, "sleeps")
+            running = asyncio.ensure_future(old_sleeps.invoke(_event(seconds=0.5), "r2"))
+            await _until(lambda: old_sleeps.stats()["busy"] == 1)
+            # the reload changes sleeps' timeout, keeps counter, adds echo
+            await pool.update([counter, _fn("sleeps", "sleeps", timeout=9),
+                               _fn("echo", "echo")])
+            assert _get(pool, "counter") is warm
+            again = _body(await warm.invoke(b"{}", "r3"))
+            assert (again["pid"], again["calls"]) == (first["pid"], 2)
+            new_sleeps = _get(pool, "sleeps")
+            assert new_sleeps is not old_sleeps and new_sleeps.config.timeout == 9
+            assert _get(pool, "echo") is not None
+            # the request routed before the reload finishes on the retired pool, whose
+            # instance then goes away
+            assert _body(await running)["pid"] > 0
+            await _until(lambda: old_sleeps.finished)
+            await pool.update([counter])
+            assert pool.get("default", "sleeps") is None
+    uvloop.run(main())
+
+
 def test_close_kills_busy_instances_and_fails_their_callers() -> None:
     async def main() -> None:
         pool = LocalFunctions([_fn("sleeps", "sleeps", timeout=30)])

@@ -1,0 +1,153 @@
+"""The command line: ``clbscf-proxy [options]`` and ``clbscf-proxy invoke FUNCTION``.
+
+Flags are generated from one table (``OPTIONS``) so each is declared once, with its help text;
+the table is also what the README's option list is written from. ``main(argv) -> int`` returns
+the exit status: 0 on a clean stop, 2 for a config or usage error (with the ConfigError's text,
+which names the file and field), 1 for anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import Config, embedded_default, load_config, parse_listen, with_listen_overrides
+from .errors import ConfigError
+from .logs import AccessLog, setup_logging
+
+error_log = logging.getLogger("proxy.error")
+
+#: (flags, argparse keyword arguments): the single declaration of every option
+OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
+    (("--listen",), dict(action="append", default=[], metavar="[HOST]:PORT",
+                         help="listen here (repeatable); with --config, overrides the bind "
+                              "address of the listener on that port or adds one")),
+    (("-c", "--config"), dict(type=Path, metavar="FILE", help="the rule table (TOML)")),
+    (("--check-config",), dict(nargs="?", const=True, default=None, metavar="FILE",
+                               help="validate the config (FILE or --config) and exit")),
+    (("--tls",), dict(action="store_true",
+                      help="serve HTTPS on the --listen ports (443 implies it)")),
+    (("--tls-cert",), dict(type=Path, metavar="FILE", help="certificate chain (PEM)")),
+    (("--tls-key",), dict(type=Path, metavar="FILE", help="private key (PEM)")),
+    (("--http",), dict(choices=("auto", "httptools", "h11"), default="auto",
+                       help="HTTP/1.1 parser: httptools (llhttp), h11 (pure Python), or auto")),
+    (("--log-level",), dict(choices=("debug", "info", "warning", "error"), default="info",
+                            help="error-log verbosity (stderr)")),
+    (("--no-access-log",), dict(action="store_true",
+                                help="do not write the JSON access log to stdout")),
+    (("--drain-timeout",), dict(type=float, default=30.0, metavar="SECONDS",
+                                help="on SIGTERM, how long in-flight requests may take")),
+    (("--state-dir",), dict(type=Path, metavar="DIR",
+                            help="where generated development certificates are kept")),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clbscf-proxy",
+        description="An L7 edge gateway: Tencent CLB rules in front of SCF functions and CVM "
+                    "servers. `clbscf-proxy invoke NAMESPACE/FUNCTION --event FILE` runs a "
+                    "local function once.",
+    )
+    parser.add_argument("--version", action="version", version=version_text())
+    for flags, kwargs in OPTIONS:
+        parser.add_argument(*flags, **kwargs)
+    return parser
+
+
+def version_text() -> str:
+    return f"clbscf-proxy {__version__}"
+
+
+def _certificates(args: argparse.Namespace) -> tuple[Any, ...]:
+    from .config import Certificate
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    if args.tls_cert:
+        return (Certificate(args.tls_cert.resolve(), args.tls_key.resolve()),)
+    return ()
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    """The config the flags describe: the file (with --listen overrides) or the default."""
+    listens = [parse_listen(text) for text in args.listen]
+    certs = _certificates(args)
+    if args.config is not None:
+        config = load_config(args.config)
+        return with_listen_overrides(config, listens, args.tls, certs) if listens else config
+    if not listens:
+        raise ConfigError("nothing to serve: give --listen [HOST]:PORT and/or --config FILE")
+    host, port = listens[0]
+    tls = args.tls or port == 443
+    if tls and not certs:
+        certs = (_dev_certificate(args),)
+    config = embedded_default(host, port, tls, certs)
+    return with_listen_overrides(config, listens[1:], args.tls, certs) if listens[1:] else config
+
+
+def _dev_certificate(args: argparse.Namespace) -> Any:
+    from .tls import default_state_dir, ensure_dev_certificate
+
+    return ensure_dev_certificate(args.state_dir or default_state_dir())
+
+
+def check_config(args: argparse.Namespace) -> int:
+    if isinstance(args.check_config, str):
+        args.config = Path(args.check_config)
+    config = resolve_config(args)
+    rules = sum(len(listener.rules) for listener in config.listeners)
+    print(f"{config.source or 'embedded default'}: OK ({len(config.listeners)} listeners, "
+          f"{rules} rules, {len(config.functions)} functions)")
+    return 0
+
+
+async def serve(config: Config, args: argparse.Namespace) -> int:
+    from .server import ProxyServer
+
+    server = ProxyServer(config, parser_kind=args.http, state_dir=args.state_dir,
+                         access_log=AccessLog(enabled=not args.no_access_log))
+    try:
+        await server.start()
+    except BaseException:
+        await server.stop(drain_timeout=0)
+        raise
+    await server.run_until_signalled(args.drain_timeout)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "invoke":
+        from .invoke import main as invoke_main
+
+        return invoke_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        if args.check_config is not None:
+            return check_config(args)
+        config = resolve_config(args)
+        if any(listener.protocol == "HTTPS" for listener in config.listeners):
+            from .tls import default_state_dir, ensure_openssl_groups_config
+
+            # Before any handshake: limits key exchange to X25519/P-256/P-384; may re-exec
+            # this process once with OPENSSL_CONF set (Python 3.11 has no set_groups()).
+            ensure_openssl_groups_config(args.state_dir or default_state_dir())
+        import uvloop
+
+        return uvloop.run(serve(config, args))
+    except ConfigError as exc:
+        print(f"clbscf-proxy: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Logging: ``proxy.error`` (human lines on stderr) and ``proxy.access`` (JSON lines on stdout).
+
+The error side is plain ``logging``. The access side bypasses ``logging`` on purpose: one JSON
+line per request is built with orjson and appended to an in-memory buffer that is written out
+when it grows past a threshold or at the latest ``FLUSH_INTERVAL`` seconds later, so the request
+path never waits on a write to a pipe (SPEC §10: time, client, method, host, path, status, bytes,
+duration, listener, rule, target, function request id, cold start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import IO, Any
+
+import orjson
+
+FLUSH_INTERVAL = 0.2
+FLUSH_BYTES = 64 * 1024
+
+error_log = logging.getLogger("proxy.error")
+
+
+def setup_logging(level: str = "info") -> None:
+    """Error and function logs to stderr, one line each, with the level and the logger."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+    )
+    root = logging.getLogger("proxy")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+class AccessLog:
+    """Buffered JSON-lines access log; ``enabled=False`` makes ``write`` a no-op."""
+
+    def __init__(self, stream: IO[bytes] | None = None, enabled: bool = True) -> None:
+        self._stream = stream if stream is not None else sys.stdout.buffer
+        self.enabled = enabled
+        self._buf: list[bytes] = []
+        self._size = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        line = orjson.dumps(record) + b"\n"
+        self._buf.append(line)
+        self._size += len(line)
+        if self._size >= FLUSH_BYTES:
+            self.flush()
+        elif self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._timer = loop.call_later(FLUSH_INTERVAL, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._buf:
+            return
+        data = b"".join(self._buf)
+        self._buf.clear()
+        self._size = 0
+        try:
+            self._stream.write(data)
+            self._stream.flush()
+        except (OSError, ValueError) as exc:  # closed pipe: keep serving, say it once per flush
+            error_log.warning("access log write failed: %s", exc)

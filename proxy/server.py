@@ -1,0 +1,202 @@
+"""The process: listeners, the live router, reload, graceful drain and signals.
+
+Owns the long-lived backends (local function instances, API clients, upstream pools) and the
+``ServerState`` every connection reads: the current ``Router`` (swapped atomically on reload;
+requests in flight keep the one they started with), the access log and the set of open
+connections (tracked here because Python 3.11's ``Server`` cannot close idle clients).
+
+On start it prints one line per bound listener to stderr, ``listening on
+http://HOST:PORT (listener "NAME")``, with the real port when the config asked for port 0, then
+``clbscf-proxy: ready`` once every listener is bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import tls
+from .backends.cvm import CvmUpstreams
+from .config import Config, Listener, RemoteScf, load_config
+from .connection import HttpConnection, ListenerContext, ServerState
+from .errors import ConfigError
+from .logs import AccessLog
+from .router import Backends, Router
+from .scf.local import LocalFunctions
+from .scf.remote import Credentials, InvokeUrlClient, RemoteFunctions
+
+if TYPE_CHECKING:
+    import ssl
+
+error_log = logging.getLogger("proxy.error")
+DEFAULT_REGION = "ap-guangzhou"
+
+
+class ProxyServer:
+    """Runs one config: ``await start()``, ``await reload(config)``, ``await stop()``."""
+
+    def __init__(self, config: Config, *, parser_kind: str = "auto",
+                 access_log: AccessLog | None = None, state_dir: Path | None = None) -> None:
+        self.config = config
+        self.parser_kind = parser_kind
+        self.state_dir = state_dir
+        region = config.scf.region if config.scf else DEFAULT_REGION
+        self.cvm = CvmUpstreams()  # upstream pools and health state outlive reloads
+        self.backends = Backends(local=LocalFunctions(config.functions, region=region),
+                                 cvm=self.cvm.bind)
+        self._remote: RemoteFunctions | None = None
+        self._remote_config: RemoteScf | None = None
+        self._invoke_url: InvokeUrlClient | None = None
+        self._invoke_ca: Path | None = None
+        self._closing: list[Any] = []  # clients replaced by a reload, closed at stop
+        self._sync_remote(config)
+        self.state = ServerState(Router(config, self.backends), access_log or AccessLog())
+        self._servers: list[asyncio.AbstractServer] = []
+        self._contexts: dict[str, ListenerContext] = {}
+        self._tls: dict[str, tls.ServerTLS] = {}
+        self._stopped = asyncio.Event()
+        self.bound: list[tuple[str, str, str, int]] = []  # (listener, scheme, host, port)
+
+    def _sync_remote(self, config: Config) -> None:
+        """(Re)build the cloud API and invoke-URL clients when their config changed."""
+        scf = config.scf
+        ca_file = scf.ca_file if scf else None
+        listener = config.listeners[0] if config.listeners else None
+        timeouts = dict(connect_timeout=listener.proxy_connect_timeout,
+                        read_timeout=listener.proxy_read_timeout) if listener else {}
+        current = self._remote
+        credentials = Credentials.from_environ(os.environ)
+        if scf is not None and credentials is not None:
+            if current is None or self._remote_config != scf:
+                self._remote = RemoteFunctions(scf, credentials, **timeouts)
+                self._remote_config = scf
+                if current is not None:
+                    self._closing.append(current)
+        if self._invoke_url is None or self._invoke_ca != ca_file:
+            if self._invoke_url is not None:
+                self._closing.append(self._invoke_url)
+            self._invoke_url = InvokeUrlClient(ca_file=ca_file, **timeouts)
+            self._invoke_ca = ca_file
+        self.backends.remote = self._remote.invoke if self._remote else None
+        self.backends.invoke_url = self._invoke_url.invoke_url
+
+    async def start(self) -> None:
+        await self.backends.local.start()
+        loop = asyncio.get_running_loop()
+        for listener in self.config.listeners:
+            extra = (tls.hsts_header(listener.hsts_max_age),) if listener.hsts_max_age else ()
+            ctx = ListenerContext(listener, self.parser_kind, self.state, extra)
+            self._contexts[listener.name] = ctx
+            ssl_ctx = self._ssl_context(listener)
+            try:
+                server = await loop.create_server(
+                    lambda ctx=ctx: HttpConnection(ctx),  # type: ignore[misc]
+                    host=listener.host or None, port=listener.port, backlog=511,
+                    ssl=ssl_ctx, reuse_address=True,
+                    **({"ssl_handshake_timeout": listener.ssl_handshake_timeout}
+                       if ssl_ctx else {}),
+                )
+            except OSError as exc:
+                raise ConfigError(
+                    f"listener {listener.name!r}: cannot listen on "
+                    f"{listener.host or '*'}:{listener.port}: {exc.strerror}") from exc
+            self._servers.append(server)
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                scheme = ctx.scheme
+                self.bound.append((listener.name, scheme, host, port))
+                shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
+                print(f"clbscf-proxy: listening on {scheme}://{shown}:{port} "
+                      f'(listener "{listener.name}")', file=sys.stderr, flush=True)
+        print("clbscf-proxy: ready", file=sys.stderr, flush=True)
+
+    def _ssl_context(self, listener: Listener) -> ssl.SSLContext | None:
+        if listener.protocol != "HTTPS":
+            return None
+        server_tls = tls.ServerTLS([tls.load_certificate(c) for c in listener.certificates],
+                                   handshake_timeout=listener.ssl_handshake_timeout)
+        if not server_tls.groups_policy_in_effect():
+            error_log.warning("listener %r: TLS key-exchange groups are not limited to "
+                              "X25519/P-256/P-384", listener.name)
+        self._tls[listener.name] = server_tls
+        return server_tls.context
+
+    async def reload(self, config: Config) -> None:
+        """Swap in a new config for new requests; in-flight ones finish on the old one.
+
+        Everything is built before anything is swapped: a certificate or binding that fails
+        raises ConfigError and leaves the running config in place.
+        """
+        certificates = {
+            listener.name: [tls.load_certificate(c) for c in listener.certificates]
+            for listener in config.listeners if listener.name in self._tls
+        }
+        self._sync_remote(config)
+        await self.backends.local.update(config.functions)
+        router = Router(config, self.backends)
+        for name, loaded in certificates.items():
+            self._tls[name].reload(loaded)
+        self.state.router = router
+        self.cvm.retain(config)  # health checks and pools no rule uses any more stop
+        self.config = config
+        error_log.info("config reloaded%s", f" from {config.source}" if config.source else "")
+
+    def reload_from_source(self) -> None:
+        source = self.config.source
+        if source is None:
+            error_log.warning("SIGHUP: the embedded default has no file to reload")
+            return
+        asyncio.get_running_loop().create_task(self.reload_checked(source))
+
+    async def reload_checked(self, source: Path) -> bool:
+        """Reload from ``source``; a bad config is refused, logged, and changes nothing."""
+        try:
+            await self.reload(load_config(source))
+        except ConfigError as exc:
+            error_log.error("reload refused, the running config stays: %s", exc)
+            return False
+        return True
+
+    async def stop(self, drain_timeout: float = 30.0) -> None:
+        """Stop accepting, finish in-flight requests (up to ``drain_timeout``), then close."""
+        self.state.draining = True
+        for server in self._servers:
+            server.close()
+        deadline = time.monotonic() + drain_timeout
+        while True:
+            for conn in list(self.state.connections):
+                conn.close_if_idle()
+            if not self.state.connections or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        for conn in list(self.state.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        await self.backends.local.close()
+        await self.cvm.close()
+        for client in [self._remote, self._invoke_url, *self._closing]:
+            if client is not None:
+                await client.close()
+        self.state.access_log.flush()
+        self._stopped.set()
+
+    async def run_until_signalled(self, drain_timeout: float = 30.0) -> None:
+        loop = asyncio.get_running_loop()
+        stopping: list[asyncio.Task[None]] = []
+
+        def on_term() -> None:
+            if not stopping:
+                error_log.info("stopping: draining in-flight requests")
+                stopping.append(loop.create_task(self.stop(drain_timeout)))
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_term)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_from_source)
+        await self._stopped.wait()
