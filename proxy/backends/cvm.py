@@ -1,0 +1,386 @@
+"""CVM targets: requests streamed to upstream servers over HTTP/1.1 keep-alive pools.
+
+Owns the exchange of one request with one upstream: the request head (the client's end-to-end
+headers from headers.py, Host kept, ``Expect`` dropped, our framing: Content-Length when the
+client declared one, else chunked), the body streamed up, the response head turned into a
+``Response`` whose body streams back as the client takes it, or a 101 handed to a ``Tunnel``;
+and ``CvmUpstreams``, the long-lived owner of every pool and health state, which binds targets
+for the router. The wire (llhttp parsing, flow control, pooling) is upstream.py's; health
+state is health.py's, fed and read here.
+
+Strategy: the upload is sent by a task of its own that reads the client's ``RequestBody``
+only once the upstream connection is ready (its first read sends the client's 100 Continue;
+``Expect`` is never forwarded, a proxy may answer it itself, RFC 9110 §10.1.1) and waits for
+the upstream to drain, while the request task waits for the response head, so an upstream that
+answers early or echoes as it reads cannot deadlock us. There is no read timeout while the
+body is still being sent (nginx starts proxy_read_timeout once the request is sent).
+
+A connection returns to its pool only when the response ended cleanly (complete by its
+framing, keep-alive per RFC 9112 §9.3), the request body was sent whole and nothing else
+arrived; otherwise it is closed. An upstream that breaks off mid-body makes the body iterator
+raise, so the client connection is aborted, never ended as if complete (RFC 9112 §6.3).
+
+Errors: connect failure or timeout (``proxy_connect_timeout``) and a reset before any response
+byte give ``UpstreamError`` (502; ``retryable`` when nothing was sent, or the method is
+idempotent (RFC 9110 §9.2.2) and has no body: the router may try another target; never for a
+request whose body was read); a broken response head is a 502 that is not retryable (the
+upstream got the request); waiting longer than ``proxy_read_timeout`` gives ``UpstreamTimeout``
+(504). A *reused* connection that dies before any response byte (the keep-alive race) is
+retried once here on a fresh connection, for bodiless idempotent requests only. Connect
+failures (and only they: one endpoint that crashes on a request must not take the whole server
+out) feed passive ejection; any response head clears it.
+
+Decisions (ours): upstream ``Date`` and ``Server`` are replaced by ours (nginx's
+proxy_hide_header default; two Date fields would be invalid, RFC 9110 §6.6.1); a POST, PUT or
+PATCH without a body is sent with ``Content-Length: 0`` (RFC 9110 §8.6); a client without
+``Host`` (HTTP/1.0) is sent the target's address as Host; pools are per address (shared by
+rules), health checks per listener + rule + address; after a reload ``retain(config)`` stops
+what no rule uses any more.
+
+Must not know routing, the client connection, or how the writer frames the response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..config import Config, Listener, Rule, Target
+from ..errors import UpstreamError
+from ..headers import HOP_BY_HOP, TrustedProxies, forwarded_headers
+from ..messages import Headers, Outcome, Request, Response, Route
+from ..streams import RequestBody
+from .health import ActiveCheck, PassiveEjection
+from .tunnel import Tunnel
+from .upstream import DONE, HEAD, IDLE_TIMEOUT, MAX_IDLE, NO_BODY, Pool, UpstreamConnection
+
+Backend = Callable[[Request, Route], Awaitable[Outcome]]
+Usable = Callable[[], bool]
+
+#: RFC 9110 §9.2.2
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+#: RFC 9110 §8.6: a request of these methods without a body still says Content-Length: 0
+_CONTENT_METHODS = frozenset({"POST", "PUT", "PATCH"})
+#: request fields we set ourselves (framing) or answer ourselves (Expect)
+_REQUEST_OWN = frozenset({"content-length", "transfer-encoding", "expect"})
+#: response fields never passed on: hop-by-hop (RFC 9110 §7.6.1), framing (the writer frames),
+#: Date and Server (ours replace them)
+_RESPONSE_DROP = HOP_BY_HOP | {"content-length", "date", "server"}
+
+
+def request_head(request: Request, trusted: TrustedProxies, address: str,
+                 upgrade: bool) -> bytes:
+    """The request line and header block sent upstream (HTTP/1.1 whatever the client spoke)."""
+    query = request.query
+    parts = [f"{request.method} {request.path}{'?' + query if query else ''} HTTP/1.1\r\n"]
+    has_host = False
+    for name, value in forwarded_headers(request, trusted):
+        lname = name.lower()
+        if lname in _REQUEST_OWN:
+            continue
+        has_host = has_host or lname == "host"
+        parts.append(f"{name}: {value}\r\n")
+    if not has_host:  # an HTTP/1.0 client may send none; HTTP/1.1 requires one (RFC 9112 §3.2)
+        parts.append(f"Host: {address}\r\n")
+    if upgrade:  # hop-by-hop, so headers.py dropped them: a WebSocket handshake needs both;
+        # only the websocket protocol is offered (never h2c, which would bypass us)
+        parts.append("Connection: upgrade\r\nUpgrade: websocket\r\n")
+    stream = request.stream
+    if stream is not None:
+        length = stream.declared_length
+        parts.append("Transfer-Encoding: chunked\r\n" if length is None
+                     else f"Content-Length: {length}\r\n")
+    elif request.body or request.method in _CONTENT_METHODS:
+        parts.append(f"Content-Length: {len(request.body)}\r\n")
+    parts.append("\r\n")
+    return "".join(parts).encode("latin-1")
+
+
+def response_headers(raw: list[tuple[str, str]]) -> Headers:
+    """The upstream's end-to-end response fields: hop-by-hop ones, those named in Connection
+    (RFC 9110 §7.6.1), framing, Date and Server removed."""
+    named = {token.strip().lower() for name, value in raw if name.lower() == "connection"
+             for token in value.split(",")}
+    return tuple(field for field in raw
+                 if (lname := field[0].lower()) not in _RESPONSE_DROP and lname not in named)
+
+
+def _header(raw: list[tuple[str, str]], name: str) -> str | None:
+    return next((v for k, v in raw if k.lower() == name), None)
+
+
+async def send_body(conn: UpstreamConnection, stream: RequestBody, chunked: bool,
+                    timeout: float) -> None:
+    """Stream the client's body upstream, waiting for the upstream to drain (send timeout =
+    read timeout, as nginx's proxy_send_timeout defaults to the same 60 s). Returns quietly
+    when the upstream went away: the response side reports that."""
+    transport = conn.transport
+    while not conn.closed:
+        chunk = await stream.read()
+        if conn.closed:
+            return
+        if not chunk:
+            if chunked:
+                transport.write(b"0\r\n\r\n")  # RFC 9112 §7.1: last-chunk, no trailers
+            conn.body_sent = True
+            return
+        if chunked:
+            transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+        else:
+            transport.write(chunk)
+        if conn.write_paused:
+            await conn.drain(timeout)
+
+
+def _stop(sender: asyncio.Task[None] | None) -> None:
+    if sender is not None and not sender.done():
+        sender.cancel()
+
+
+def _consume(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: its error was raised to the request, or did not matter
+
+
+class ResponseBody:
+    """The streamed response body: chunks as the upstream sends them, pulled by the client
+    connection; raises when the upstream breaks off, so the client never sees a clean end."""
+
+    __slots__ = ("_target", "_conn", "_sender")
+
+    def __init__(self, target: CvmTarget, conn: UpstreamConnection,
+                 sender: asyncio.Task[None] | None) -> None:
+        self._target = target
+        self._conn: UpstreamConnection | None = conn
+        self._sender = sender
+
+    def __aiter__(self) -> ResponseBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        conn = self._conn
+        if conn is None:
+            raise StopAsyncIteration
+        try:
+            while not conn.chunks:
+                if conn.error is not None:
+                    raise conn.error
+                if conn.complete:
+                    self._end(True)
+                    raise StopAsyncIteration
+                await conn.wait(self._target.read_timeout)
+        except StopAsyncIteration:
+            raise
+        except BaseException:
+            self._end(False)
+            raise
+        return conn.take_chunk()
+
+    def _end(self, clean: bool) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._target.finish(conn, self._sender, clean)
+
+    def __del__(self) -> None:  # never iterated to the end (the client went away first)
+        if self._conn is not None:
+            self._end(False)
+
+
+class _NoBody:
+    """The body of a HEAD answer: none, whatever Content-Length says (RFC 9110 §9.3.2)."""
+
+    def __aiter__(self) -> _NoBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        raise StopAsyncIteration
+
+
+class CvmTarget:
+    """One CVM target of one rule: the backend callable the router holds for it."""
+
+    __slots__ = ("pool", "passive", "check", "trusted", "connect_timeout", "read_timeout")
+
+    def __init__(self, pool: Pool, passive: PassiveEjection, check: ActiveCheck,
+                 listener: Listener) -> None:
+        self.pool = pool
+        self.passive = passive
+        self.check = check
+        self.trusted = TrustedProxies(listener.trusted_proxies)
+        self.connect_timeout = listener.proxy_connect_timeout
+        self.read_timeout = listener.proxy_read_timeout
+
+    def usable(self) -> bool:
+        """Healthy by the active check and not ejected by real traffic."""
+        check = self.check
+        if not check.running:
+            check.start()  # lazily: the router asks from inside the running loop
+        return check.healthy and not self.passive.ejected
+
+    async def __call__(self, request: Request, route: Route) -> Outcome:
+        upgrade = "websocket" in request.upgrade.lower()
+        head = request_head(request, self.trusted, self.pool.address, upgrade)
+        # Nothing of a bodiless idempotent request can be lost by sending it again.
+        replayable = request.stream is None and request.method in IDEMPOTENT
+        conn = self.pool.take()
+        while True:
+            reused = conn is not None
+            if conn is None:
+                try:
+                    conn = await self.pool.connect(self.connect_timeout)
+                except UpstreamError:
+                    self.passive.failure()
+                    raise
+            try:
+                return await self._exchange(conn, request, route, head, upgrade)
+            except UpstreamError as exc:
+                if conn.got_bytes:
+                    raise  # it answered, badly: the request reached it (not retryable)
+                if reused and replayable:
+                    conn = None  # the keep-alive race: once more, on a fresh connection
+                    continue
+                exc.retryable = replayable
+                raise
+
+    async def _exchange(self, conn: UpstreamConnection, request: Request, route: Route,
+                        head: bytes, upgrade: bool) -> Outcome:
+        conn.begin(request.method == "HEAD", upgrade)
+        stream = request.stream
+        sender = None
+        if stream is not None:
+            conn.transport.write(head)
+            sender = asyncio.get_running_loop().create_task(
+                send_body(conn, stream, stream.declared_length is None, self.read_timeout))
+            sender.add_done_callback(_consume)
+        else:
+            conn.transport.write(head + request.body if request.body else head)
+            conn.body_sent = True
+        try:
+            while conn.phase == HEAD and conn.error is None:
+                await conn.wait(self.read_timeout, sender)
+            if conn.error is not None:
+                raise conn.error
+        except BaseException:
+            _stop(sender)
+            self.pool.release(conn, False)
+            raise
+        self.passive.success()
+        return Outcome(self._response(conn, sender), route)
+
+    def _response(self, conn: UpstreamConnection, sender: asyncio.Task[None] | None
+                  ) -> Response:
+        status, raw = conn.status, conn.raw_headers
+        headers = response_headers(raw)
+        if status == 101:
+            _stop(sender)
+            self.pool.detach()
+            tunnel = Tunnel(conn.transport, bytes(conn.buf), self.read_timeout)
+            conn.buf.clear()
+            conn.tunnel = tunnel
+            if conn.closed:  # it said its piece and left: the client gets it, then the close
+                tunnel.upstream_lost(None)
+            upgrade = _header(raw, "upgrade") or "websocket"
+            return Response(101, headers + (("Connection", "upgrade"), ("Upgrade", upgrade)),
+                            tunnel=tunnel)
+        length = _header(raw, "content-length")
+        if conn.phase == DONE:  # HEAD, 204, 304: the head was all of it
+            self.finish(conn, sender, True)
+            if status in NO_BODY:
+                return Response(status, headers)
+            return Response(status, headers, stream=_NoBody(),
+                            length=int(length) if length is not None else None)
+        if conn.complete and conn.error is None:
+            # The whole body came with the head (most small answers): a plain body, so the
+            # client gets head and body in one write.
+            body = conn.take_all()
+            self.finish(conn, sender, True)
+            return Response(status, headers, body)
+        return Response(status, headers, stream=ResponseBody(self, conn, sender),
+                        length=int(length) if length is not None else None)
+
+    def finish(self, conn: UpstreamConnection, sender: asyncio.Task[None] | None,
+               clean: bool) -> None:
+        """The exchange is over: pool the connection only if nothing is left on it."""
+        _stop(sender)
+        self.pool.release(conn, clean and conn.body_sent and conn.keep_alive
+                          and not conn.dirty and not conn.chunks and conn.error is None)
+
+
+def check_host(rule: Rule, address: str) -> str:
+    """The health check's Host: its own domain, else the rule's when that is one fixed name,
+    else the target's address (a wildcard or regex domain names no host)."""
+    domain = rule.health_check.domain or rule.domain
+    return address if domain.startswith("~") or "*" in domain else domain
+
+
+class CvmUpstreams:
+    """Every CVM target of the server; outlives routers so pools and health survive reloads.
+
+    ``bind`` is what the router calls per CVM target (``Backends.cvm``); ``retain(config)``,
+    called after a reload has been swapped in, stops the health checks and retires the pools
+    that no rule of ``config`` uses any more; ``close()`` at shutdown.
+    """
+
+    def __init__(self, *, max_idle: int = MAX_IDLE, idle_timeout: float = IDLE_TIMEOUT,
+                 eject_after: int = 3, eject_for: float = 10.0) -> None:
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        self.eject_after = eject_after
+        self.eject_for = eject_for
+        self._pools: dict[str, Pool] = {}
+        self._passive: dict[str, PassiveEjection] = {}
+        self._checks: dict[tuple[str, str, str], ActiveCheck] = {}
+
+    def bind(self, listener: Listener, rule: Rule, target: Target) -> tuple[Backend, Usable]:
+        address = target.address
+        pool = self._pools.get(address)
+        if pool is None:
+            pool = self._pools[address] = Pool(address, self.max_idle, self.idle_timeout)
+        passive = self._passive.get(address)
+        if passive is None:
+            passive = self._passive[address] = PassiveEjection(
+                target.label, self.eject_after, self.eject_for)
+        key = (listener.name, rule.location_id, address)
+        check = self._checks.get(key)
+        if check is None:
+            check = self._checks[key] = ActiveCheck(
+                f"{target.label} ({listener.name} {rule.domain}{rule.url})", pool.host,
+                pool.port, rule.health_check, check_host(rule, address))
+        else:
+            check.reconfigure(rule.health_check, check_host(rule, address))
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass  # no loop yet: the first usable() starts it
+        else:
+            check.start()
+        bound = CvmTarget(pool, passive, check, listener)
+        return bound, bound.usable
+
+    def retain(self, config: Config) -> None:
+        keys = {(lst.name, rule.location_id, t.address) for lst in config.listeners
+                for rule in lst.rules for t in rule.targets if t.type == "CVM"}
+        addresses = {key[2] for key in keys}
+        for key in [k for k in self._checks if k not in keys]:
+            self._checks.pop(key).stop(retire=True)
+        for address in [a for a in self._pools if a not in addresses]:
+            self._pools.pop(address).retire()
+            self._passive.pop(address, None)
+
+    def state(self) -> dict[str, Any]:
+        """Pools, ejection and health-check state, for metrics."""
+        return {
+            "pools": {a: p.state() for a, p in self._pools.items()},
+            "ejection": {a: p.state() for a, p in self._passive.items()},
+            "checks": [{"listener": k[0], "location_id": k[1], "address": k[2], **c.state()}
+                       for k, c in self._checks.items()],
+        }
+
+    async def close(self) -> None:
+        checks, self._checks = list(self._checks.values()), {}
+        for check in checks:
+            await check.close()
+        for pool in self._pools.values():
+            pool.retire()
+        self._pools.clear()

@@ -1,0 +1,169 @@
+"""Operating the proxy: graceful drain on SIGTERM, zero-drop reload on SIGHUP (issue 7)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.proxyproc import ProxyProcess
+
+FUNCTIONS = Path(__file__).resolve().parents[1] / "functions"
+
+
+def _config(weights: tuple[int, int]) -> str:
+    return f"""
+[[listener]]
+name = "web"
+protocol = "HTTP"
+host = "127.0.0.1"
+port = 0
+
+  [[listener.rule]]
+  domain = "ops.test"
+  url = "/"
+  targets = [
+    {{ type = "SCF", function = "echo", weight = {weights[0]} }},
+    {{ type = "SCF", function = "echo2", weight = {weights[1]} }},
+  ]
+
+  [[listener.rule]]
+  domain = "ops.test"
+  url = "/sleep"
+  targets = [{{ type = "SCF", function = "sleeps" }}]
+
+[[function]]
+name = "echo"
+code = {json.dumps(str(FUNCTIONS / "whoami"))}
+concurrency = 4
+
+[[function]]
+name = "echo2"
+code = {json.dumps(str(FUNCTIONS / "whoami"))}
+concurrency = 4
+
+[[function]]
+name = "sleeps"
+code = {json.dumps(str(FUNCTIONS / "sleeps"))}
+concurrency = 20
+timeout = 10
+"""
+
+
+def _get(port: int, path: str, timeout: float = 20) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Host": "ops.test"})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def test_sigterm_finishes_in_flight_requests_then_exits_0(tmp_path: Path) -> None:
+    with ProxyProcess.with_config(_config((10, 10)), tmp_path) as proxy:
+        port = proxy.port()
+        results: list[int] = []
+        lock = threading.Lock()
+
+        def slow() -> None:
+            status = _get(port, "/sleep?seconds=1.5")
+            with lock:
+                results.append(status)
+
+        threads = [threading.Thread(target=slow) for _ in range(20)]
+        for t in threads:
+            t.start()
+        # all 20 are in flight once 20 instances are busy: wait for their cold starts
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and proxy.stderr.count("cold start") < 20:
+            time.sleep(0.05)
+        assert proxy.proc is not None
+        proxy.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        for t in threads:
+            t.join(20)
+        assert results == [200] * 20
+        assert proxy.proc.wait(20) == 0
+
+
+def _split(port: int, n: int) -> dict[str, int]:
+    """n requests on one keep-alive connection; how many each function served."""
+    counts = {"echo": 0, "echo2": 0}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    for _ in range(n):
+        conn.request("GET", "/", headers={"Host": "ops.test"})
+        resp = conn.getresponse()
+        body = resp.read()
+        assert resp.status == 200, body
+        counts[json.loads(body)["function"]] += 1
+    conn.close()
+    return counts
+
+
+def test_reload_under_load_drops_nothing_and_follows_weights(tmp_path: Path) -> None:
+    config_path = tmp_path / "rules.toml"
+    weights_cycle = [(100, 0), (0, 100), (30, 70)]
+    with ProxyProcess.with_config(_config(weights_cycle[0]), tmp_path) as proxy:
+        port = proxy.port()
+        stop = threading.Event()
+        failures: list[str] = []
+        served = [0]
+
+        def load() -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+            while not stop.is_set():
+                try:
+                    conn.request("GET", "/", headers={"Host": "ops.test"})
+                    resp = conn.getresponse()
+                    resp.read()
+                    if resp.status != 200:
+                        failures.append(f"status {resp.status}")
+                    served[0] += 1
+                except Exception as exc:  # noqa: BLE001 - any failure counts
+                    failures.append(repr(exc))
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+            conn.close()
+
+        clients = [threading.Thread(target=load) for _ in range(4)]
+        for c in clients:
+            c.start()
+        assert proxy.proc is not None
+        for i in range(20):
+            weights = weights_cycle[(i + 1) % len(weights_cycle)]
+            config_path.write_text(_config(weights))
+            proxy.proc.send_signal(signal.SIGHUP)
+            marker = "config reloaded"
+            deadline = time.monotonic() + 10
+            while proxy.stderr.count(marker) < i + 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert proxy.stderr.count(marker) == i + 1
+            # other clients share the balancer meanwhile: allow their interleaving
+            counts = _split(port, 100)
+            assert abs(counts["echo"] - weights[0]) <= 12, (i, weights, counts)
+        stop.set()
+        for c in clients:
+            c.join(20)
+        assert failures == []
+        assert served[0] > 100
+
+
+def test_bad_config_on_reload_keeps_the_running_one(tmp_path: Path) -> None:
+    with ProxyProcess.with_config(_config((100, 0)), tmp_path) as proxy:
+        (tmp_path / "rules.toml").write_text(_config((100, 0)).replace("weight = 100",
+                                                                        "weight = 150"))
+        assert proxy.proc is not None
+        proxy.proc.send_signal(signal.SIGHUP)
+        proxy.wait_for_log("reload refused")
+        assert "weight: must be 0..100, got 150" in proxy.stderr
+        assert _get(proxy.port(), "/") == 200
