@@ -1,0 +1,177 @@
+"""The scenarios of issue 8, each a function ``Bench -> list[Row]``, and their registry.
+
+Each builds its rows (what is compared, the issue's targets), then fills both sides through
+``harness.compare`` (wrk scenarios) or its own measurement (match time, idle memory). A failure
+lands in the row's ``error`` and the run goes on. Knows the configs to generate and the targets;
+knows nothing of how rows are printed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from benchmarks import confs, idle, matchbench, procs, rulegen
+from benchmarks.harness import OURS, PEER, Bench, Load, compare, fail
+from benchmarks.report import Check, Row, Side
+
+HELLO_CODE = procs.ROOT / "proxy" / "builtin" / "hello"
+ORIGIN = confs.ORIGIN_BODY.encode()
+HELLO = b"Hello CLB"
+
+
+def _cvm_rule(bench: Bench) -> list[tuple[str, str, str]]:
+    return [(confs.BENCH_DOMAIN, "/", confs.cvm_target(bench.origin_port()))]
+
+
+def cvm(bench: Bench) -> list[Row]:
+    row = Row("cvm", "CVM path: proxy -> origin vs nginx proxy_pass (keepalive) -> origin",
+              "req/s", Side("clbscf-proxy"), Side("nginx proxy_pass"),
+              checks=(Check("value", ">=", 1.0), Check("p99", "<=", 1.5)))
+    compare(bench, [Load(row, ORIGIN)], {
+        OURS: lambda: bench.proxy("proxy-cvm", confs.proxy_listener(rules=_cvm_rule(bench))),
+        PEER: lambda: bench.nginx_proxy("nginx-cvm", bench.origin_port())})
+    return [row]
+
+
+def _scf(bench: Bench, name: str, concurrency: int, checks: tuple[Check, ...]) -> Row:
+    row = Row(name, f"SCF path: Hello CLB function (concurrency {concurrency}) vs nginx -> "
+              f"uvicorn ASGI app ({concurrency} worker{'s' if concurrency > 1 else ''})",
+              "req/s", Side(f"clbscf-proxy scf x{concurrency}"),
+              Side(f"nginx+uvicorn x{concurrency}"), checks=checks)
+    toml = (confs.proxy_listener(rules=[(confs.BENCH_DOMAIN, "/", confs.SCF_TARGET)])
+            + "\n" + confs.hello_function(HELLO_CODE, concurrency))
+
+    def peer() -> procs.Server:
+        app = bench.uvicorn(concurrency)
+        try:
+            front = bench.nginx_proxy(f"nginx-{name}", app.port)
+        except BaseException:
+            app.stop()
+            raise
+        front.companions.append(app)  # stopping nginx stops uvicorn too
+        return front
+
+    compare(bench, [Load(row, HELLO)], {OURS: lambda: bench.proxy(f"proxy-{name}", toml),
+                                         PEER: peer})
+    return row
+
+
+def scf(bench: Bench) -> list[Row]:
+    """One function instance vs one uvicorn worker: the honest one-instance comparison."""
+    return [_scf(bench, "scf", 1, (Check("value", ">=", 1.0),))]
+
+
+def scf2(bench: Bench) -> list[Row]:
+    """Two instances vs two uvicorn workers, for information (no target in the issue)."""
+    return [_scf(bench, "scf-c2", 2, ())]
+
+
+def https(bench: Bench) -> list[Row]:
+    keep = Row("https-keepalive", "HTTPS keep-alive: TLS listener -> origin vs nginx ssl "
+               "proxy_pass, same certificate", "req/s", Side("clbscf-proxy tls"),
+               Side("nginx tls"), checks=(Check("value", ">=", 0.8),))
+    fresh = Row("https-handshake", "HTTPS new handshake per request (Connection: close)",
+                "req/s", Side("clbscf-proxy tls"), Side("nginx tls"))
+    loads = [Load(keep, ORIGIN, scheme="https"),
+             Load(fresh, ORIGIN, scheme="https", closing=True)]
+
+    def ours() -> procs.Server:
+        toml = confs.proxy_listener(protocol="HTTPS", rules=_cvm_rule(bench),
+                                    tls=bench.certificate())
+        return bench.proxy("proxy-https", toml)
+
+    compare(bench, loads, {OURS: ours, PEER: lambda: bench.nginx_proxy(
+        "nginx-https", bench.origin_port(), tls=True)})
+    return [keep, fresh]
+
+
+def _rules_toml(bench: Bench, rules: rulegen.RuleSet) -> str:
+    target = confs.cvm_target(bench.origin_port())
+    return confs.proxy_listener(rules=[(d, u, target) for d, u in rules.rules],
+                                default_domain=rules.rules[0][0])
+
+
+def rules(bench: Bench) -> list[Row]:
+    table = rulegen.build()
+    row = Row("rules-10k", f"{len(table.rules):,} rules (domains: "
+              + ", ".join(f"{n} {kind}" for kind, n in table.kinds.items())
+              + f"; urls: prefix and regex) vs 1 rule; request hits rule {table.hit_index}",
+              "req/s", Side(f"{len(table.rules):,} rules"), Side("1 rule"),
+              checks=(Check("value", ">=", 0.95),))
+    hit = table.rules[table.hit_index]
+    one = rulegen.RuleSet(rules=(hit,), hit_index=0, hit_host=table.hit_host,
+                          hit_path=table.hit_path, kinds={})
+    compare(bench, [Load(row, ORIGIN, path=table.hit_path, host=table.hit_host)], {
+        OURS: lambda: bench.proxy("proxy-rules-10k", _rules_toml(bench, table)),
+        PEER: lambda: bench.proxy("proxy-rules-1", _rules_toml(bench, one))})
+    return [row]
+
+
+def match(bench: Bench) -> list[Row]:
+    table = rulegen.build()
+    row = Row("match", f"RuleTable.match per request over {len(table.rules):,} rules: native "
+              "vs pure Python", "match/s", Side("native"), Side("pure Python"),
+              checks=(Check("value", ">=", 5.0),))
+    path = bench.workdir / "match-rules.toml"
+    # the origin is not needed to match; any port makes the config valid
+    target = confs.cvm_target(9)
+    path.write_text(confs.proxy_listener(rules=[(d, u, target) for d, u in table.rules],
+                                         default_domain=table.rules[0][0]))
+    bench.log("  timing RuleTablePy / RuleTable ...")
+    try:
+        result = matchbench.run(path, rulegen.probes(),
+                                (table.hit_host, table.hit_path, table.hit_index))
+    except Exception as exc:  # noqa: BLE001 - fail soft: the row says why
+        row.error = f"{exc}"
+        return [row]
+    row.peer.value = 1e9 / result.py_ns
+    row.peer.notes = f"{result.py_ns:,.0f} ns/match"
+    row.extra = {"py_ns": result.py_ns, "native_ns": result.native_ns,
+                 "native": result.native_status, "py_build_s": result.build_s,
+                 "probes": result.probes}
+    if result.native_ns is None:
+        row.error = f"native: {result.native_status}"
+    else:
+        row.ours.value = 1e9 / result.native_ns
+        row.ours.notes = f"{result.native_ns:,.0f} ns/match"
+    return [row]
+
+
+def idle_memory(bench: Bench) -> list[Row]:
+    count = bench.idle_connections
+    row = Row("idle-memory", f"RSS growth per idle keep-alive connection, {count:,} open "
+              "(one request each, CVM path)", "B/conn", Side("clbscf-proxy"),
+              Side("nginx proxy_pass"), checks=(Check("value", "<=", 4.0),))
+    # beyond the default 10,000 so the run's own connections are never refused
+    toml = confs.proxy_listener(rules=_cvm_rule(bench), max_connections=count * 2 + 1000)
+    starters: dict[str, Callable[[], procs.Server]] = {
+        OURS: lambda: bench.proxy("proxy-idle", toml),
+        PEER: lambda: bench.nginx_proxy("nginx-idle", bench.origin_port(),
+                                        worker_connections=count * 2 + 1000),
+    }
+    for which, start in starters.items():
+        side = {OURS: row.ours, PEER: row.peer}[which]
+        bench.log(f"  {which}: {side.label}, opening {count:,} connections")
+        try:
+            server = start()
+        except Exception as exc:  # noqa: BLE001 - fail soft: the row says why
+            fail([row], which, exc)
+            continue
+        try:
+            result = idle.measure(server.port, count, server.rss_bytes)
+            side.value = result.per_connection
+            side.notes = (f"RSS {result.rss_before / 2**20:.1f} -> "
+                          f"{result.rss_after / 2**20:.1f} MiB, {result.still_open:,} open")
+            bench.log(f"    {side.value:,.0f} B/conn ({side.notes})")
+        except Exception as exc:  # noqa: BLE001
+            fail([row], which, exc, server)
+        finally:
+            server.stop()
+    return [row]
+
+
+#: --only names -> scenario, in the order a full run goes
+SCENARIOS: dict[str, Callable[[Bench], list[Row]]] = {
+    "cvm": cvm, "scf": scf, "scf2": scf2, "https": https, "rules": rules, "match": match,
+    "idle": idle_memory,
+}

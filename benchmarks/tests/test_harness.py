@@ -1,0 +1,175 @@
+"""Starting, pinning, weighing and stopping servers; and ``measure`` filling a row or failing
+it softly (the row says why, the run goes on)."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from benchmarks import confs, procs
+from benchmarks.harness import OURS, PEER, Bench, Load, compare
+from benchmarks.report import Row, Side
+
+FAKE_PROXY = """\
+import sys, time
+print('clbscf-proxy: listening on http://127.0.0.1:4321 (listener "bench")', file=sys.stderr)
+print('clbscf-proxy: ready', file=sys.stderr, flush=True)
+time.sleep(60)
+"""
+# a parent whose child holds 64 MB and exits once its parent is gone
+TREE = """\
+import subprocess, sys, time
+child = ("import os, time\\nb = bytearray(64 << 20)\\nb[::4096] = b'x' * len(b[::4096])\\n"
+         "p = os.getppid()\\nprint('child ready', flush=True)\\n"
+         "while os.getppid() == p: time.sleep(0.05)\\n")
+subprocess.Popen([sys.executable, "-c", child])
+time.sleep(60)
+"""
+
+
+def python_server(tmp_path: Path, code: str, cls: type[procs.Server] = procs.Server,
+                  cpus: set[int] | None = None) -> procs.Server:
+    return cls("fake", [sys.executable, "-c", code], tmp_path / "fake.log", cpus=cpus).start()
+
+
+def test_proxy_port_is_read_from_its_listening_line(tmp_path: Path) -> None:
+    server = python_server(tmp_path, FAKE_PROXY, procs.ProxyServer)
+    try:
+        assert isinstance(server, procs.ProxyServer)
+        assert server.wait_ready(10).port == 4321
+    finally:
+        server.stop()
+    assert server.proc is not None and server.proc.returncode is not None
+
+
+def test_crashed_server_error_names_its_last_log_line(tmp_path: Path) -> None:
+    code = "import sys\nprint('starting')\nraise SystemExit('boom: no module named x')"
+    server = python_server(tmp_path, code, procs.ProxyServer)
+    assert isinstance(server, procs.ProxyServer)
+    with pytest.raises(procs.StartError, match="fake exited with 1: boom: no module") as info:
+        server.wait_ready(10)
+    assert "starting" in info.value.log
+
+
+def test_server_runs_pinned_with_a_raised_open_file_limit(tmp_path: Path) -> None:
+    expected = procs.raise_nofile()
+    cpu = min(os.sched_getaffinity(0))
+    server = python_server(tmp_path, "import time; time.sleep(60)", cpus={cpu})
+    try:
+        assert os.sched_getaffinity(server.pid) == {cpu}
+        limits = Path(f"/proc/{server.pid}/limits").read_text()
+        line = next(li for li in limits.splitlines() if li.startswith("Max open files"))
+        assert int(line.split()[3]) == expected
+    finally:
+        server.stop()
+
+
+def test_memory_counts_the_children_too(tmp_path: Path) -> None:
+    server = python_server(tmp_path, TREE)
+    try:
+        deadline = time.monotonic() + 10
+        while "child ready" not in server.log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        own = procs._rss(server.pid)
+        assert own < 32 << 20
+        assert server.rss_bytes() >= own + (60 << 20)
+    finally:
+        children = procs._descendants(server.pid)
+        server.stop()
+        for pid in children:  # they exit by themselves once the parent is gone; make sure
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def bench(tmp_path: Path, rounds: int = 1) -> Bench:
+    return Bench(tmp_path, duration=1, connections=4, sut_cpus=None, load_cpus=None,
+                 idle_connections=10, rounds=rounds, log=lambda text: None)
+
+
+def row() -> Row:
+    return Row("cvm", "", "req/s", Side("clbscf-proxy"), Side("nginx"))
+
+
+def origin(tmp_path: Path) -> procs.Server:
+    port = procs.free_port()
+    return procs.start_nginx("origin", confs.nginx_conf(tmp_path / "origin",
+                                                        confs.origin_server(port)),
+                             port, tmp_path, None)
+
+
+def crashed() -> procs.Server:
+    raise procs.StartError("proxy-cvm exited with 1", "Traceback\nImportError: nope")
+
+
+def test_side_that_does_not_start_fails_every_row(tmp_path: Path) -> None:
+    rows = [row(), row()]
+    compare(bench(tmp_path), [Load(r, b"hello") for r in rows], {OURS: crashed})
+    for r in rows:
+        assert r.error == "ours: proxy-cvm exited with 1: ImportError: nope"
+        assert r.extra["ours_log"].endswith("ImportError: nope")
+        assert r.ours.value is None
+
+
+def test_peer_is_still_measured_when_ours_does_not_start(tmp_path: Path) -> None:
+    r = row()
+    compare(bench(tmp_path), [Load(r, confs.ORIGIN_BODY.encode())],
+            {OURS: crashed, PEER: lambda: origin(tmp_path)})
+    assert r.error.startswith("ours: ")
+    assert r.peer.value is not None and r.peer.value > 100
+
+
+class _BadGateway(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        self.send_response(502)
+        self.send_header("Content-Length", "3")
+        self.end_headers()
+        self.wfile.write(b"bad")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def bad_gateway() -> Iterator[int]:
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _BadGateway)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield httpd.server_address[1]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+def test_wrong_answer_fails_the_row_before_any_load(tmp_path: Path) -> None:
+    r = row()
+    with bad_gateway() as port:
+        fake = procs.Server("proxy-cvm", [], tmp_path / "none.log")
+        fake.port = port
+        compare(bench(tmp_path), [Load(r, b"hello")], {OURS: lambda: fake})
+    assert r.error.startswith("ours: GET / (Host bench.local) answered 502 b'bad'")
+    assert r.ours.value is None
+
+
+def test_each_side_keeps_its_best_round_of_real_wrk_runs(tmp_path: Path) -> None:
+    r = row()
+    compare(bench(tmp_path, rounds=2), [Load(r, confs.ORIGIN_BODY.encode())],
+            {PEER: lambda: origin(tmp_path)})
+    assert not r.error, r.error
+    rounds = r.extra["rounds"]["peer"]
+    assert len(rounds) == 2 and "ours" not in r.extra["rounds"]
+    assert r.peer.value is not None and round(r.peer.value) == max(rounds)
+    assert r.peer.p50_ms is not None and r.peer.p99_ms is not None
+    assert 0 < r.peer.p50_ms <= r.peer.p99_ms

@@ -1,0 +1,39 @@
+"""The command line's defaults and the CPU plan."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from benchmarks.run import build_parser, cpu_plan
+from benchmarks.scenarios import SCENARIOS
+
+
+def test_defaults_are_the_issues_ten_seconds_fifty_connections() -> None:
+    args = build_parser().parse_args([])
+    assert (args.duration, args.connections, args.rounds) == (10.0, 50, 2)
+    assert args.only is None and args.out is None and not args.markdown
+    assert args.idle_connections == 10_000
+
+
+def test_only_takes_several_known_scenarios() -> None:
+    assert build_parser().parse_args(["--only", "cvm", "idle"]).only == ["cvm", "idle"]
+    assert set(SCENARIOS) == {"cvm", "scf", "scf2", "https", "rules", "match", "idle"}
+
+
+def test_unknown_scenario_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["--only", "http3"])
+    assert info.value.code == 2
+    assert "invalid choice: 'http3'" in capsys.readouterr().err
+
+
+def test_server_and_load_get_separate_cpus_unless_told_not_to() -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    sut, load = cpu_plan(no_pin=False)
+    if len(cpus) >= 2:
+        assert sut == {cpus[0]} and load == set(cpus[1:])
+    else:
+        assert (sut, load) == (None, None)
+    assert cpu_plan(no_pin=True) == (None, None)
