@@ -21,7 +21,8 @@ The gateway is one load balancer (``config.load_balancer_id``); a listener's Lis
 targets are addressed and shown by ``EniIp`` + ``Port`` (shown as the SDK's ``Backend``: Type
 ``ENI``, ``PrivateIpAddresses``, plus ``EniIp``); function targets as ``FunctionTargets``.
 
-Auth: with a token (the server requires one off loopback) every request needs
+Auth: ``/healthz`` is open to probes (without the token it shows only the status); with a
+token (the server requires one off loopback) every other request needs
 ``Authorization: Bearer <token>`` (401 otherwise, RFC 6750 §3), or, for API calls, a TC3
 signature made with SecretId ``admin`` and SecretKey = the token: the official SDKs then work
 unchanged (``Credential("admin", token)``). The signature is checked as Tencent does (5-minute
@@ -654,7 +655,8 @@ class AdminApp:
         authorized = self._bearer_ok(request)
         signed = request.path == "/" and (request.header("authorization") or "").startswith(
             tc3.ALGORITHM + " ")
-        if not authorized and not signed:
+        # /healthz is open (probes carry no token), but says only ok/not ok without one
+        if not authorized and not signed and request.path != "/healthz":
             return Outcome(self._unauthorized(request))
         return Outcome(await serve(request, authorized))
 
@@ -710,6 +712,8 @@ class AdminApp:
     async def _healthz(self, request: Request, authorized: bool) -> Response:
         info: dict[str, Any] = {"status": "ok", **(self._health() if self._health else {})}
         status = 200 if info["status"] == "ok" else 503
+        if not authorized:
+            info = {"status": info["status"]}
         return Response(status, _JSON + (("Cache-Control", "no-store"),), orjson.dumps(info))
 
     async def _metrics_page(self, request: Request, authorized: bool) -> Response:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,14 @@ OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
                                 help="on SIGTERM, how long in-flight requests may take")),
     (("--state-dir",), dict(type=Path, metavar="DIR",
                             help="where generated development certificates are kept")),
+    (("--admin",), dict(metavar="[HOST]:PORT",
+                        help="serve the admin API (healthz, metrics, CLB API actions) here; "
+                             "the host defaults to 127.0.0.1; off loopback the bearer token "
+                             "comes from CLBSCF_ADMIN_TOKEN")),
+    (("--workers",), dict(type=int, default=1, metavar="N",
+                          help="N worker processes share the listening sockets under a "
+                               "supervisor that restarts any that dies (default 1: one "
+                               "process, no supervisor)")),
 )
 
 
@@ -54,14 +63,25 @@ def build_parser() -> argparse.ArgumentParser:
                     "servers. `clbscf-proxy invoke NAMESPACE/FUNCTION --event FILE` runs a "
                     "local function once.",
     )
-    parser.add_argument("--version", action="version", version=version_text())
+    parser.add_argument("--version", action=_VersionAction, nargs=0,
+                        help="show the version and which native modules are active")
     for flags, kwargs in OPTIONS:
         parser.add_argument(*flags, **kwargs)
     return parser
 
 
+class _VersionAction(argparse.Action):
+    """--version, computed only when asked (it imports the native modules to say which)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        print(version_text())
+        parser.exit()
+
+
 def version_text() -> str:
-    return f"clbscf-proxy {__version__}"
+    from . import _native
+
+    return f"clbscf-proxy {__version__} ({_native.describe()})"
 
 
 def _certificates(args: argparse.Namespace) -> tuple[Any, ...]:
@@ -107,11 +127,22 @@ def check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def admin_address(args: argparse.Namespace) -> tuple[str, int, str | None] | None:
+    """(host, port, token) of --admin, or None; ConfigError when a token is missing."""
+    if not args.admin:
+        return None
+    from .adminserver import admin_token, parse_admin
+
+    host, port = parse_admin(args.admin)
+    return host, port, admin_token(host, os.environ)
+
+
 async def serve(config: Config, args: argparse.Namespace) -> int:
     from .server import ProxyServer
 
     server = ProxyServer(config, parser_kind=args.http, state_dir=args.state_dir,
-                         access_log=AccessLog(enabled=not args.no_access_log))
+                         access_log=AccessLog(enabled=not args.no_access_log),
+                         admin=admin_address(args), load=lambda: resolve_config(args))
     try:
         await server.start()
     except BaseException:
@@ -139,8 +170,16 @@ def main(argv: list[str] | None = None) -> int:
             # Before any handshake: limits key exchange to X25519/P-256/P-384; may re-exec
             # this process once with OPENSSL_CONF set (Python 3.11 has no set_groups()).
             ensure_openssl_groups_config(args.state_dir or default_state_dir())
+        if args.workers < 1:
+            raise ConfigError("--workers must be at least 1")
         import uvloop
 
+        if args.workers > 1:
+            from .supervisor import Supervisor
+
+            supervisor = Supervisor(config, args, lambda: resolve_config(args),
+                                    admin_address(args))
+            return uvloop.run(supervisor.run())
         return uvloop.run(serve(config, args))
     except ConfigError as exc:
         print(f"clbscf-proxy: {exc}", file=sys.stderr)

@@ -34,6 +34,7 @@ from .streams import RequestBody
 if TYPE_CHECKING:
     from .config import Listener
     from .logs import AccessLog
+    from .metrics import ProxyMetrics
     from .router import Router
 
 error_log = logging.getLogger("proxy.error")
@@ -51,19 +52,37 @@ IDLE, HEAD, BODY = 0, 1, 2
 
 
 class ServerState:
-    """What connections share: the live router, the access log, the open connections."""
+    """What connections share: the live router (anything with ``async handle(Request) ->
+    Outcome``), the access log, the metrics, the open connections."""
 
-    def __init__(self, router: Router, access_log: AccessLog) -> None:
+    def __init__(self, router: Router, access_log: AccessLog,
+                 metrics: ProxyMetrics | None = None) -> None:
         self.router = router
         self.access_log = access_log
+        self.metrics = metrics
         self.connections: set[HttpConnection] = set()
         self.draining = False
 
     def log_access(self, request: Request, outcome: Outcome, nbytes: int,
                    duration: float) -> None:
+        route = outcome.route
+        metrics = self.metrics
+        if metrics is not None:
+            rule = f"{route.domain}{route.url}" if route else ""
+            target = route.target if route else ""
+            stream = request.stream
+            metrics.observe_request(request.listener, rule, target, outcome.response.status,
+                                    duration, nbytes,
+                                    stream.received if stream is not None else len(request.body))
+            if target.startswith("SCF:"):
+                metrics.observe_invocation(target[4:], outcome.cold_start,
+                                           outcome.error or "ok",
+                                           outcome.function_ms / 1000.0 if not outcome.error
+                                           else None)
+            elif outcome.error and target.startswith("CVM:"):
+                metrics.observe_upstream_error(target[4:], outcome.error)
         if not self.access_log.enabled:
             return
-        route = outcome.route
         self.access_log.write({
             "time": request.received_at,
             "client": request.client_ip,
@@ -82,6 +101,9 @@ class ServerState:
         })
 
     def log_error_response(self, conn: HttpConnection, exc: ProxyError, nbytes: int) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_request(conn.ctx.listener.name, "", "", exc.status_hint, 0.0,
+                                         nbytes)
         if not self.access_log.enabled:
             return
         self.access_log.write({

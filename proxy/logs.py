@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import select
 import sys
 from typing import IO, Any
 
@@ -37,9 +38,13 @@ def setup_logging(level: str = "info") -> None:
 class AccessLog:
     """Buffered JSON-lines access log; ``enabled=False`` makes ``write`` a no-op."""
 
-    def __init__(self, stream: IO[bytes] | None = None, enabled: bool = True) -> None:
+    def __init__(self, stream: IO[bytes] | None = None, enabled: bool = True,
+                 atomic_lines: bool = False) -> None:
+        """``atomic_lines``: several processes (workers) share the stream, so each write is
+        whole lines of at most PIPE_BUF bytes, which a pipe never interleaves (POSIX)."""
         self._stream = stream if stream is not None else sys.stdout.buffer
         self.enabled = enabled
+        self.atomic_lines = atomic_lines
         self._buf: list[bytes] = []
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -70,7 +75,21 @@ class AccessLog:
         self._buf.clear()
         self._size = 0
         try:
-            self._stream.write(data)
+            if self.atomic_lines and len(data) > select.PIPE_BUF:
+                self._write_atomic(data)
+            else:
+                self._stream.write(data)
             self._stream.flush()
         except (OSError, ValueError) as exc:  # closed pipe: keep serving, say it once per flush
             error_log.warning("access log write failed: %s", exc)
+
+    def _write_atomic(self, data: bytes) -> None:
+        start = 0
+        while start < len(data):
+            end = start + select.PIPE_BUF
+            if end < len(data):
+                cut = data.rfind(b"\n", start, end)
+                end = cut + 1 if cut >= start else data.find(b"\n", end) + 1 or len(data)
+            self._stream.write(data[start:end])
+            self._stream.flush()  # one write(2) per piece
+            start = end

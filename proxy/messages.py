@@ -104,3 +104,7 @@ class Outcome:
     #: SCF targets: the function invocation's request id and whether it started an instance
     function_request_id: str = ""
     cold_start: bool = False
+    #: how long the function ran (SCF targets), for metrics
+    function_ms: float = 0.0
+    #: the ProxyError class name when the response is an error page, for metrics
+    error: str = ""

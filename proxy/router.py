@@ -189,4 +189,4 @@ class Router:
                     exc.status_hint, type(exc).__name__,
                     f": {exc.log_detail}" if exc.log_detail else f": {exc}",
                 )
-            return Outcome(writer.error_response(exc), route)
+            return Outcome(writer.error_response(exc), route, error=type(exc).__name__)

@@ -7,7 +7,12 @@ connections (tracked here because Python 3.11's ``Server`` cannot close idle cli
 
 On start it prints one line per bound listener to stderr, ``listening on
 http://HOST:PORT (listener "NAME")``, with the real port when the config asked for port 0, then
-``clbscf-proxy: ready`` once every listener is bound.
+``clbscf-proxy: ready`` once every listener is bound. As one of several workers (supervisor.py)
+it serves sockets bound by the supervisor and says nothing: the supervisor announces.
+
+It also owns the process's metrics (``ProxyMetrics``: request counters are fed per request by
+the connections, pool, instance and health gauges are read at each scrape) and, with one
+process, the admin API (adminserver.py), whose changes are applied by ``reload``.
 """
 
 from __future__ import annotations
@@ -20,14 +25,18 @@ import socket
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import tls
+from .admin import AdminApp
+from .adminserver import start_admin
 from .backends.cvm import CvmUpstreams
 from .config import Config, Listener, RemoteScf, load_config
 from .connection import HttpConnection, ListenerContext, ServerState
 from .errors import ConfigError
 from .logs import AccessLog
+from .metrics import ProxyMetrics
 from .router import Backends, Router
 from .scf.local import LocalFunctions
 from .scf.remote import Credentials, InvokeUrlClient, RemoteFunctions
@@ -43,8 +52,15 @@ class ProxyServer:
     """Runs one config: ``await start()``, ``await reload(config)``, ``await stop()``."""
 
     def __init__(self, config: Config, *, parser_kind: str = "auto",
-                 access_log: AccessLog | None = None, state_dir: Path | None = None) -> None:
+                 access_log: AccessLog | None = None, state_dir: Path | None = None,
+                 admin: tuple[str, int, str | None] | None = None,
+                 load: Callable[[], Config] | None = None) -> None:
+        """``admin``: (host, port, token) to serve the admin API on, or None; ``load``: how
+        SIGHUP reads the config again (default: the file, as it is)."""
         self.config = config
+        self.load = load or (lambda: load_config(self.config.source or ""))
+        self.admin = admin
+        self._admin_server: asyncio.AbstractServer | None = None
         self.parser_kind = parser_kind
         self.state_dir = state_dir
         region = config.scf.region if config.scf else DEFAULT_REGION
@@ -57,7 +73,10 @@ class ProxyServer:
         self._invoke_ca: Path | None = None
         self._closing: list[Any] = []  # clients replaced by a reload, closed at stop
         self._sync_remote(config)
-        self.state = ServerState(Router(config, self.backends), access_log or AccessLog())
+        self.metrics = ProxyMetrics()
+        self.state = ServerState(Router(config, self.backends), access_log or AccessLog(),
+                                 self.metrics)
+        self._track()
         self._servers: list[asyncio.AbstractServer] = []
         self._contexts: dict[str, ListenerContext] = {}
         self._tls: dict[str, tls.ServerTLS] = {}
@@ -87,22 +106,61 @@ class ProxyServer:
         self.backends.remote = self._remote.invoke if self._remote else None
         self.backends.invoke_url = self._invoke_url.invoke_url
 
-    async def start(self) -> None:
+    def _track(self) -> None:
+        """The gauges read at each scrape: instances, upstream pools and health, clients."""
+        metrics = self.metrics
+        local = self.backends.local
+        local.on_queue_wait = metrics.observe_queue_wait
+        metrics.track_instances(lambda: {
+            fn: {k: v for k, v in stats.items() if k in INSTANCE_STATES}
+            for fn, stats in local.stats().items()})
+
+        def collect() -> None:
+            state = self.cvm.state()
+            metrics.upstream_connections.clear()
+            for address, pool in state["pools"].items():
+                metrics.set_upstream_pool(address, pool["busy"], pool["idle"])
+            metrics.upstream_healthy.clear()
+            for check in state["checks"]:
+                metrics.set_upstream_health(check["listener"], check["location_id"],
+                                            check["address"], bool(check["healthy"]))
+            counts = dict.fromkeys((l.name for l in self.config.listeners), 0)
+            for conn in self.state.connections:
+                counts[conn.ctx.listener.name] = counts.get(conn.ctx.listener.name, 0) + 1
+            for name, count in counts.items():
+                metrics.set_client_connections(name, count)
+        metrics.add_collector(collect)
+
+    def health(self) -> dict[str, Any]:
+        """For /healthz: "draining" (answered 503) once a stop has begun."""
+        return {"status": "draining" if self.state.draining else "ok", "pid": os.getpid(),
+                "connections": len(self.state.connections),
+                "functions": self.backends.local.stats()}
+
+    async def start(self, sockets: dict[str, list[socket.socket]] | None = None) -> None:
+        """Bind the listeners (or serve ``sockets``, listener name -> bound sockets, handed
+        over by the supervisor) and the admin API."""
         await self.backends.local.start()
         loop = asyncio.get_running_loop()
+        announce = sockets is None
         for listener in self.config.listeners:
             extra = (tls.hsts_header(listener.hsts_max_age),) if listener.hsts_max_age else ()
             ctx = ListenerContext(listener, self.parser_kind, self.state, extra)
             self._contexts[listener.name] = ctx
             ssl_ctx = self._ssl_context(listener)
+            handshake = ({"ssl_handshake_timeout": listener.ssl_handshake_timeout}
+                         if ssl_ctx else {})
             try:
+                if sockets is not None:
+                    for sock in sockets[listener.name]:
+                        self._servers.append(await loop.create_server(
+                            lambda ctx=ctx: HttpConnection(ctx),  # type: ignore[misc]
+                            sock=sock, backlog=511, ssl=ssl_ctx, **handshake))
+                    continue
                 server = await loop.create_server(
                     lambda ctx=ctx: HttpConnection(ctx),  # type: ignore[misc]
                     host=listener.host or None, port=listener.port, backlog=511,
-                    ssl=ssl_ctx, reuse_address=True,
-                    **({"ssl_handshake_timeout": listener.ssl_handshake_timeout}
-                       if ssl_ctx else {}),
-                )
+                    ssl=ssl_ctx, reuse_address=True, **handshake)
             except OSError as exc:
                 raise ConfigError(
                     f"listener {listener.name!r}: cannot listen on "
@@ -115,7 +173,13 @@ class ProxyServer:
                 shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
                 print(f"clbscf-proxy: listening on {scheme}://{shown}:{port} "
                       f'(listener "{listener.name}")', file=sys.stderr, flush=True)
-        print("clbscf-proxy: ready", file=sys.stderr, flush=True)
+        if self.admin is not None:
+            host, port, token = self.admin
+            app = AdminApp(lambda: self.config, self.reload, self.metrics.registry,
+                           token=token, health=self.health)
+            self._admin_server = await start_admin(app, host, port, self.parser_kind)
+        if announce:
+            print("clbscf-proxy: ready", file=sys.stderr, flush=True)
 
     def _ssl_context(self, listener: Listener) -> ssl.SSLContext | None:
         if listener.protocol != "HTTPS":
@@ -134,6 +198,15 @@ class ProxyServer:
         Everything is built before anything is swapped: a certificate or binding that fails
         raises ConfigError and leaves the running config in place.
         """
+        try:
+            await self._reload(config)
+        except ConfigError:
+            self.metrics.observe_reload(False)
+            raise
+        self.metrics.observe_reload(True)
+
+    async def _reload(self, config: Config) -> None:
+        check_same_listeners(self.config, config)
         certificates = {
             listener.name: [tls.load_certificate(c) for c in listener.certificates]
             for listener in config.listeners if listener.name in self._tls
@@ -149,16 +222,16 @@ class ProxyServer:
         error_log.info("config reloaded%s", f" from {config.source}" if config.source else "")
 
     def reload_from_source(self) -> None:
-        source = self.config.source
-        if source is None:
+        """SIGHUP: read the config again (the file, with the command line's overrides)."""
+        if self.config.source is None:
             error_log.warning("SIGHUP: the embedded default has no file to reload")
             return
-        asyncio.get_running_loop().create_task(self.reload_checked(source))
+        asyncio.get_running_loop().create_task(self.reload_checked())
 
-    async def reload_checked(self, source: Path) -> bool:
-        """Reload from ``source``; a bad config is refused, logged, and changes nothing."""
+    async def reload_checked(self) -> bool:
+        """Reload from the source; a bad config is refused, logged, and changes nothing."""
         try:
-            await self.reload(load_config(source))
+            await self.reload(self.load())
         except ConfigError as exc:
             error_log.error("reload refused, the running config stays: %s", exc)
             return False
@@ -185,9 +258,14 @@ class ProxyServer:
             if client is not None:
                 await client.close()
         self.state.access_log.flush()
+        if self._admin_server is not None:
+            self._admin_server.close()
         self._stopped.set()
 
-    async def run_until_signalled(self, drain_timeout: float = 30.0) -> None:
+    async def run_until_signalled(self, drain_timeout: float = 30.0,
+                                  reload_on_hup: bool = True) -> None:
+        """Serve until SIGTERM/SIGINT, then drain; SIGHUP reloads (a worker leaves that to
+        its supervisor and ignores it)."""
         loop = asyncio.get_running_loop()
         stopping: list[asyncio.Task[None]] = []
 
@@ -198,5 +276,23 @@ class ProxyServer:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_term)
-        loop.add_signal_handler(signal.SIGHUP, self.reload_from_source)
+        if reload_on_hup:
+            loop.add_signal_handler(signal.SIGHUP, self.reload_from_source)
+        else:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
         await self._stopped.wait()
+
+
+#: the LocalFunction.stats() keys that are instance counts (the rest are running totals)
+INSTANCE_STATES = ("busy", "idle", "starting", "queued")
+
+
+def _bindings(config: Config) -> list[tuple[str, str, str, int]]:
+    return sorted((l.name, l.protocol, l.host, l.port) for l in config.listeners)
+
+
+def check_same_listeners(old: Config, new: Config) -> None:
+    """A reload keeps the bound sockets: listeners may not be added, removed or rebound."""
+    if _bindings(old) != _bindings(new):
+        raise ConfigError("a reload cannot add, remove or rebind listeners (name, protocol, "
+                          "host, port); restart the proxy for that")

@@ -22,6 +22,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r'listening on (https?)://(\S+):(\d+) \(listener "([^"]+)"\)')
+ADMIN = re.compile(r"clbscf-proxy: admin on http://(\S+):(\d+)")
 
 
 class ProxyProcess:
@@ -37,6 +38,8 @@ class ProxyProcess:
         self.stderr_lines: list[str] = []
         self.ports: dict[str, int] = {}
         self.schemes: dict[str, str] = {}
+        #: the admin API's port (with --admin HOST:0), once announced
+        self.admin_port = 0
         self._ready = threading.Event()
         self._lock = threading.Lock()
 
@@ -78,6 +81,9 @@ class ProxyProcess:
             if m and sink is self.stderr_lines:
                 self.schemes[m.group(4)] = m.group(1)
                 self.ports[m.group(4)] = int(m.group(3))
+            admin = ADMIN.search(line)
+            if admin and sink is self.stderr_lines:
+                self.admin_port = int(admin.group(2))
             if sink is self.stderr_lines and "clbscf-proxy: ready" in line:
                 self._ready.set()
 

@@ -38,4 +38,4 @@ class FunctionTarget:
         event = encode_event(request, forwarded_headers(request, self.trusted), route, request_id)
         invocation = await self.invoker(event, request_id)
         return Outcome(decode_response(invocation.result), route, invocation.request_id,
-                       invocation.cold_start)
+                       invocation.cold_start, invocation.duration_ms)

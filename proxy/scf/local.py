@@ -105,13 +105,15 @@ class LocalFunction:
     """The instances of one function and the callers waiting for one."""
 
     def __init__(self, config: Function, region: str, appid: str, uin: str,
-                 wake: Callable[[], None] = lambda: None) -> None:
+                 wake: Callable[[], None] = lambda: None,
+                 waited: Callable[[str, float], None] | None = None) -> None:
         self.config = config
         self.key = config.key
         self.environment = runtime.instance_environment(config, region, appid, uin, os.environ)
         #: the invoke header's fixed part, encoded once
         self._context = orjson.dumps(runtime.static_context(config, region, appid, uin))
         self._wake = wake  # starts the idle sweep once there is something to sweep
+        self._waited = waited  # (function, seconds) for each caller that had to queue
         self._instances: set[Instance] = set()  # live: starting, idle or busy
         self._unreaped: set[Instance] = set()  # every process not waited for yet
         self._idle: list[Instance] = []  # LIFO: the end is the most recently used
@@ -158,7 +160,10 @@ class LocalFunction:
         if self._slots < self.config.concurrency:
             self._slots += 1
             return await self._cold_start(request_id), True
+        began = time.perf_counter()
         granted = await self._queue()
+        if self._waited is not None:
+            self._waited(self.key, time.perf_counter() - began)
         if granted is not None:
             return granted, False
         return await self._cold_start(request_id), True  # we were handed a free slot
@@ -374,6 +379,8 @@ class LocalFunctions:
     def __init__(self, functions: Iterable[Function], region: str = "ap-guangzhou",
                  appid: str = "1250000000", uin: str = "100000000001") -> None:
         self._identity = (region, appid, uin)
+        #: metrics hook: (function, seconds) for each caller that waited for an instance
+        self.on_queue_wait: Callable[[str, float], None] | None = None
         self._functions = {(fn.namespace, fn.name): self._new(fn) for fn in functions}
         self._retired: set[LocalFunction] = set()  # replaced by a reload, closed at close()
         self.sweep_interval = self._interval()
@@ -381,7 +388,12 @@ class LocalFunctions:
         self._closed = False
 
     def _new(self, config: Function) -> LocalFunction:
-        return LocalFunction(config, *self._identity, wake=self._start_sweeping)
+        return LocalFunction(config, *self._identity, wake=self._start_sweeping,
+                             waited=self._queue_wait)
+
+    def _queue_wait(self, function: str, seconds: float) -> None:
+        if self.on_queue_wait is not None:
+            self.on_queue_wait(function, seconds)
 
     def _interval(self) -> float:
         shortest = min((f.config.idle_timeout for f in self._functions.values()), default=300.0)

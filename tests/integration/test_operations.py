@@ -8,16 +8,26 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.proxyproc import ProxyProcess
+from tests.upstreams import Upstream
 
 FUNCTIONS = Path(__file__).resolve().parents[1] / "functions"
 
 
-def _config(weights: tuple[int, int]) -> str:
+@pytest.fixture(scope="module")
+def cvm() -> Iterator[Upstream]:
+    """The CVM target: answers "/" with its name, "cvm"."""
+    with Upstream("cvm") as upstream:
+        yield upstream
+
+
+def _config(weights: tuple[int, int], cvm_address: str) -> str:
+    """A rule split between the function "echo" and a CVM server by ``weights``."""
     return f"""
 [[listener]]
 name = "web"
@@ -30,7 +40,7 @@ port = 0
   url = "/"
   targets = [
     {{ type = "SCF", function = "echo", weight = {weights[0]} }},
-    {{ type = "SCF", function = "echo2", weight = {weights[1]} }},
+    {{ type = "CVM", address = "{cvm_address}", weight = {weights[1]} }},
   ]
 
   [[listener.rule]]
@@ -40,11 +50,6 @@ port = 0
 
 [[function]]
 name = "echo"
-code = {json.dumps(str(FUNCTIONS / "whoami"))}
-concurrency = 4
-
-[[function]]
-name = "echo2"
 code = {json.dumps(str(FUNCTIONS / "whoami"))}
 concurrency = 4
 
@@ -67,8 +72,9 @@ def _get(port: int, path: str, timeout: float = 20) -> int:
         conn.close()
 
 
-def test_sigterm_finishes_in_flight_requests_then_exits_0(tmp_path: Path) -> None:
-    with ProxyProcess.with_config(_config((10, 10)), tmp_path) as proxy:
+def test_sigterm_finishes_in_flight_requests_then_exits_0(tmp_path: Path,
+                                                         cvm: Upstream) -> None:
+    with ProxyProcess.with_config(_config((10, 10), cvm.address), tmp_path) as proxy:
         port = proxy.port()
         results: list[int] = []
         lock = threading.Lock()
@@ -97,23 +103,29 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(tmp_path: Path) -> Non
 
 
 def _split(port: int, n: int) -> dict[str, int]:
-    """n requests on one keep-alive connection; how many each function served."""
-    counts = {"echo": 0, "echo2": 0}
+    """n requests on one keep-alive connection; how many the function and the CVM served."""
+    counts = {"echo": 0, "cvm": 0}
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
     for _ in range(n):
         conn.request("GET", "/", headers={"Host": "ops.test"})
         resp = conn.getresponse()
         body = resp.read()
         assert resp.status == 200, body
-        counts[json.loads(body)["function"]] += 1
+        counts["cvm" if body == b"cvm" else json.loads(body)["function"]] += 1
     conn.close()
     return counts
 
 
-def test_reload_under_load_drops_nothing_and_follows_weights(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_reload_under_load_drops_nothing_and_follows_weights(tmp_path: Path, cvm: Upstream,
+                                                             workers: int) -> None:
+    """20 reloads moving a rule between a function and a CVM server while 4 keep-alive
+    clients keep sending: nothing fails, and each new split follows the new weights."""
     config_path = tmp_path / "rules.toml"
     weights_cycle = [(100, 0), (0, 100), (30, 70)]
-    with ProxyProcess.with_config(_config(weights_cycle[0]), tmp_path) as proxy:
+    marker = "config reloaded" if workers == 1 else f"config applied to {workers} workers"
+    with ProxyProcess.with_config(_config(weights_cycle[0], cvm.address), tmp_path,
+                                  "--workers", str(workers)) as proxy:
         port = proxy.port()
         stop = threading.Event()
         failures: list[str] = []
@@ -141,9 +153,8 @@ def test_reload_under_load_drops_nothing_and_follows_weights(tmp_path: Path) -> 
         assert proxy.proc is not None
         for i in range(20):
             weights = weights_cycle[(i + 1) % len(weights_cycle)]
-            config_path.write_text(_config(weights))
+            config_path.write_text(_config(weights, cvm.address))
             proxy.proc.send_signal(signal.SIGHUP)
-            marker = "config reloaded"
             deadline = time.monotonic() + 10
             while proxy.stderr.count(marker) < i + 1 and time.monotonic() < deadline:
                 time.sleep(0.01)
@@ -158,10 +169,10 @@ def test_reload_under_load_drops_nothing_and_follows_weights(tmp_path: Path) -> 
         assert served[0] > 100
 
 
-def test_bad_config_on_reload_keeps_the_running_one(tmp_path: Path) -> None:
-    with ProxyProcess.with_config(_config((100, 0)), tmp_path) as proxy:
-        (tmp_path / "rules.toml").write_text(_config((100, 0)).replace("weight = 100",
-                                                                        "weight = 150"))
+def test_bad_config_on_reload_keeps_the_running_one(tmp_path: Path, cvm: Upstream) -> None:
+    with ProxyProcess.with_config(_config((100, 0), cvm.address), tmp_path) as proxy:
+        (tmp_path / "rules.toml").write_text(
+            _config((100, 0), cvm.address).replace("weight = 100", "weight = 150"))
         assert proxy.proc is not None
         proxy.proc.send_signal(signal.SIGHUP)
         proxy.wait_for_log("reload refused")

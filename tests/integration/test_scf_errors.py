@@ -177,10 +177,11 @@ def test_binary_upload_just_under_the_limit_after_base64_gives_413(proxy: ProxyP
 def test_all_instances_busy_and_no_queue_gives_503_with_retry_after(proxy: ProxyProcess
                                                                     ) -> None:
     results: list[int] = []
+    assert _body(proxy, "GET", "/busy?seconds=0")[0] == 200  # warm: the slow one starts at once
     slow = threading.Thread(
         target=lambda: results.append(_body(proxy, "GET", "/busy?seconds=2")[0]))
     slow.start()
-    # wait until the slow one is running (its only instance is busy)
+    time.sleep(0.3)  # let it take the only instance before we ask for it
     deadline = time.monotonic() + 10
     status, headers = 0, None
     while time.monotonic() < deadline:

@@ -588,14 +588,24 @@ def signed_headers(body: bytes, key: str = TOKEN, secret_id: str = "admin",
 
 def test_without_a_token_every_request_gets_401_with_a_bearer_challenge() -> None:
     admin = Admin(token=TOKEN)
-    for path, method in (("/healthz", "GET"), ("/metrics", "GET"), ("/", "POST")):
+    for path, method in (("/metrics", "GET"), ("/", "POST")):
         response = admin.send(method, path, b"{}", (("X-TC-Action", "DescribeListeners"),))
         assert response.status == 401
         assert ("WWW-Authenticate", 'Bearer realm="clbscf-proxy admin"') in response.headers
-    wrong = admin.send("GET", "/healthz", headers=(("Authorization", "Bearer nope"),))
+    wrong = admin.send("GET", "/metrics", headers=(("Authorization", "Bearer nope"),))
     assert wrong.status == 401
     assert dict(wrong.headers)["WWW-Authenticate"].endswith('error="invalid_token"')
     assert not admin.applied
+
+
+def test_healthz_is_open_to_probes_but_shows_details_only_with_the_token() -> None:
+    admin = Admin(token=TOKEN, health=lambda: {"workers": 2})
+    probe = admin.send("GET", "/healthz")
+    assert probe.status == 200 and json.loads(probe.body) == {"status": "ok"}
+    auth = (("Authorization", f"Bearer {TOKEN}"),)
+    assert json.loads(admin.send("GET", "/healthz", headers=auth).body)["workers"] == 2
+    draining = Admin(token=TOKEN, health=lambda: {"status": "draining"}).send("GET", "/healthz")
+    assert draining.status == 503 and json.loads(draining.body) == {"status": "draining"}
 
 
 def test_the_bearer_token_opens_every_endpoint() -> None:

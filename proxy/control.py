@@ -1,0 +1,110 @@
+"""The control channel between the supervisor and one worker process (supervisor.py, worker.py).
+
+Owns the conversation over the socket pair the supervisor creates for each worker. Every
+message is two frames (scf/frames.py framing): a JSON header and a body, so the metrics text and
+a pickled ``Config`` travel without being re-encoded.
+
+    supervisor -> worker  {"op": "setup"}    pickled WorkerSetup   (first, once)
+    worker -> supervisor  {"op": "ready"}    b""                   (once its sockets are served)
+    supervisor -> worker  {"op": "metrics"}  b""      -> reply {"ok": true}  exposition text
+    supervisor -> worker  {"op": "health"}   b""      -> reply {"ok": true}  JSON
+    supervisor -> worker  {"op": "reload"}   pickled Config -> reply {"ok": bool, "error": str}
+
+Requests from the supervisor are answered in order, one at a time. Pickle is safe here: the
+channel is a socket pair between a process and the child it started, nothing else can reach it.
+The worker treats the channel's EOF as "the supervisor is gone" and drains and exits.
+
+Must not know: what the ops do (the worker's handlers) or how workers are supervised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .config import Config
+from .scf import frames
+
+#: the environment variable that gives a worker its end of the channel (a file descriptor)
+CONTROL_FD_VARIABLE = "CLBSCF_CONTROL_FD"
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What a worker needs to serve: its config, options and the listening sockets' fds."""
+
+    config: Config
+    parser_kind: str
+    drain_timeout: float
+    access_log: bool
+    log_level: str
+    state_dir: Path | None
+    #: listener name -> file descriptors of its listening sockets (inherited)
+    sockets: dict[str, list[int]]
+    index: int
+
+
+class ChannelClosed(Exception):
+    """The other end went away."""
+
+
+class Channel:
+    """One end of the channel: send and receive (header, body) messages."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, sock: socket.socket) -> Channel:
+        reader, writer = await asyncio.open_unix_connection(sock=sock)
+        return cls(reader, writer)
+
+    async def send(self, header: dict[str, Any], body: bytes = b"") -> None:
+        self._writer.write(frames.encode(orjson.dumps(header), body))
+        await self._writer.drain()
+
+    async def _frame(self) -> bytes:
+        try:
+            (size,) = frames.LENGTH.unpack(await self._reader.readexactly(frames.LENGTH.size))
+            if size > frames.MAX_FRAME_BYTES:
+                raise frames.FrameError(f"control frame of {size} bytes")
+            return await self._reader.readexactly(size)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            raise ChannelClosed(str(exc)) from None
+
+    async def receive(self) -> tuple[dict[str, Any], bytes]:
+        header = orjson.loads(await self._frame())
+        return header, await self._frame()
+
+    async def request(self, op: str, body: bytes = b"",
+                      timeout: float = 10.0) -> tuple[dict[str, Any], bytes]:
+        """Send one op and wait for its reply (one request at a time per channel)."""
+        async with self._lock:
+            await self.send({"op": op}, body)
+            return await asyncio.wait_for(self.receive(), timeout)
+
+    async def serve(self, handlers: dict[str, Callable[[bytes], Awaitable[
+            tuple[dict[str, Any], bytes]]]]) -> None:
+        """Answer requests with ``handlers[op](body) -> (header, body)`` until EOF."""
+        while True:
+            try:
+                header, body = await self.receive()
+            except ChannelClosed:
+                return
+            handler = handlers.get(str(header.get("op")))
+            if handler is None:
+                await self.send({"ok": False, "error": f"unknown op {header.get('op')!r}"})
+                continue
+            reply, data = await handler(body)
+            await self.send(reply, data)
+
+    def close(self) -> None:
+        self._writer.close()

@@ -1,0 +1,105 @@
+"""A worker process under the supervisor: ``python -m proxy.worker`` (started by supervisor.py).
+
+Owns the worker's side of ``--workers N``: read the ``WorkerSetup`` from the control channel
+(control.py), serve the inherited listening sockets with a ``ProxyServer`` (its own function
+instances, upstream pools and metrics), and answer the supervisor's ops: its metrics text, its
+health, and a config to reload (from SIGHUP or the admin API, applied the same way as in a
+single process). It exits when told by SIGTERM/SIGINT (graceful drain) or when the supervisor
+is gone (the channel's EOF, and the kernel's parent-death signal for a supervisor killed hard),
+so no worker outlives its supervisor.
+
+Must not know: other workers, the admin API, how it is restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import pickle
+import signal
+import socket
+import sys
+from typing import Any
+
+import orjson
+
+from .config import Config
+from .control import CONTROL_FD_VARIABLE, Channel, WorkerSetup
+from .errors import ConfigError
+from .logs import AccessLog, setup_logging
+
+error_log = logging.getLogger("proxy.error")
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this process when its parent (the supervisor) dies, even by SIGKILL."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the channel's EOF still stops us
+
+
+async def run(channel: Channel) -> int:
+    from .server import ProxyServer
+
+    header, body = await channel.receive()
+    if header.get("op") != "setup":
+        raise RuntimeError(f"expected the setup message, got {header!r}")
+    setup: WorkerSetup = pickle.loads(body)
+    setup_logging(setup.log_level)
+    server = ProxyServer(setup.config, parser_kind=setup.parser_kind,
+                         access_log=AccessLog(enabled=setup.access_log, atomic_lines=True),
+                         state_dir=setup.state_dir)
+    sockets = {name: [socket.socket(fileno=fd) for fd in fds]
+               for name, fds in setup.sockets.items()}
+    await server.start(sockets)
+
+    async def metrics(_: bytes) -> tuple[dict[str, Any], bytes]:
+        return {"ok": True}, server.metrics.render()
+
+    async def health(_: bytes) -> tuple[dict[str, Any], bytes]:
+        return {"ok": True}, orjson.dumps(server.health())
+
+    async def reload(data: bytes) -> tuple[dict[str, Any], bytes]:
+        config: Config = pickle.loads(data)
+        try:
+            await server.reload(config)
+        except ConfigError as exc:
+            return {"ok": False, "error": str(exc)}, b""
+        return {"ok": True}, b""
+
+    await channel.send({"op": "ready", "pid": os.getpid()})
+    loop = asyncio.get_running_loop()
+    serving = loop.create_task(channel.serve({"metrics": metrics, "health": health,
+                                              "reload": reload}))
+
+    def orphaned(_: asyncio.Task[None]) -> None:
+        if not server.state.draining:
+            error_log.warning("worker %d: the supervisor is gone; draining", setup.index)
+            loop.create_task(server.stop(setup.drain_timeout))
+    serving.add_done_callback(orphaned)
+    await server.run_until_signalled(setup.drain_timeout, reload_on_hup=False)
+    serving.cancel()
+    return 0
+
+
+def main() -> int:
+    _die_with_parent()
+    fd = int(os.environ.pop(CONTROL_FD_VARIABLE))
+    sock = socket.socket(fileno=fd)
+    import uvloop
+
+    async def start() -> int:
+        return await run(await Channel.open(sock))
+    try:
+        return uvloop.run(start())
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
