@@ -9,7 +9,6 @@ which names the file and field), 1 for anything else.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys

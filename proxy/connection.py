@@ -33,6 +33,7 @@ from .streams import RequestBody
 
 if TYPE_CHECKING:
     from .config import Listener
+    from .listening import AcceptGate
     from .logs import AccessLog
     from .metrics import ProxyMetrics
     from .router import Router
@@ -117,7 +118,8 @@ class ServerState:
 class ListenerContext:
     """Per-listener settings shared by all of its connections."""
 
-    __slots__ = ("listener", "scheme", "parser_kind", "limits", "state", "extra_headers")
+    __slots__ = ("listener", "scheme", "parser_kind", "limits", "state", "extra_headers",
+                 "gate")
 
     def __init__(self, listener: Listener, parser_kind: str, state: ServerState,
                  extra_headers: tuple[tuple[str, str], ...] = ()) -> None:
@@ -133,6 +135,8 @@ class ListenerContext:
         self.state = state
         #: headers added to every response of this listener (e.g. HSTS)
         self.extra_headers = extra_headers
+        #: counts this listener's connections against max_connections (listening.py)
+        self.gate: AcceptGate | None = None
 
 
 class HttpConnection(asyncio.Protocol):
@@ -179,10 +183,14 @@ class HttpConnection(asyncio.Protocol):
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.client_ip, self.client_port = peer[0], peer[1]
         self.state.connections.add(self)
+        if self.ctx.gate is not None:
+            self.ctx.gate.opened()
         self._arm(self.ctx.listener.client_header_timeout, self._idle_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state.connections.discard(self)
+        if self.ctx.gate is not None:
+            self.ctx.gate.closed()
         self._disarm()
         if self.task is not None:
             self.task.cancel()  # the client is gone: stop waiting on the backend

@@ -35,6 +35,7 @@ from .backends.cvm import CvmUpstreams
 from .config import Config, Listener, RemoteScf, load_config
 from .connection import HttpConnection, ListenerContext, ServerState
 from .errors import ConfigError
+from .listening import AcceptGate, announce, bind_listener
 from .logs import AccessLog
 from .metrics import ProxyMetrics
 from .router import Backends, Router
@@ -77,7 +78,8 @@ class ProxyServer:
         self.state = ServerState(Router(config, self.backends), access_log or AccessLog(),
                                  self.metrics)
         self._track()
-        self._servers: list[asyncio.AbstractServer] = []
+        self._gates: list[AcceptGate] = []
+        self._announce = False
         self._contexts: dict[str, ListenerContext] = {}
         self._tls: dict[str, tls.ServerTLS] = {}
         self._stopped = asyncio.Event()
@@ -141,45 +143,31 @@ class ProxyServer:
         """Bind the listeners (or serve ``sockets``, listener name -> bound sockets, handed
         over by the supervisor) and the admin API."""
         await self.backends.local.start()
-        loop = asyncio.get_running_loop()
-        announce = sockets is None
         for listener in self.config.listeners:
             extra = (tls.hsts_header(listener.hsts_max_age),) if listener.hsts_max_age else ()
             ctx = ListenerContext(listener, self.parser_kind, self.state, extra)
             self._contexts[listener.name] = ctx
             ssl_ctx = self._ssl_context(listener)
-            handshake = ({"ssl_handshake_timeout": listener.ssl_handshake_timeout}
-                         if ssl_ctx else {})
-            try:
-                if sockets is not None:
-                    for sock in sockets[listener.name]:
-                        self._servers.append(await loop.create_server(
-                            lambda ctx=ctx: HttpConnection(ctx),  # type: ignore[misc]
-                            sock=sock, backlog=511, ssl=ssl_ctx, **handshake))
-                    continue
-                server = await loop.create_server(
-                    lambda ctx=ctx: HttpConnection(ctx),  # type: ignore[misc]
-                    host=listener.host or None, port=listener.port, backlog=511,
-                    ssl=ssl_ctx, reuse_address=True, **handshake)
-            except OSError as exc:
-                raise ConfigError(
-                    f"listener {listener.name!r}: cannot listen on "
-                    f"{listener.host or '*'}:{listener.port}: {exc.strerror}") from exc
-            self._servers.append(server)
-            for sock in server.sockets:
+            if sockets is not None:
+                bound = sockets[listener.name]
+            else:
+                bound = bind_listener(listener)
+                announce(listener, bound)
+            gate = AcceptGate(listener.name, bound,
+                              lambda ctx=ctx: HttpConnection(ctx),  # type: ignore[misc]
+                              listener.max_connections, ssl_ctx, listener.ssl_handshake_timeout)
+            ctx.gate = gate
+            self._gates.append(gate)
+            await gate.start()
+            for sock in bound:
                 host, port = sock.getsockname()[:2]
-                scheme = ctx.scheme
-                self.bound.append((listener.name, scheme, host, port))
-                shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
-                print(f"clbscf-proxy: listening on {scheme}://{shown}:{port} "
-                      f'(listener "{listener.name}")', file=sys.stderr, flush=True)
+                self.bound.append((listener.name, ctx.scheme, host, port))
         if self.admin is not None:
             host, port, token = self.admin
             app = AdminApp(lambda: self.config, self.reload, self.metrics.registry,
                            token=token, health=self.health)
             self._admin_server = await start_admin(app, host, port, self.parser_kind)
-        if announce:
-            print("clbscf-proxy: ready", file=sys.stderr, flush=True)
+        self._announce = sockets is None  # a worker's supervisor announces
 
     def _ssl_context(self, listener: Listener) -> ssl.SSLContext | None:
         if listener.protocol != "HTTPS":
@@ -240,8 +228,8 @@ class ProxyServer:
     async def stop(self, drain_timeout: float = 30.0) -> None:
         """Stop accepting, finish in-flight requests (up to ``drain_timeout``), then close."""
         self.state.draining = True
-        for server in self._servers:
-            server.close()
+        for gate in self._gates:
+            gate.close()
         deadline = time.monotonic() + drain_timeout
         while True:
             for conn in list(self.state.connections):
@@ -280,6 +268,8 @@ class ProxyServer:
             loop.add_signal_handler(signal.SIGHUP, self.reload_from_source)
         else:
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        if self._announce:  # only now: a signal sent on seeing it finds its handler
+            print("clbscf-proxy: ready", file=sys.stderr, flush=True)
         await self._stopped.wait()
 
 

@@ -36,9 +36,10 @@ from typing import Any
 from . import tls
 from .admin import AdminApp
 from .adminserver import start_admin
-from .config import Config, Listener
+from .config import Config
 from .control import CONTROL_FD_VARIABLE, Channel, ChannelClosed, WorkerSetup
 from .errors import ConfigError
+from .listening import announce, bind_listener
 from .metrics import ProxyMetrics, merge_expositions
 from .server import check_same_listeners
 
@@ -46,31 +47,6 @@ error_log = logging.getLogger("proxy.error")
 RESTART_INTERVAL = 1.0  # seconds between two starts of the same worker slot
 START_TIMEOUT = 60.0  # a worker that is not serving by then is killed and restarted
 SCRAPE_TIMEOUT = 5.0
-
-
-def bind_listener(listener: Listener) -> list[socket.socket]:
-    """The listening sockets of ``listener`` (one per address family of its host)."""
-    host = listener.host or None
-    sockets: list[socket.socket] = []
-    try:
-        infos = socket.getaddrinfo(host, listener.port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
-        if host is None:  # all addresses: the IPv4 wildcard, as --listen :PORT means
-            infos = [i for i in infos if i[0] == socket.AF_INET] or infos
-        for family, kind, proto, _, address in infos[:1]:
-            sock = socket.socket(family, kind, proto)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
-            sock.listen(511)
-            sock.set_inheritable(True)
-    except OSError as exc:
-        for sock in sockets:
-            sock.close()
-        raise ConfigError(f"listener {listener.name!r}: cannot listen on "
-                          f"{listener.host or '*'}:{listener.port}: "
-                          f"{getattr(exc, 'strerror', None) or exc}") from exc
-    return sockets
 
 
 class WorkerProcess:
@@ -125,8 +101,6 @@ class Supervisor:
         except BaseException:
             await self._stop_workers(0)
             raise
-        print(f"clbscf-proxy: ready ({len(self.workers)} workers)", file=sys.stderr,
-              flush=True)
         for worker in self.workers:
             self._watch(worker)
         stopped = asyncio.Event()
@@ -142,6 +116,8 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_term)
         loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        print(f"clbscf-proxy: ready ({len(self.workers)} workers)", file=sys.stderr,
+              flush=True)
         await stopped.wait()
         if admin_server is not None:
             admin_server.close()
@@ -149,13 +125,8 @@ class Supervisor:
 
     def _bind(self) -> None:
         for listener in self.config.listeners:
-            sockets = self.sockets[listener.name] = bind_listener(listener)
-            scheme = "https" if listener.protocol == "HTTPS" else "http"
-            for sock in sockets:
-                host, port = sock.getsockname()[:2]
-                shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
-                print(f"clbscf-proxy: listening on {scheme}://{shown}:{port} "
-                      f'(listener "{listener.name}")', file=sys.stderr, flush=True)
+            self.sockets[listener.name] = bind_listener(listener)
+            announce(listener, self.sockets[listener.name])
 
     async def _start(self, worker: WorkerProcess) -> None:
         """Start a process in ``worker``'s slot and wait until it serves."""

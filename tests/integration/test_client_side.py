@@ -34,6 +34,18 @@ max_header_count = 20
   url = "/"
   targets = [{{ type = "SCF", function = "echo" }}]
 
+[[listener]]
+name = "capped"
+protocol = "HTTP"
+host = "127.0.0.1"
+port = 0
+max_connections = 3
+
+  [[listener.rule]]
+  domain = "c.test"
+  url = "/"
+  targets = [{{ type = "SCF", function = "echo" }}]
+
 [[function]]
 name = "echo"
 handler = "index.main_handler"
@@ -188,3 +200,26 @@ def test_idle_keep_alive_connection_is_closed_quietly(proxy: ProxyProcess) -> No
             data += s.recv(65536)
         s.settimeout(4)
         assert s.recv(65536) == b""  # closed after keepalive_timeout, no response
+
+
+def test_connections_past_max_connections_wait_in_the_backlog(proxy: ProxyProcess) -> None:
+    port = proxy.port("capped")
+    request = GET % b"capped"
+    held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
+    try:
+        for s in held:  # three served connections, kept open
+            s.sendall(request)
+            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as waiting:
+            # the kernel completed the handshake (backlog), but nobody reads it yet
+            waiting.sendall(request)
+            waiting.settimeout(0.5)
+            with pytest.raises(socket.timeout):
+                waiting.recv(65536)
+            held.pop().close()  # room for one more: it is accepted and answered
+            waiting.settimeout(5)
+            assert waiting.recv(65536).startswith(b"HTTP/1.1 200")
+    finally:
+        for s in held:
+            s.close()
+    proxy.wait_for_log("max_connections")

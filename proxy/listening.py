@@ -1,0 +1,140 @@
+"""Listening sockets: binding a listener's address, and accepting only up to its connection cap.
+
+Owns two things every process shape shares (one process, or a supervisor that binds and workers
+that serve):
+
+- ``bind_listener``: the sockets of a listener's address, bound and listening, inheritable (a
+  supervisor hands them to its workers). "All addresses" is IPv4 and IPv6 (the IPv6 socket
+  v6-only), as asyncio does, except for port 0, where two sockets would get two ports.
+- ``AcceptGate``: serves those sockets and enforces ``max_connections`` per process (SPEC §9:
+  beyond it, new connections wait in the backlog). The asyncio servers serve *duplicates* of
+  the sockets; at the cap they are closed, which stops accepting while the original sockets keep
+  listening, so the kernel queues new connections; the first connection to close below the cap
+  starts serving again. Nothing is refused and nothing is accepted past the cap (but for the
+  few a server had accepted in the same loop turn).
+
+Must not know: HTTP (it is handed a protocol factory), TLS policy (it is handed a context).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import sys
+from collections.abc import Callable
+
+from .config import Listener
+from .errors import ConfigError
+
+error_log = logging.getLogger("proxy.error")
+BACKLOG = 511
+
+
+def bind_listener(listener: Listener) -> list[socket.socket]:
+    """The bound, listening, inheritable sockets of ``listener``; ConfigError if it cannot."""
+    host = listener.host or None
+    sockets: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(host, listener.port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        if host is None and listener.port == 0:
+            infos = [i for i in infos if i[0] == socket.AF_INET] or infos
+        elif host is not None:
+            infos = infos[:1]
+        seen = set()
+        for family, kind, proto, _, address in infos:
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and host is None:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(BACKLOG)
+            sock.set_inheritable(True)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise ConfigError(f"listener {listener.name!r}: cannot listen on "
+                          f"{listener.host or '*'}:{listener.port}: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from exc
+    return sockets
+
+
+def announce(listener: Listener, sockets: list[socket.socket]) -> None:
+    """The ``listening on`` lines (stderr) that tell operators and tests the real ports."""
+    scheme = "https" if listener.protocol == "HTTPS" else "http"
+    for sock in sockets:
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
+        print(f"clbscf-proxy: listening on {scheme}://{shown}:{port} "
+              f'(listener "{listener.name}")', file=sys.stderr, flush=True)
+
+
+class AcceptGate:
+    """Serves one listener's sockets while it has fewer than ``limit`` connections open."""
+
+    def __init__(self, name: str, sockets: list[socket.socket],
+                 factory: Callable[[], asyncio.Protocol], limit: int,
+                 ssl_context: ssl.SSLContext | None = None,
+                 handshake_timeout: float | None = None) -> None:
+        self.name = name
+        self.sockets = sockets
+        self.factory = factory
+        self.limit = limit
+        self.ssl_context = ssl_context
+        self.handshake_timeout = handshake_timeout
+        self.open = 0
+        self._servers: list[asyncio.AbstractServer] = []
+        self._resuming = False
+        self._closed = False
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        extra = {"ssl_handshake_timeout": self.handshake_timeout} if self.ssl_context else {}
+        servers = []
+        for sock in self.sockets:
+            servers.append(await loop.create_server(
+                self.factory, sock=sock.dup(), backlog=BACKLOG, ssl=self.ssl_context, **extra))
+        if self._closed or self.open >= self.limit:
+            for server in servers:
+                server.close()
+            return
+        self._servers = servers
+
+    def opened(self) -> None:
+        self.open += 1
+        if self.open >= self.limit and self._servers:
+            error_log.warning("listener %r: %d connections open (max_connections); new ones "
+                              "wait in the backlog", self.name, self.open)
+            self._pause()
+
+    def closed(self) -> None:
+        self.open -= 1
+        if self.open < self.limit and not self._servers and not self._resuming \
+                and not self._closed:
+            self._resuming = True
+            task = asyncio.get_running_loop().create_task(self.start())
+            task.add_done_callback(self._resumed)
+
+    def _resumed(self, task: asyncio.Task[None]) -> None:
+        self._resuming = False
+        if not task.cancelled() and task.exception() is not None:
+            error_log.error("listener %r: cannot accept again: %s", self.name,
+                            task.exception())
+
+    def _pause(self) -> None:
+        servers, self._servers = self._servers, []
+        for server in servers:
+            server.close()
+
+    def close(self) -> None:
+        """Stop accepting for good and close the listening sockets (the port is released)."""
+        self._closed = True
+        self._pause()
+        for sock in self.sockets:
+            sock.close()
