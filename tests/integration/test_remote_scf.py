@@ -1,4 +1,4 @@
-"""Remote SCF against a fake SCF API of the tests' own.
+"""Remote SCF against a fake SCF API of the tests' own (tests/fakescf.py).
 
 The fake is an HTTPS server (trustme certificate) that parses requests with h11, checks the
 TC3 signature independently (its own canonical request, the official SDK's key derivation),
@@ -9,24 +9,18 @@ answers with realistic API 3.0 envelopes chosen by each test's script.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import random
-import re
-import ssl
 import time
-import uuid
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import h11
 import pytest
 import trustme
 import uvloop
-from tencentcloud.common.sign import Sign
 
 from proxy.config import RemoteScf, Target
 from proxy.errors import (FunctionError, FunctionTimeout, Overloaded, RemoteInvokeError,
@@ -34,166 +28,20 @@ from proxy.errors import (FunctionError, FunctionTimeout, Overloaded, RemoteInvo
 from proxy.messages import Invocation
 from proxy.scf.remote import (Credentials, InvokeUrlClient, RemoteFunctions, api_url,
                               classify_code)
+from tests.fakescf import (INTEGRATION, REGION, SECRET_ID, SECRET_KEY, TOKEN, Call, FakeScfApi,
+                           Reply, api_error, invoke_url_runtime, success)
 
-SECRET_ID = "AKIDfakeSecretId0000000000000000"
-SECRET_KEY = "fakeSecretKey+DoNotLog/1234567890"
-TOKEN = "session-token-abcdef"
-REGION = "ap-guangzhou"
 EVENT = json.dumps({"httpMethod": "GET", "path": "/hi", "headers": {"Host": "a.test"},
                     "body": "未命名"}, ensure_ascii=False).encode()
 TARGET = Target(type="SCF", namespace="prod", function="hello", qualifier="3")
-INTEGRATION = json.dumps({"isBase64Encoded": False, "statusCode": 200,
-                          "headers": {"Content-Type": "text/plain"}, "body": "Hello CLB"})
 
 Runner = Callable[[Coroutine[Any, Any, None]], None]
-_AUTH = re.compile(r"TC3-HMAC-SHA256 Credential=([^/]+)/(\d{4}-\d\d-\d\d)/([a-z]+)/tc3_request, "
-                   r"SignedHeaders=content-type;host, Signature=([0-9a-f]{64})\Z")
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
 def run(request: pytest.FixtureRequest) -> Runner:
     runner: Runner = asyncio.run if request.param == "asyncio" else uvloop.run
     return runner
-
-
-@dataclass
-class Call:
-    """One request the fake received."""
-
-    headers: dict[str, str]
-    body: dict[str, Any]
-    number: int
-
-
-@dataclass
-class Reply:
-    status: int = 200
-    response: dict[str, Any] | None = None  # the content of "Response" (RequestId is added)
-    raw: bytes | None = None  # or a raw body instead of an envelope
-    delay: float = 0.0
-
-
-def success(ret: str = INTEGRATION, request_id: str = "fn-req-1") -> Reply:
-    return Reply(response={"Result": {
-        "MemUsage": 3207168, "Log": "", "RetMsg": ret, "ErrMsg": "", "BillDuration": 100,
-        "Duration": 12.5, "FunctionRequestId": request_id, "InvokeResult": 0}})
-
-
-def api_error(code: str, message: str = "it failed", status: int = 200) -> Reply:
-    return Reply(status=status, response={"Error": {"Code": code, "Message": message}})
-
-
-def verify_tc3(headers: dict[str, str], body: bytes, token: str | None) -> Reply | None:
-    """The API's checks, re-implemented from the signature v3 document: None when valid."""
-    match = _AUTH.match(headers.get("authorization", ""))
-    if match is None:
-        return api_error("AuthFailure.InvalidAuthorization", "bad Authorization header")
-    secret_id, date, service, got = match.groups()
-    if secret_id != SECRET_ID:
-        return api_error("AuthFailure.SecretIdNotFound", "unknown SecretId")
-    timestamp = int(headers.get("x-tc-timestamp", "0"))
-    if abs(time.time() - timestamp) > 300:
-        return api_error("AuthFailure.SignatureExpire", "signature expired")
-    if date != time.strftime("%Y-%m-%d", time.gmtime(timestamp)) or service != "scf":
-        return api_error("AuthFailure.SignatureFailure", "bad credential scope")
-    canonical = (f"POST\n/\n\ncontent-type:{headers['content-type']}\nhost:{headers['host']}\n"
-                 f"\ncontent-type;host\n{hashlib.sha256(body).hexdigest()}")
-    to_sign = (f"TC3-HMAC-SHA256\n{timestamp}\n{date}/{service}/tc3_request\n"
-               f"{hashlib.sha256(canonical.encode()).hexdigest()}")
-    if Sign.sign_tc3(SECRET_KEY, date, service, to_sign) != got:
-        return api_error("AuthFailure.SignatureFailure", "signature mismatch")
-    if headers.get("x-tc-token") != token:
-        return api_error("AuthFailure.TokenFailure", "token mismatch")
-    return None
-
-
-@dataclass
-class FakeScfApi:
-    ca: trustme.CA
-    script: Callable[[Call], Reply] = lambda call: success()
-    token: str | None = None
-    connections: int = 0
-    calls: list[Call] = field(default_factory=list)
-    _server: asyncio.Server | None = None
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
-
-    @property
-    def endpoint(self) -> str:
-        return f"https://localhost:{self.port}"
-
-    async def __aenter__(self) -> FakeScfApi:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.ca.issue_cert("localhost", "127.0.0.1").configure_cert(context)
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=context)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        conn = h11.Connection(h11.SERVER)
-        try:
-            while True:
-                request, body = await _next_request(conn, reader)
-                if request is None:
-                    return
-                reply = self._answer(request, body)
-                if reply.delay:
-                    await asyncio.sleep(reply.delay)
-                payload = reply.raw if reply.raw is not None else json.dumps(
-                    {"Response": {**(reply.response or {}),
-                                  "RequestId": str(uuid.uuid4())}}).encode()
-                writer.write(conn.send(h11.Response(status_code=reply.status, headers=[
-                    ("Content-Type", "application/json"),
-                    ("Content-Length", str(len(payload)))])) or b"")
-                writer.write(conn.send(h11.Data(data=payload)) or b"")
-                writer.write(conn.send(h11.EndOfMessage()) or b"")
-                await writer.drain()
-                conn.start_next_cycle()
-        except (ConnectionError, asyncio.CancelledError, h11.RemoteProtocolError):
-            pass
-        finally:
-            writer.close()
-            self._tasks.discard(task)
-
-    def _answer(self, request: h11.Request, body: bytes) -> Reply:
-        headers = {k.decode().lower(): v.decode() for k, v in request.headers}
-        rejected = verify_tc3(headers, body, self.token)
-        call = Call(headers, json.loads(body), len(self.calls) + 1)
-        self.calls.append(call)
-        return rejected or self.script(call)
-
-
-async def _next_request(conn: h11.Connection, reader: asyncio.StreamReader
-                        ) -> tuple[h11.Request | None, bytes]:
-    request: h11.Request | None = None
-    body = b""
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(await reader.read(65536))
-        elif isinstance(event, h11.Request):
-            request = event
-        elif isinstance(event, h11.Data):
-            body += event.data
-        elif isinstance(event, h11.EndOfMessage):
-            return request, body
-        elif isinstance(event, h11.ConnectionClosed):
-            return None, b""
 
 
 @pytest.fixture(scope="module")
@@ -518,38 +366,9 @@ def test_untrusted_certificate_gives_502_with_a_clear_detail(
 
 # --- invoke_url -----------------------------------------------------------------------------
 
-async def _runtime(status: int, body: bytes, delay: float = 0.0
-                   ) -> tuple[asyncio.Server, list[tuple[dict[str, str], bytes]]]:
-    """A plain-HTTP self-hosted function runtime that answers every POST the same way."""
-    seen: list[tuple[dict[str, str], bytes]] = []
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = h11.Connection(h11.SERVER)
-        try:
-            while True:
-                request, data = await _next_request(conn, reader)
-                if request is None:
-                    break
-                seen.append(({k.decode().lower(): v.decode() for k, v in request.headers},
-                             data))
-                await asyncio.sleep(delay)
-                writer.write(conn.send(h11.Response(status_code=status, headers=[
-                    ("Content-Length", str(len(body))),
-                    ("X-Scf-Request-Id", "runtime-1")])) or b"")
-                writer.write(conn.send(h11.Data(data=body)) or b"")
-                writer.write(conn.send(h11.EndOfMessage()) or b"")
-                conn.start_next_cycle()
-        except (ConnectionError, asyncio.CancelledError, h11.RemoteProtocolError):
-            pass
-        finally:
-            writer.close()
-
-    return await asyncio.start_server(serve, "127.0.0.1", 0), seen
-
-
 def test_invoke_url_posts_the_event_and_returns_the_integration_response(run: Runner) -> None:
     async def main() -> None:
-        server, seen = await _runtime(200, INTEGRATION.encode())
+        server, seen = await invoke_url_runtime(200, INTEGRATION.encode())
         port = server.sockets[0].getsockname()[1]
         urls = InvokeUrlClient()
         invocation = await urls.invoke_url(f"http://127.0.0.1:{port}/invoke", EVENT, "req-7")
@@ -565,7 +384,7 @@ def test_invoke_url_posts_the_event_and_returns_the_integration_response(run: Ru
 
 def test_invoke_url_non_2xx_gives_502(run: Runner, caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> None:
-        server, _ = await _runtime(500, b"runtime exploded")
+        server, _ = await invoke_url_runtime(500, b"runtime exploded")
         port = server.sockets[0].getsockname()[1]
         urls = InvokeUrlClient()
         with caplog.at_level(logging.WARNING, logger="proxy.error"):
@@ -580,7 +399,7 @@ def test_invoke_url_non_2xx_gives_502(run: Runner, caplog: pytest.LogCaptureFixt
 
 def test_invoke_url_timeout_gives_504(run: Runner) -> None:
     async def main() -> None:
-        server, _ = await _runtime(200, b"{}", delay=5)
+        server, _ = await invoke_url_runtime(200, b"{}", delay=5)
         port = server.sockets[0].getsockname()[1]
         urls = InvokeUrlClient(read_timeout=0.2)
         with pytest.raises(UpstreamTimeout):
