@@ -391,7 +391,10 @@ def _memory_handshake(server_ctx: ssl.SSLContext, group: str) -> bool:
     client_ctx.check_hostname = False
     client_ctx.verify_mode = ssl.CERT_NONE
     client_ctx.minimum_version = ssl.TLSVersion.TLSv1_3  # groups alone decide; any cert type
-    client_ctx.set_ecdh_curve(group)
+    try:
+        client_ctx.set_ecdh_curve(group)
+    except ssl.SSLError:  # this OpenSSL does not know the group at all: nobody can use it
+        return False
     wires = [ssl.MemoryBIO() for _ in range(4)]
     client = client_ctx.wrap_bio(wires[0], wires[1])
     server = server_ctx.wrap_bio(wires[2], wires[3], server_side=True)
