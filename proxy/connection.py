@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from . import writer
@@ -42,6 +41,14 @@ error_log = logging.getLogger("proxy.error")
 
 #: pipelined requests parsed ahead of the one in flight before we stop reading
 MAX_QUEUED = 8
+# Why reading is paused (HttpConnection.pauses): the reasons, as bits.
+PAUSED_QUEUE = 1  # enough pipelined requests are waiting, or the last one is in
+PAUSED_BODY = 2  # the backend is not reading the request body fast enough
+PAUSED_ERROR = 4  # an error is being answered: nothing more is read
+PAUSED_WRITE = 8  # the client does not read our responses fast enough
+#: how often deadlines (client timeouts, keep-alive, lingering close) are checked: a timeout
+#: fires up to this much late
+SWEEP_INTERVAL = 0.1
 #: lingering close (nginx's lingering_time / lingering_timeout): after answering a request whose
 #: bytes were not all read, keep reading and discarding for up to LINGER_TIME seconds (closing
 #: after LINGER_TIMEOUT seconds of silence), so the client reads our answer instead of a reset
@@ -63,6 +70,24 @@ class ServerState:
         self.metrics = metrics
         self.connections: set[HttpConnection] = set()
         self.draining = False
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def watch(self) -> None:
+        """A connection armed a deadline: make sure the sweep runs."""
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _sweep(self) -> None:
+        """Fire the deadlines that passed: one pass over the open connections (10,000 idle
+        ones take about a millisecond), every SWEEP_INTERVAL while any is open."""
+        now = time.monotonic()
+        due = [c for c in self.connections if 0.0 < c.deadline <= now]
+        for conn in due:
+            if 0.0 < conn.deadline <= now:  # an earlier one's callback may have changed it
+                conn.expire()
+        self._sweeper = None
+        if self.connections:
+            self.watch()
 
     def log_access(self, request: Request, outcome: Outcome, nbytes: int,
                    duration: float) -> None:
@@ -142,8 +167,9 @@ class ListenerContext:
 class HttpConnection(asyncio.Protocol):
     __slots__ = (
         "ctx", "state", "transport", "parser", "client_ip", "client_port", "phase", "body",
-        "received_at", "queue", "current", "task", "timer", "stopped", "pending_error",
-        "write_paused", "drain_waiter", "pauses", "tunnel", "linger_until",
+        "received_at", "queue", "current", "task", "stopped", "pending_error",
+        "write_paused", "drain_waiter", "pauses", "tunnel", "linger_until", "deadline",
+        "on_deadline", "send_timer",
     )
 
     def __init__(self, ctx: ListenerContext) -> None:
@@ -158,22 +184,26 @@ class HttpConnection(asyncio.Protocol):
         self.body: RequestBody | None = None
         self.received_at = 0.0
         #: requests whose heads arrived, waiting for the one in flight to be answered
-        self.queue: deque[Request] = deque()
+        self.queue: list[Request] = []  # at most MAX_QUEUED: a list is smaller than a deque
         #: the request in flight
         self.current: Request | None = None
         self.task: asyncio.Task[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        #: the time.monotonic() at which ``on_deadline`` is due (0.0: nothing is), see _arm
+        self.deadline = 0.0
+        self.on_deadline: Any = None
         #: no further request is accepted (Connection: close seen, error, EOF, upgrade)
         self.stopped = False
         #: an error to answer once the requests before it are answered
         self.pending_error: ProxyError | None = None
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
-        #: reasons reading is paused (reading resumes when none is left)
-        self.pauses: set[str] = set()
+        #: why reading is paused, PAUSED_* bits (reading resumes when none is left)
+        self.pauses = 0
         self.tunnel: Any = None
         #: lingering close: the loop time reading stops at; 0.0 while not lingering
         self.linger_until = 0.0
+        #: armed while the client takes nothing of what we write (see _watch_send)
+        self.send_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio callbacks ------------------------------------------------------------------
 
@@ -192,6 +222,9 @@ class HttpConnection(asyncio.Protocol):
         if self.ctx.gate is not None:
             self.ctx.gate.closed()
         self._disarm()
+        if self.send_timer is not None:
+            self.send_timer.cancel()
+            self.send_timer = None
         if self.task is not None:
             self.task.cancel()  # the client is gone: stop waiting on the backend
         self.queue.clear()
@@ -202,11 +235,15 @@ class HttpConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        self._pause("write")
+        self._pause(PAUSED_WRITE)
+        self._watch_send()
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        self._resume("write")
+        self._resume(PAUSED_WRITE)
+        if self.send_timer is not None and not self.transport.is_closing():
+            self.send_timer.cancel()  # it reads again
+            self.send_timer = None
         waiter = self.drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -234,8 +271,8 @@ class HttpConnection(asyncio.Protocol):
         if self.linger_until:
             self._linger_more()
             return
-        if self.stopped:
-            return
+        if self.stopped and (self.phase != BODY or self.pauses & PAUSED_ERROR):
+            return  # past the last request (only its body is still read), or failed
         if self.phase == IDLE:
             self.phase = HEAD
             self.received_at = time.time()
@@ -245,9 +282,9 @@ class HttpConnection(asyncio.Protocol):
         except ProxyError as exc:
             self._fail(exc)
             return
+        # The parser yields nothing after the last request's end (Connection: close, HTTP/1.0,
+        # Upgrade), so every event here belongs to a request we accepted, its body included.
         for event in events:
-            if self.stopped:
-                break
             if type(event) is bytes:
                 if self.body is not None:
                     self.body.feed(event)
@@ -255,11 +292,11 @@ class HttpConnection(asyncio.Protocol):
                 self._on_head(event)
             else:
                 self._on_end()
-        if self.parser.error is not None and not self.stopped:
+        if self.parser.error is not None and not self.pauses & PAUSED_ERROR:
             # The requests before the broken bytes were delivered above; the error is
             # answered after them.
             self._fail(self.parser.error)
-        elif self.phase == BODY and "body" not in self.pauses:
+        elif self.phase == BODY and not self.pauses & PAUSED_BODY:
             self._arm(self.ctx.listener.client_body_timeout, self._body_timeout)
         if self.task is None and self.queue:
             self._dispatch()
@@ -283,9 +320,10 @@ class HttpConnection(asyncio.Protocol):
         if not head.keep_alive or head.upgrade:
             # RFC 9112 §9.6: nothing after "close" is processed; after an Upgrade request
             # the bytes that follow belong to the new protocol or to nobody (RFC 9931).
+            # Its own body is still read: reading stops at its end (_on_end).
             self.stopped = True
-        if self.stopped or len(self.queue) >= MAX_QUEUED:
-            self._pause("queue")
+        if (self.stopped and not has_body) or len(self.queue) >= MAX_QUEUED:
+            self._pause(PAUSED_QUEUE)
 
     def _on_end(self) -> None:
         if self.body is not None:
@@ -293,6 +331,8 @@ class HttpConnection(asyncio.Protocol):
             self.body = None
         self.phase = IDLE
         self._disarm()
+        if self.stopped:
+            self._pause(PAUSED_QUEUE)  # the last request is in: nothing more is read
 
     def _send_continue(self) -> None:
         body = self.current.stream if self.current is not None else None
@@ -300,21 +340,21 @@ class HttpConnection(asyncio.Protocol):
             self.transport.write(writer.continue_response())
 
     def _pause_for_body(self) -> None:
-        self._pause("body")
+        self._pause(PAUSED_BODY)
         self._disarm()  # the client is not slow, we are: no body timeout while paused
 
     def _resume_for_body(self) -> None:
-        self._resume("body")
+        self._resume(PAUSED_BODY)
         if self.phase == BODY:
             self._arm(self.ctx.listener.client_body_timeout, self._body_timeout)
 
     # -- dispatch and response ------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        request = self.queue.popleft()
+        request = self.queue.pop(0)
         self.current = request
-        if len(self.queue) < MAX_QUEUED and not self.stopped:
-            self._resume("queue")
+        if len(self.queue) < MAX_QUEUED and (not self.stopped or self.phase == BODY):
+            self._resume(PAUSED_QUEUE)
         self.task = asyncio.get_running_loop().create_task(self._serve(request))
 
     async def _serve(self, request: Request) -> None:
@@ -354,7 +394,10 @@ class HttpConnection(asyncio.Protocol):
         if self.tunnel is not None or self.linger_until or transport.is_closing():
             return
         if last:
-            self._close(linger=unread)
+            # Linger too when the client sent more after its last request (pipelined after
+            # "close"): closing with unread input would reset the connection and could take
+            # this response with it (RFC 9112 §9.6).
+            self._close(linger=unread or bool(self.parser.trailing))
         else:
             self._after_response()
 
@@ -394,7 +437,8 @@ class HttpConnection(asyncio.Protocol):
                 raise
             return -1
         if not keep_alive:
-            self._close(linger=request.stream is not None and not request.stream.ended)
+            self._close(linger=(request.stream is not None and not request.stream.ended)
+                        or bool(self.parser.trailing))
         return total
 
     async def _drained(self) -> None:
@@ -409,7 +453,7 @@ class HttpConnection(asyncio.Protocol):
         self.transport.write(data)
         self.tunnel = response.tunnel
         self._disarm()
-        self.pauses.clear()
+        self.pauses = 0
         self.transport.resume_reading()
         self.tunnel.attach(self.transport)
         return len(data)
@@ -422,7 +466,7 @@ class HttpConnection(asyncio.Protocol):
             self._write_error(self.pending_error)
             return
         if self.state.draining:
-            self.transport.close()
+            self._shut()
             return
         if self.phase == IDLE:
             self._arm(self.ctx.listener.keepalive_timeout, self._idle_timeout)
@@ -433,7 +477,7 @@ class HttpConnection(asyncio.Protocol):
         """A framing, limit or timeout error: answer it after what is owed, then close."""
         self.stopped = True
         self._disarm()
-        self._pause("error")
+        self._pause(PAUSED_ERROR)
         body = self.body
         if body is not None and self.current is not None and self.current.stream is body:
             # The request in flight is the one that broke: its backend gets the error and
@@ -441,9 +485,10 @@ class HttpConnection(asyncio.Protocol):
             body.abort(exc)
             return
         if body is not None and self.queue and self.queue[-1].stream is body:
-            # Broken before its turn came: the backend will read the error from its body.
-            body.abort(exc)
-            return
+            # Broken before its turn came: it is never dispatched, so no backend sees a part
+            # of a message that cannot be whole (RFC 9112 §6.3); the error takes its place.
+            self.queue.pop()
+            self.body = None
         if self.task is None and not self.queue:
             self._write_error(exc)
         else:
@@ -465,54 +510,84 @@ class HttpConnection(asyncio.Protocol):
         kernel reset the connection, and the client may lose our response)."""
         transport = self.transport
         if not linger or transport.is_closing():
-            transport.close()
+            self._shut()
             return
         self.stopped = True
         self.linger_until = asyncio.get_running_loop().time() + LINGER_TIME
-        self.pauses.clear()
+        self.pauses = 0
         transport.resume_reading()
         if transport.can_write_eof():
             transport.write_eof()
-        self._arm(LINGER_TIMEOUT, transport.close)
+        self._arm(LINGER_TIMEOUT, self._shut)
 
     def _linger_more(self) -> None:
         if asyncio.get_running_loop().time() >= self.linger_until:
             self._disarm()
-            self.transport.close()
+            self._shut()
         else:
-            self._arm(LINGER_TIMEOUT, self.transport.close)
+            self._arm(LINGER_TIMEOUT, self._shut)
+
+    def _shut(self) -> None:
+        """Close once what was written has gone out; a client that never takes it is cut
+        off by the send timeout (``close`` alone would wait for it forever)."""
+        self.transport.close()
+        if self.transport.get_write_buffer_size():
+            self._watch_send()
+
+    def _watch_send(self) -> None:
+        """The client must take some of what we write within ``client_body_timeout`` (ours:
+        nginx's send_timeout, 60 s between two successful writes, has no knob of its own
+        here), or it is cut off: a client that asks and never reads must not hold the
+        connection, its buffers and an upstream connection for ever."""
+        if self.send_timer is None:
+            self.send_timer = asyncio.get_running_loop().call_later(
+                self.ctx.listener.client_body_timeout, self._send_timeout)
+
+    def _send_timeout(self) -> None:
+        self.send_timer = None
+        error_log.info("%s:%s took nothing for %ss: connection aborted", self.client_ip,
+                       self.client_port, self.ctx.listener.client_body_timeout)
+        self.transport.abort()
 
     def _header_timeout(self) -> None:
-        self.timer = None
         self._fail(RequestTimeout("client header timeout"))
 
     def _body_timeout(self) -> None:
-        self.timer = None
         self._fail(RequestTimeout("client body timeout"))
 
     def _idle_timeout(self) -> None:
-        self.timer = None
         if self.task is None and not self.queue and self.phase == IDLE:
-            self.transport.close()
+            self._shut()
+
+    # No timer handle per connection (one costs ~600 bytes, a lot for an idle keep-alive
+    # connection, and making one per request costs time): arming sets a deadline that the
+    # ServerState's sweep checks a few times a second.
 
     def _arm(self, seconds: float, callback: Any) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = asyncio.get_running_loop().call_later(seconds, callback)
+        self.deadline = time.monotonic() + seconds
+        self.on_deadline = callback
+        self.state.watch()
 
     def _disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = 0.0
+        self.on_deadline = None
 
-    def _pause(self, reason: str) -> None:
+    def expire(self) -> None:
+        """The deadline passed (called by the sweep): run what was due."""
+        callback = self.on_deadline
+        self.deadline = 0.0
+        self.on_deadline = None
+        if callback is not None:
+            callback()
+
+    def _pause(self, reason: int) -> None:
         if not self.pauses and self.transport is not None:
             self.transport.pause_reading()
-        self.pauses.add(reason)
+        self.pauses |= reason
 
-    def _resume(self, reason: str) -> None:
-        if reason in self.pauses:
-            self.pauses.discard(reason)
+    def _resume(self, reason: int) -> None:
+        if self.pauses & reason:
+            self.pauses &= ~reason
             if not self.pauses and self.transport is not None:
                 self.transport.resume_reading()
 
@@ -521,7 +596,7 @@ class HttpConnection(asyncio.Protocol):
     def close_if_idle(self) -> bool:
         """Graceful drain: close now if nothing is owed; returns whether it closed."""
         if self.task is None and not self.queue and self.phase == IDLE and self.tunnel is None:
-            self.transport.close()
+            self._shut()
             return True
         return False
 

@@ -77,7 +77,8 @@ class RequestHead:
     path: str
     #: after ``?``, "" if none
     query: str
-    #: names as sent, values latin-1 decoded with OWS trimmed
+    #: names as sent, values latin-1 decoded with OWS trimmed; fields whose name holds "_"
+    #: are left out (see ``_interpret``)
     headers: tuple[tuple[str, str], ...]
     #: "1.1" or "1.0"
     http_version: str
@@ -457,32 +458,47 @@ class RequestParser(ABC):
 
 
 class _LlhttpDone:
-    """httptools protocol object: only whether llhttp saw the message end."""
+    """httptools protocol object: whether llhttp saw the message end, and whether the message
+    let the connection stay open (read when the headers end: llhttp forgets it afterwards)."""
 
-    __slots__ = ("complete",)
+    __slots__ = ("complete", "keep_alive", "parser")
 
     def __init__(self) -> None:
         self.complete = False
+        self.keep_alive = False
+        self.parser: httptools.HttpRequestParser | None = None
+
+    def on_headers_complete(self) -> None:
+        assert self.parser is not None
+        self.keep_alive = self.parser.should_keep_alive()
 
     def on_message_complete(self) -> None:
         self.complete = True
 
 
 class HttptoolsParser(RequestParser):
-    """llhttp judges the head's syntax, in C."""
+    """llhttp judges the head's syntax, in C.
+
+    One llhttp parser serves every connection of the process: a head is always fed whole and
+    synchronously, and the parser is kept only while it is between messages (else replaced),
+    so no state carries over from one head to the next. An idle keep-alive connection so holds
+    no llhttp state at all (memory per idle connection, issue 8).
+    """
 
     kind = "httptools"
-    __slots__ = ("_llhttp", "_done")
+    __slots__ = ()
+    _done = _LlhttpDone()
+    _llhttp: httptools.HttpRequestParser | None = None
 
     def __init__(self, limits: Limits) -> None:
         if not HAVE_HTTPTOOLS:
             raise RuntimeError("httptools >= 0.6.3 is not installed")
         super().__init__(limits)
-        self._done = _LlhttpDone()
-        self._llhttp = self._new_llhttp()
 
-    def _new_llhttp(self) -> httptools.HttpRequestParser:
-        parser = httptools.HttpRequestParser(self._done)
+    @classmethod
+    def _new_llhttp(cls) -> httptools.HttpRequestParser:
+        parser = httptools.HttpRequestParser(cls._done)
+        cls._done.parser = parser
         # Transfer-Encoding and its clash with Content-Length are judged by _interpret (400 or
         # 501 as RFC 9112 §6.1/§6.3 say); strict llhttp would answer some of them differently.
         parser.set_dangerous_leniencies(
@@ -490,19 +506,23 @@ class HttptoolsParser(RequestParser):
         return parser
 
     def _check_head(self, head: bytes) -> None:
-        done = self._done
-        done.complete = False
+        cls = HttptoolsParser
+        llhttp = cls._llhttp or cls._new_llhttp()
+        cls._llhttp = None  # whatever happens below, only a parser between messages goes back
+        done = cls._done
+        done.parser = llhttp
+        done.complete = done.keep_alive = False
         try:
-            self._llhttp.feed_data(head)
+            llhttp.feed_data(head)
             # reusable only if llhttp is between messages: no body pending (bodies are framed
             # by us) and no "close" (it would refuse data after it)
-            reusable = done.complete and self._llhttp.should_keep_alive()
+            reusable = done.complete and done.keep_alive
         except httptools.HttpParserUpgrade:
             reusable = False  # Upgrade or CONNECT: the head was fine, _interpret decides
         except httptools.HttpParserError as exc:
             raise BadRequest("malformed request head", log_detail=str(exc)) from exc
-        if not reusable:
-            self._llhttp = self._new_llhttp()
+        if reusable:
+            cls._llhttp = llhttp
 
 
 class H11Parser(RequestParser):
@@ -586,6 +606,11 @@ def _interpret(raw: bytes, limits: Limits) -> RequestHead:
     special: dict[str, list[str]] = {}
     for line in lines[1:-2]:
         name, _, value = line.partition(":")
+        if "_" in name:
+            # Ignored, as nginx does by default (underscores_in_headers off): a backend that
+            # maps "_" and "-" to one name (CGI, WSGI) would otherwise read Transfer_Encoding
+            # as framing we did not apply, or X_Real_IP as the address we vouch for.
+            continue
         value = value.strip(" \t")
         headers.append((name, value))
         lname = name.lower()
