@@ -44,7 +44,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import orjson
 
@@ -103,7 +103,7 @@ def _opt(params: Params, name: str, kind: type[T], where: str = "") -> T | None:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ApiError("InvalidParameter.FormatError",
                        f"{where}{name} must be {_TYPE_NAMES[kind]}")
-    return cast(T, value)
+    return value
 
 
 def _req(params: Params, name: str, kind: type[T], where: str = "") -> T:

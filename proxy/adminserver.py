@@ -26,10 +26,6 @@ from .errors import ConfigError
 from .logs import AccessLog
 
 TOKEN_VARIABLE = "CLBSCF_ADMIN_TOKEN"
-#: the admin's client limits: API bodies are small and callers are tools, not browsers
-ADMIN_LISTENER = dict(client_header_timeout=10.0, client_body_timeout=10.0,
-                      keepalive_timeout=30.0, client_max_body_size=1 << 20,
-                      max_header_size=16384, max_header_count=64, max_connections=256)
 
 
 def is_loopback(host: str) -> bool:
@@ -61,7 +57,11 @@ def parse_admin(text: str) -> tuple[str, int]:
 async def start_admin(app: object, host: str, port: int,
                       parser_kind: str = "auto") -> asyncio.AbstractServer:
     """Bind the admin address and serve ``app`` (anything with ``async handle(Request)``)."""
-    listener = Listener(name="admin", protocol="HTTP", port=port, host=host, **ADMIN_LISTENER)
+    # the admin's client limits: API bodies are small and callers are tools, not browsers
+    listener = Listener(name="admin", protocol="HTTP", port=port, host=host,
+                        client_header_timeout=10.0, client_body_timeout=10.0,
+                        keepalive_timeout=30.0, client_max_body_size=1 << 20,
+                        max_header_size=16384, max_header_count=64, max_connections=256)
     state = ServerState(app, AccessLog(enabled=False))  # type: ignore[arg-type]
     ctx = ListenerContext(listener, parser_kind, state)
     loop = asyncio.get_running_loop()

@@ -567,7 +567,7 @@ def _fields(ctx: _Ctx, path: str, value: object, checks: Mapping[str, Check],
                            "in the environment")
         if check is None:
             raise _bad(sub, f"unknown key{what}, expected one of " + ", ".join(checks), key)
-        out[_FIELD_NAMES.get(key, key)] = check(ctx, sub, raw)
+        out[_FIELD_NAMES.get(str(key), str(key))] = check(ctx, sub, raw)
     for key in required:
         if _FIELD_NAMES.get(key, key) not in out:
             raise _Invalid(f"{path}.{key}" if path else key, "is required, got nothing")

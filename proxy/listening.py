@@ -95,11 +95,12 @@ class AcceptGate:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        extra = {"ssl_handshake_timeout": self.handshake_timeout} if self.ssl_context else {}
-        servers = []
+        handshake = self.handshake_timeout if self.ssl_context else None
+        servers: list[asyncio.AbstractServer] = []
         for sock in self.sockets:
             servers.append(await loop.create_server(
-                self.factory, sock=sock.dup(), backlog=BACKLOG, ssl=self.ssl_context, **extra))
+                self.factory, sock=sock.dup(), backlog=BACKLOG, ssl=self.ssl_context,
+                ssl_handshake_timeout=handshake))
         if self._closed or self.open >= self.limit:
             for server in servers:
                 server.close()

@@ -90,20 +90,23 @@ class ProxyServer:
         scf = config.scf
         ca_file = scf.ca_file if scf else None
         listener = config.listeners[0] if config.listeners else None
-        timeouts = dict(connect_timeout=listener.proxy_connect_timeout,
-                        read_timeout=listener.proxy_read_timeout) if listener else {}
+        # the first listener's upstream timeouts apply to the API and invoke-URL clients
+        connect = listener.proxy_connect_timeout if listener else 4.0
+        read = listener.proxy_read_timeout if listener else 60.0
         current = self._remote
         credentials = Credentials.from_environ(os.environ)
         if scf is not None and credentials is not None:
             if current is None or self._remote_config != scf:
-                self._remote = RemoteFunctions(scf, credentials, **timeouts)
+                self._remote = RemoteFunctions(scf, credentials, connect_timeout=connect,
+                                               read_timeout=read)
                 self._remote_config = scf
                 if current is not None:
                     self._closing.append(current)
         if self._invoke_url is None or self._invoke_ca != ca_file:
             if self._invoke_url is not None:
                 self._closing.append(self._invoke_url)
-            self._invoke_url = InvokeUrlClient(ca_file=ca_file, **timeouts)
+            self._invoke_url = InvokeUrlClient(ca_file=ca_file, connect_timeout=connect,
+                                               read_timeout=read)
             self._invoke_ca = ca_file
         self.backends.remote = self._remote.invoke if self._remote else None
         self.backends.invoke_url = self._invoke_url.invoke_url

@@ -103,7 +103,7 @@ class RequestBody:
         """The whole body; ``PayloadTooLarge`` as soon as it passes ``limit`` bytes."""
         if self.declared_length is not None and self.declared_length > limit:
             raise PayloadTooLarge(f"body of {self.declared_length} bytes over {limit}")
-        parts = []
+        parts: list[bytes] = []
         size = 0
         while True:
             chunk = await self.read()
