@@ -20,6 +20,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# Static types (mypy --strict over proxy/); mypy is a tool, not a dependency.
+check: $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check mypy
+	$(PY) -m mypy
+
 # The benchmark harness installs what it needs (nginx, wrk, uvicorn) itself.
 BENCH_ARGS ?=
 bench: $(STAMP)
