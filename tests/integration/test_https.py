@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import time
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -44,6 +45,7 @@ protocol = "HTTPS"
 host = "127.0.0.1"
 port = 0
 hsts_max_age = 63072000
+ssl_handshake_timeout = 1
 certificates = [{", ".join(certs)}]
 
   [[listener.rule]]
@@ -168,3 +170,19 @@ def test_listen_tls_without_files_serves_hello_over_a_generated_certificate(
         assert resp.status == 200
         assert resp.read() == HELLO
         conn.close()
+
+
+def test_silent_handshakes_are_dropped_and_do_not_starve_others(proxy: ProxyProcess,
+                                                                  ca: trustme.CA) -> None:
+    port = proxy.port("tls")
+    silent = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(20)]
+    try:
+        started = time.monotonic()
+        # a real client is served meanwhile
+        assert _peer_names(_client(ca), port, "a.test") == ["a.test"]
+        for s in silent:  # each is closed by the proxy once its handshake timeout (1 s) passes
+            assert s.recv(1) == b""
+        assert 0.8 < time.monotonic() - started < 5
+    finally:
+        for s in silent:
+            s.close()
