@@ -169,7 +169,7 @@ class HttpConnection(asyncio.Protocol):
         "ctx", "state", "transport", "parser", "client_ip", "client_port", "phase", "body",
         "received_at", "queue", "current", "task", "stopped", "pending_error",
         "write_paused", "drain_waiter", "pauses", "tunnel", "linger_until", "deadline",
-        "on_deadline", "send_timer",
+        "on_deadline", "send_timer", "client_eof",
     )
 
     def __init__(self, ctx: ListenerContext) -> None:
@@ -204,6 +204,8 @@ class HttpConnection(asyncio.Protocol):
         self.linger_until = 0.0
         #: armed while the client takes nothing of what we write (see _watch_send)
         self.send_timer: asyncio.TimerHandle | None = None
+        #: the client has sent its FIN: there is nothing left to linger for
+        self.client_eof = False
 
     # -- asyncio callbacks ------------------------------------------------------------------
 
@@ -247,8 +249,11 @@ class HttpConnection(asyncio.Protocol):
         waiter = self.drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        elif self.task is None and self.queue and not self.linger_until and self.tunnel is None:
+            self._dispatch()  # the pipelined request held back by _after_response
 
     def eof_received(self) -> bool | None:
+        self.client_eof = True
         if self.linger_until:
             return None  # the client is done sending: close
         if self.tunnel is not None:
@@ -460,7 +465,10 @@ class HttpConnection(asyncio.Protocol):
 
     def _after_response(self) -> None:
         if self.queue:
-            self._dispatch()
+            if not self.write_paused:
+                # else resume_writing dispatches it: a client that does not read its answers
+                # gets no more of them, or pipelined answers would pile up in our memory
+                self._dispatch()
             return
         if self.pending_error is not None:
             self._write_error(self.pending_error)
@@ -509,7 +517,7 @@ class HttpConnection(asyncio.Protocol):
         what the client still sends (RFC 9112 §9.6: closing with unread input makes the
         kernel reset the connection, and the client may lose our response)."""
         transport = self.transport
-        if not linger or transport.is_closing():
+        if not linger or self.client_eof or transport.is_closing():
             self._shut()
             return
         self.stopped = True

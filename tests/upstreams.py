@@ -26,6 +26,11 @@ Endpoints (query parameters in brackets):
 Control (not counted): /_stats, /_health?code=N, /_clear.
 Every counted request is recorded: requests, per path, per method+path, bytes of request
 bodies, connections accepted.
+
+``RecordingUpstream`` is the in-process kind, for the hardening tests: it runs in a thread of
+the test process, keeps every byte each connection delivered (so a test can say what did *not*
+reach the upstream), reads requests with its own strict framing, and answers with canned raw
+responses per path (``Script``: early answers, closes, broken framing).
 """
 
 from __future__ import annotations
@@ -41,8 +46,10 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -473,6 +480,262 @@ class Upstream:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# --- the recording upstream (in-process) ------------------------------------------------------
+
+
+@dataclass
+class Recorded:
+    """One request as the recording upstream read it off the wire."""
+
+    method: str
+    target: str
+    version: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    #: index of the connection it came on (``RecordingUpstream.connections``)
+    connection: int
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
+
+
+@dataclass
+class Script:
+    """A canned answer for one path: ``raw`` is written as it is (broken framing included)."""
+
+    raw: bytes
+    #: answer as soon as the head is in, then read (and discard) the body as a server that
+    #: rejects a request early but keeps the connection does (RFC 9112 §9.3)
+    early: bool = False
+    #: close the connection after answering
+    close: bool = False
+
+
+@dataclass
+class RecordedConnection:
+    index: int
+    raw: bytearray = field(default_factory=bytearray)
+    requests: list[Recorded] = field(default_factory=list)
+    #: what made the upstream give up on it ("" while fine)
+    problem: str = ""
+    closed: bool = False
+
+
+class _Recorder(asyncio.Protocol):
+    """One connection of the recording upstream: a strict, incremental request reader."""
+
+    def __init__(self, owner: RecordingUpstream) -> None:
+        self.owner = owner
+        self.transport: Any = None
+        self.buf = bytearray()
+        self.state = "head"
+        self.remaining = 0
+        self.head: tuple[str, str, str, list[tuple[str, str]]] | None = None
+        self.body = bytearray()
+        self.script: Script | None = None
+        with owner.lock:
+            self.rec = RecordedConnection(len(owner.connections))
+            owner.connections.append(self.rec)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        with self.owner.lock:
+            self.rec.closed = True
+
+    def data_received(self, data: bytes) -> None:
+        with self.owner.lock:
+            self.rec.raw += data
+        self.buf += data
+        try:
+            while self.buf and not self.transport.is_closing() and self._step():
+                pass
+        except ValueError as exc:  # not HTTP as we expect it: note it and hang up
+            with self.owner.lock:
+                self.rec.problem = str(exc)
+            self.transport.close()
+
+    def _line(self) -> bytes | None:
+        end = self.buf.find(b"\r\n")
+        if end < 0:
+            return None
+        line = bytes(self.buf[:end])
+        del self.buf[:end + 2]
+        return line
+
+    def _step(self) -> bool:
+        """Consume one item from the buffer; False when it needs more bytes."""
+        if self.state == "head":
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return False
+            lines = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
+            del self.buf[:end + 4]
+            parts = lines[0].split(" ")
+            if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+                raise ValueError(f"bad request line {lines[0][:80]!r}")
+            headers = []
+            for line in lines[1:]:
+                name, colon, value = line.partition(":")
+                if not colon or not name or name != name.strip():
+                    raise ValueError(f"bad header line {line[:80]!r}")
+                headers.append((name, value.strip(" \t")))
+            self.head = (parts[0], parts[1], parts[2], headers)
+            self.body = bytearray()
+            fields = {k.lower(): v for k, v in headers}
+            self.script = self.owner.scripts.get(urlsplit(parts[1]).path)
+            if self.script is not None and self.script.early:
+                self._answer()
+            if fields.get("transfer-encoding", "").lower() == "chunked":
+                self.state = "size"
+            elif int(fields.get("content-length", "0")):
+                self.state, self.remaining = "body", int(fields["content-length"])
+            else:
+                self._done()
+            return True
+        if self.state in ("body", "data"):
+            take = min(self.remaining, len(self.buf))
+            self.body += self.buf[:take]
+            del self.buf[:take]
+            self.remaining -= take
+            if not self.remaining:
+                if self.state == "body":
+                    self._done()
+                else:
+                    self.state = "crlf"
+            return take > 0
+        if self.state == "crlf":
+            if len(self.buf) < 2:
+                return False
+            if self.buf[:2] != b"\r\n":
+                raise ValueError("chunk not followed by CRLF")
+            del self.buf[:2]
+            self.state = "size"
+            return True
+        item = self._line()
+        if item is None:
+            return False
+        if self.state == "size":
+            size = int(item.split(b";")[0], 16)
+            self.state, self.remaining = ("data", size) if size else ("trailer", 0)
+        elif not item:  # the empty line after the trailers
+            self._done()
+        return True
+
+    def _done(self) -> None:
+        assert self.head is not None
+        method, target, version, headers = self.head
+        with self.owner.lock:
+            self.rec.requests.append(Recorded(method, target, version, headers,
+                                              bytes(self.body), self.rec.index))
+        self.state = "head"
+        if self.script is None or not self.script.early:
+            self._answer()
+        if self.script is not None and self.script.close:
+            self.transport.close()
+        self.owner.arrived.set()
+
+    def _answer(self) -> None:
+        assert self.head is not None
+        if self.script is not None:
+            self.transport.write(self.script.raw)
+            return
+        method, target = self.head[0], self.head[1]
+        body = b"" if method == "HEAD" else target.encode("latin-1")
+        self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                             b"Content-Length: %d\r\n\r\n%b" % (len(target), body))
+
+
+class RecordingUpstream:
+    """An HTTP/1.1 upstream in a thread of the test process that records everything it got.
+
+    ``with RecordingUpstream() as up: up.address``; ``up.scripts[path] = Script(raw)`` sets a
+    canned answer (otherwise 200 with the request-target as the body); ``up.clear()`` forgets
+    what was recorded; ``up.requests()``, ``up.raw()``, ``up.connections`` tell what arrived.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.connections: list[RecordedConnection] = []
+        self.scripts: dict[str, Script] = {}
+        self.arrived = threading.Event()
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.AbstractServer | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> RecordingUpstream:
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = self._loop = asyncio.new_event_loop()
+            self._server = loop.run_until_complete(
+                loop.create_server(lambda: _Recorder(self), "127.0.0.1", 0, backlog=1024))
+            self.port = self._server.sockets[0].getsockname()[1]
+            ready.set()
+            loop.run_forever()
+            self._server.close()
+            loop.run_until_complete(self._server.wait_closed())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="recording-upstream", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    def __enter__(self) -> RecordingUpstream:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def clear(self) -> None:
+        """Forget what was recorded (open connections go on, recording afresh)."""
+        with self.lock:
+            for conn in self.connections:
+                conn.raw.clear()
+                conn.requests.clear()
+                conn.problem = ""
+            self.arrived.clear()
+
+    def requests(self) -> list[Recorded]:
+        with self.lock:
+            return [r for c in self.connections for r in c.requests]
+
+    def raw(self) -> bytes:
+        """Every byte received since ``clear``, connection after connection."""
+        with self.lock:
+            return b"".join(bytes(c.raw) for c in self.connections)
+
+    def problems(self) -> list[str]:
+        with self.lock:
+            return [c.problem for c in self.connections if c.problem]
+
+    def wait_requests(self, n: int, timeout: float = 5.0) -> list[Recorded]:
+        """The requests once at least ``n`` arrived (AssertionError after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.requests()
+            if len(found) >= n:
+                return found
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{len(found)} of {n} requests reached the upstream")
+            self.arrived.clear()
+            if len(self.requests()) < n:
+                self.arrived.wait(min(left, 0.05))
 
 
 if __name__ == "__main__":

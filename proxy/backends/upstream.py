@@ -154,6 +154,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.messages += 1
+        if self.messages > 1:
+            # Another message after the one asked for (a miscounting or hostile upstream):
+            # none of it may reach the client as part of this response. Raising stops llhttp
+            # (it surfaces as HttpParserCallbackError in _feed_body).
+            self.dirty = True
+            raise _ExtraMessage()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.phase == HEAD:  # after the head they are trailers: dropped
@@ -180,11 +186,12 @@ class UpstreamConnection(asyncio.Protocol):
         buf = self.buf
         while True:
             end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > MAX_HEAD:
-                    self._fail(UpstreamError("upstream response head too large"))
-                elif not self.checked:
+            if end < 0 and len(buf) <= MAX_HEAD:
+                if not self.checked:
                     self._check_partial(bytes(buf))
+                return
+            if end < 0 or end + 4 > MAX_HEAD:  # whether it came whole or in pieces
+                self._fail(UpstreamError("upstream response head too large"))
                 return
             head = bytes(buf[:end + 4])
             del buf[:end + 4]
@@ -313,6 +320,10 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 _NO_CALLBACKS = object()  # a parser protocol without callbacks: llhttp only validates
+
+
+class _ExtraMessage(Exception):
+    """Raised from an llhttp callback to stop at a second message on one exchange."""
 
 
 def _expire(waiter: asyncio.Future[None], address: str) -> None:
