@@ -14,7 +14,8 @@ HERE = Path(__file__).parent
 
 
 def native_extensions():
-    if os.environ.get("PROXY_NO_NATIVE"):
+    # the same reading as proxy/_native.py: set, non-empty and not "0"
+    if os.environ.get("PROXY_NO_NATIVE", "") not in ("", "0"):
         print("clbscf-proxy: pure build (PROXY_NO_NATIVE set)", file=sys.stderr)
         return []
     sources = sorted(str(p.relative_to(HERE)) for p in (HERE / "native").glob("*.pyx"))

@@ -11,7 +11,6 @@ Knows nothing of wrk or nginx.
 from __future__ import annotations
 
 import importlib
-import os
 import time
 import timeit
 from collections.abc import Callable
@@ -39,7 +38,9 @@ class MatchResult:
 
 
 def native_status(rules: Any) -> str:
-    if os.environ.get("PROXY_NO_NATIVE"):
+    from proxy import _native
+
+    if _native.DISABLED:
         return "disabled by PROXY_NO_NATIVE"
     # The native swap rebinds ``RuleTable.match`` (or ``RuleTable`` itself) to the compiled
     # twin only when the extension imported; otherwise RuleTable matches with RuleTablePy's.

@@ -31,7 +31,10 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
+from collections.abc import Callable
+from typing import ClassVar
 
+from . import _native
 from .config import Listener
 from .errors import BadRequest, ConfigError
 
@@ -263,8 +266,10 @@ class RuleTablePy:
 
 
 # --- native swap ----------------------------------------------------------------------------
-# A later task rebinds ``RuleTable.match`` to a compiled (Cython) twin when one is built and
-# PROXY_NO_NATIVE is unset; the twin reads the compiled attributes documented on RuleTablePy.
+# proxy._native rebinds ``RuleTable.match`` to the compiled (Cython) twin in native/rules.pyx
+# when it is built and PROXY_NO_NATIVE is unset, and ``RuleTable.build_accel`` to the twin's
+# builder: the native match reads the compiled attributes above plus ``accel``, their typed
+# form (regexes with a literal prefilter), built here once per table, not per request.
 # RuleTable is a subclass, not an alias, so that rebinding its ``match`` leaves
 # ``RuleTablePy.match`` pure Python for the parity tests.
 
@@ -272,7 +277,19 @@ class RuleTablePy:
 class RuleTable(RuleTablePy):
     """The table the router uses: RuleTablePy, with ``match`` possibly swapped for native."""
 
-    __slots__ = ()
+    __slots__ = ("accel",)
+
+    #: the native twin's builder of ``accel`` while the native match is installed, else None
+    build_accel: ClassVar[Callable[[RuleTablePy], object] | None] = None
+
+    def __init__(self, listener: Listener) -> None:
+        super().__init__(listener)
+        build = RuleTable.build_accel
+        #: the native match's typed form of this table (None while the pure match runs)
+        self.accel: object = None if build is None else build(self)
+
+
+_native.install("rules", globals())
 
 
 __all__ = ["DomainRules", "RuleTable", "RuleTablePy", "normalize_host", "normalize_path"]

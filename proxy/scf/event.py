@@ -35,6 +35,7 @@ from urllib.parse import unquote
 
 import orjson
 
+from .. import _native
 from ..errors import BadFunctionResponse, FunctionResponseTooLarge, PayloadTooLarge
 from ..headers import HOP_BY_HOP
 from ..messages import Headers, Request, Response, Route
@@ -297,11 +298,14 @@ def decode_response_py(raw: bytes) -> Response:
 
 
 # --- native swap ----------------------------------------------------------------------------
-# A later task rebinds these to compiled (Cython) twins when built and PROXY_NO_NATIVE is unset;
-# the ``_py`` names stay pure Python for the parity tests.
+# proxy._native rebinds ``encode_event`` and ``decode_response`` to their compiled (Cython)
+# twins in native/event.pyx when built and PROXY_NO_NATIVE is unset. It runs here, as this
+# module's last step, so every importer binds the chosen ones; the ``_py`` names stay pure
+# Python for the parity tests.
 
 encode_event = encode_event_py
 decode_response = decode_response_py
+_native.install("event", globals())
 
 __all__ = ["MAX_EVENT_BYTES", "MAX_RESPONSE_BYTES", "decode_response", "decode_response_py",
            "encode_event", "encode_event_py"]

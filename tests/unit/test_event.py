@@ -1,9 +1,15 @@
-"""proxy/scf/event.py: the CLB trigger event (SPEC §5) and the integration response (SPEC §6)."""
+"""proxy/scf/event.py: the CLB trigger event (SPEC §5) and the integration response (SPEC §6).
+
+Every test runs on the pure twins and, when the native ones are active, on those too (the
+``codec`` fixture); test_native_parity.py compares the two directly on random input.
+"""
 
 from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -12,16 +18,40 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy import _native
 from proxy.errors import BadFunctionResponse, FunctionResponseTooLarge, PayloadTooLarge
 from proxy.headers import TrustedProxies, forwarded_headers
-from proxy.messages import Headers, Request, Route
+from proxy.messages import Headers, Request, Response, Route
 from proxy.scf import event as event_module
-from proxy.scf.event import (
-    MAX_EVENT_BYTES,
-    MAX_RESPONSE_BYTES,
-    decode_response,
-    encode_event,
-)
+from proxy.scf.event import MAX_EVENT_BYTES, MAX_RESPONSE_BYTES
+
+
+@dataclass(frozen=True)
+class Codec:
+    """One implementation of the module's two functions, and its header-name cache."""
+
+    encode_event: Callable[[Request, Headers, Route, str], bytes]
+    decode_response: Callable[[bytes], Response]
+    name_cache: Callable[[], dict[str, bool]]
+
+
+CODECS = {"pure": Codec(event_module.encode_event_py, event_module.decode_response_py,
+                        lambda: event_module._NAME_VERDICTS)}
+_NATIVE = _native.native_module("event")
+if _NATIVE is not None:  # active: built, and PROXY_NO_NATIVE unset
+    CODECS["native"] = Codec(event_module.encode_event, event_module.decode_response,
+                             _NATIVE.name_cache)
+
+
+@pytest.fixture(scope="module", params=list(CODECS))
+def codec(request: pytest.FixtureRequest) -> Codec:
+    """The pure functions, or the native ones the SCF backend then uses."""
+    chosen = CODECS[request.param]
+    if request.param == "native":
+        assert chosen.encode_event is not event_module.encode_event_py
+        assert chosen.decode_response is not event_module.decode_response_py
+    return chosen
+
 
 ROUTE = Route(listener="web", domain="ev.test", url="/", location_id="loc-1",
               target="SCF:default/echo")
@@ -34,26 +64,26 @@ def make_request(method: str = "GET", path: str = "/", query: str = "",
                    scheme="https", listener="web", received_at=1718000000.1234)
 
 
-def event_of(request: Request) -> dict[str, Any]:
+def event_of(codec: Codec, request: Request) -> dict[str, Any]:
     forwarded = forwarded_headers(request, TrustedProxies([]))
-    raw = encode_event(request, forwarded, ROUTE, "req-1")
+    raw = codec.encode_event(request, forwarded, ROUTE, "req-1")
     parsed: dict[str, Any] = json.loads(raw)
     return parsed
 
 
-def post(content_type: str | None, body: bytes) -> dict[str, Any]:
+def post(codec: Codec, content_type: str | None, body: bytes) -> dict[str, Any]:
     headers: Headers = (("Host", "ev.test"),)
     if content_type is not None:
         headers += (("Content-Type", content_type),)
-    return event_of(make_request("POST", "/up", headers=headers + (
+    return event_of(codec, make_request("POST", "/up", headers=headers + (
         ("Content-Length", str(len(body))),), body=body))
 
 
 # --- the event ------------------------------------------------------------------------------
 
 
-def test_get_with_repeated_keys_and_percent_encoding() -> None:
-    event = event_of(make_request(path="/p/%E4%BD%A0", query="a=1&a=2&b=%E4%BD%A0&c&d=x+y"))
+def test_get_with_repeated_keys_and_percent_encoding(codec: Codec) -> None:
+    event = event_of(codec, make_request(path="/p/%E4%BD%A0", query="a=1&a=2&b=%E4%BD%A0&c&d=x+y"))
     assert event["httpMethod"] == "GET"
     assert event["path"] == "/p/%E4%BD%A0"
     expected = {"a": ["1", "2"], "b": "你", "c": "", "d": "x y"}
@@ -63,8 +93,8 @@ def test_get_with_repeated_keys_and_percent_encoding() -> None:
     assert event["isBase64Encoded"] is False
 
 
-def test_percent_encoded_keys_and_three_repeats_keep_order() -> None:
-    event = event_of(make_request(query="k%20y=1&k+y=2&k%20y=3&e="))
+def test_percent_encoded_keys_and_three_repeats_keep_order(codec: Codec) -> None:
+    event = event_of(codec, make_request(query="k%20y=1&k+y=2&k%20y=3&e="))
     assert event["queryString"] == {"k y": ["1", "2", "3"], "e": ""}
 
 
@@ -80,18 +110,18 @@ def _parse_qsl_map(query: str) -> dict[str, Any]:
 
 @settings(max_examples=500, deadline=None)
 @given(st.text(alphabet="ab=&%+2E4Fx;ü ", max_size=40))
-def test_query_map_has_parse_qsl_semantics(query: str) -> None:
-    event = event_of(make_request(query=query))
+def test_query_map_has_parse_qsl_semantics(codec: Codec, query: str) -> None:
+    event = event_of(codec, make_request(query=query))
     assert event["queryString"] == _parse_qsl_map(query)
 
 
-def test_no_query_gives_empty_maps() -> None:
-    event = event_of(make_request())
+def test_no_query_gives_empty_maps(codec: Codec) -> None:
+    event = event_of(codec, make_request())
     assert event["queryString"] == {} and event["queryStringParameters"] == {}
 
 
-def test_request_context_fields() -> None:
-    event = event_of(make_request(method="DELETE"))
+def test_request_context_fields(codec: Codec) -> None:
+    event = event_of(codec, make_request(method="DELETE"))
     assert event["requestContext"] == {
         "requestId": "req-1", "sourceIp": "203.0.113.7", "sourcePort": 51234,
         "protocol": "https", "listener": "web", "domain": "ev.test", "url": "/",
@@ -99,8 +129,8 @@ def test_request_context_fields() -> None:
     }
 
 
-def test_event_headers_include_forwarded_clb_headers() -> None:
-    headers = event_of(make_request())["headers"]
+def test_event_headers_include_forwarded_clb_headers(codec: Codec) -> None:
+    headers = event_of(codec, make_request())["headers"]
     assert headers["Host"] == "ev.test"
     assert headers["X-Stgw-Time"] == "1718000000.123"
     assert headers["X-Client-Proto"] == "https" and headers["X-Forwarded-Proto"] == "https"
@@ -108,8 +138,8 @@ def test_event_headers_include_forwarded_clb_headers() -> None:
     assert headers["X-Real-IP"] == "203.0.113.7" and headers["X-Forwarded-For"] == "203.0.113.7"
 
 
-def test_repeated_headers_are_joined_under_the_first_spelling() -> None:
-    event = event_of(make_request(headers=(
+def test_repeated_headers_are_joined_under_the_first_spelling(codec: Codec) -> None:
+    event = event_of(codec, make_request(headers=(
         ("Host", "ev.test"), ("Cookie", "a=1"), ("X-Multi", "1"), ("cookie", "b=2"),
         ("x-multi", "2"), ("X-MULTI", "3"))))
     headers = event["headers"]
@@ -118,104 +148,104 @@ def test_repeated_headers_are_joined_under_the_first_spelling() -> None:
     assert "cookie" not in headers and "x-multi" not in headers and "X-MULTI" not in headers
 
 
-def test_utf8_header_value_reaches_the_function_as_text() -> None:
+def test_utf8_header_value_reaches_the_function_as_text(codec: Codec) -> None:
     raw = "你好".encode().decode("latin-1")  # how the parser hands over obs-text bytes
     latin = "caf\xe9"  # a lone 0xE9 byte is not UTF-8: kept as latin-1
-    headers = event_of(make_request(headers=(("Host", "ev.test"), ("X-Name", raw),
+    headers = event_of(codec, make_request(headers=(("Host", "ev.test"), ("X-Name", raw),
                                              ("X-Latin", latin))))["headers"]
     assert headers["X-Name"] == "你好"
     assert headers["X-Latin"] == "café"
 
 
-def test_json_post_is_text_with_parsed_payload() -> None:
+def test_json_post_is_text_with_parsed_payload(codec: Codec) -> None:
     body = b'{"key1": "123", "key2": "abc", "big": 123456789012345678901234567890}'
-    event = post("Application/JSON; charset=utf-8", body)
+    event = post(codec, "Application/JSON; charset=utf-8", body)
     assert event["isBase64Encoded"] is False
     assert event["body"] == body.decode()
     assert event["payload"] == {"key1": "123", "key2": "abc",
                                 "big": 123456789012345678901234567890}
 
 
-def test_json_that_does_not_parse_gives_payload_as_string() -> None:
-    event = post("application/json", b'{"broken": ')
+def test_json_that_does_not_parse_gives_payload_as_string(codec: Codec) -> None:
+    event = post(codec, "application/json", b'{"broken": ')
     assert event["isBase64Encoded"] is False
     assert event["payload"] == event["body"] == '{"broken": '
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "TEXT/html; charset=utf-8",
                                           "application/javascript", "application/xml"])
-def test_text_types_are_passed_as_text(content_type: str) -> None:
-    event = post(content_type, "héllo <b>".encode())
+def test_text_types_are_passed_as_text(codec: Codec, content_type: str) -> None:
+    event = post(codec, content_type, "héllo <b>".encode())
     assert event["isBase64Encoded"] is False
     assert event["body"] == event["payload"] == "héllo <b>"
 
 
-def test_form_post_is_base64() -> None:
+def test_form_post_is_base64(codec: Codec) -> None:
     body = b"a=1&b=%E4%BD%A0"
-    event = post("application/x-www-form-urlencoded", body)
+    event = post(codec, "application/x-www-form-urlencoded", body)
     assert event["isBase64Encoded"] is True
     assert base64.b64decode(event["body"], validate=True) == body
     assert event["payload"] == event["body"]
 
 
-def test_binary_upload_is_base64_and_round_trips() -> None:
+def test_binary_upload_is_base64_and_round_trips(codec: Codec) -> None:
     body = bytes(range(256)) * 40
-    event = post("image/png", body)
+    event = post(codec, "image/png", body)
     assert event["isBase64Encoded"] is True
     assert base64.b64decode(event["body"], validate=True) == body
 
 
-def test_body_without_content_type_is_base64() -> None:
-    event = post(None, b"plain words")
+def test_body_without_content_type_is_base64(codec: Codec) -> None:
+    event = post(codec, None, b"plain words")
     assert event["isBase64Encoded"] is True
     assert base64.b64decode(event["body"]) == b"plain words"
 
 
-def test_text_plain_with_invalid_utf8_is_base64() -> None:
+def test_text_plain_with_invalid_utf8_is_base64(codec: Codec) -> None:
     body = b"\xff\xfe bad"
-    event = post("text/plain", body)
+    event = post(codec, "text/plain", body)
     assert event["isBase64Encoded"] is True
     assert base64.b64decode(event["body"]) == body
 
 
-def test_empty_body_is_not_base64_whatever_the_type() -> None:
-    event = post("image/png", b"")
+def test_empty_body_is_not_base64_whatever_the_type(codec: Codec) -> None:
+    event = post(codec, "image/png", b"")
     assert event["isBase64Encoded"] is False
     assert event["body"] == "" and event["payload"] == ""
 
 
-def test_event_over_6mb_raises_payload_too_large() -> None:
+def test_event_over_6mb_raises_payload_too_large(codec: Codec) -> None:
     with pytest.raises(PayloadTooLarge) as info:
-        post("image/png", b"\0" * (MAX_EVENT_BYTES // 2))
+        post(codec, "image/png", b"\0" * (MAX_EVENT_BYTES // 2))
     assert info.value.status_hint == 413
 
 
-def test_text_event_over_6mb_raises_payload_too_large() -> None:
+def test_text_event_over_6mb_raises_payload_too_large(codec: Codec) -> None:
     with pytest.raises(PayloadTooLarge):
-        post("text/plain", b"a" * (MAX_EVENT_BYTES // 2 + 1))
+        post(codec, "text/plain", b"a" * (MAX_EVENT_BYTES // 2 + 1))
 
 
-def test_escaping_that_pushes_the_event_over_6mb_raises() -> None:
+def test_escaping_that_pushes_the_event_over_6mb_raises(codec: Codec) -> None:
     # Under the cheap bound, but every quote doubles when escaped as JSON.
     with pytest.raises(PayloadTooLarge):
-        post("text/plain", b'"' * (MAX_EVENT_BYTES // 2 - 1000))
+        post(codec, "text/plain", b'"' * (MAX_EVENT_BYTES // 2 - 1000))
 
 
-def test_event_just_under_the_limit_is_encoded() -> None:
+def test_event_just_under_the_limit_is_encoded(codec: Codec) -> None:
     body = b"\0" * (1024 * 1024)
-    event = post("application/octet-stream", body)
+    event = post(codec, "application/octet-stream", body)
     assert base64.b64decode(event["body"]) == body
 
 
 # --- the integration response ---------------------------------------------------------------
 
 
-def decode(obj: object) -> Any:
-    return decode_response(orjson.dumps(obj))
+def decode(codec: Codec, obj: object) -> Any:
+    return codec.decode_response(orjson.dumps(obj))
 
 
-def test_valid_response_with_list_headers_gives_several_lines() -> None:
-    response = decode({"isBase64Encoded": False, "statusCode": 201, "headers": {
+def test_valid_response_with_list_headers_gives_several_lines(codec: Codec) -> None:
+    response = decode(codec, {"isBase64Encoded": False, "statusCode": 201, "headers": {
         "Content-Type": "text/html", "Set-Cookie": ["a=1; Path=/", "b=2; Path=/"]},
         "body": "<h1>hi</h1>"})
     assert response.status == 201
@@ -224,26 +254,26 @@ def test_valid_response_with_list_headers_gives_several_lines() -> None:
     assert response.body == b"<h1>hi</h1>"
 
 
-def test_base64_body_is_decoded_to_binary() -> None:
+def test_base64_body_is_decoded_to_binary(codec: Codec) -> None:
     data = bytes(range(256))
-    response = decode({"isBase64Encoded": True, "statusCode": 200,
+    response = decode(codec, {"isBase64Encoded": True, "statusCode": 200,
                        "headers": {"Content-Type": "image/png"},
                        "body": base64.b64encode(data).decode()})
     assert response.body == data
 
 
-def test_minimal_response_has_empty_headers_and_body() -> None:
-    response = decode({"statusCode": 204})
+def test_minimal_response_has_empty_headers_and_body(codec: Codec) -> None:
+    response = decode(codec, {"statusCode": 204})
     assert (response.status, response.headers, response.body) == (204, (), b"")
-    assert decode({"statusCode": 200, "headers": None, "body": None}).body == b""
+    assert decode(codec, {"statusCode": 200, "headers": None, "body": None}).body == b""
 
 
-def test_text_body_is_utf8_encoded() -> None:
-    assert decode({"statusCode": 200, "body": "你好"}).body == "你好".encode()
+def test_text_body_is_utf8_encoded(codec: Codec) -> None:
+    assert decode(codec, {"statusCode": 200, "body": "你好"}).body == "你好".encode()
 
 
-def test_hop_by_hop_content_length_date_and_server_are_dropped() -> None:
-    response = decode({"statusCode": 200, "body": "x", "headers": {
+def test_hop_by_hop_content_length_date_and_server_are_dropped(codec: Codec) -> None:
+    response = decode(codec, {"statusCode": 200, "body": "x", "headers": {
         "Connection": "close", "Transfer-Encoding": "chunked", "Keep-Alive": "timeout=5",
         "Upgrade": "websocket", "Proxy-Connection": "close", "TE": "trailers",
         "Trailer": "X-T", "content-length": "999", "Date": "yesterday", "Server": "fn",
@@ -251,21 +281,21 @@ def test_hop_by_hop_content_length_date_and_server_are_dropped() -> None:
     assert response.headers == (("X-Kept", "yes"),)
 
 
-def test_non_ascii_header_value_is_utf8_bytes_as_latin1() -> None:
-    response = decode({"statusCode": 200, "headers": {"X-Name": "你好"}})
+def test_non_ascii_header_value_is_utf8_bytes_as_latin1(codec: Codec) -> None:
+    response = decode(codec, {"statusCode": 200, "headers": {"X-Name": "你好"}})
     (name, value), = response.headers
     assert value.encode("latin-1") == "你好".encode()
 
 
-def test_surrounding_whitespace_of_header_values_is_trimmed() -> None:
-    response = decode({"statusCode": 200, "headers": {"X-A": " \tv a l\t "}})
+def test_surrounding_whitespace_of_header_values_is_trimmed(codec: Codec) -> None:
+    response = decode(codec, {"statusCode": 200, "headers": {"X-A": " \tv a l\t "}})
     assert response.headers == (("X-A", "v a l"),)
 
 
-def test_many_distinct_header_names_keep_the_name_cache_bounded() -> None:
+def test_many_distinct_header_names_keep_the_name_cache_bounded(codec: Codec) -> None:
     for i in range(3):
-        decode({"statusCode": 200, "headers": {f"X-{i}-{j}": "v" for j in range(400)}})
-    assert len(event_module._NAME_VERDICTS) <= event_module._NAME_CACHE_MAX
+        decode(codec, {"statusCode": 200, "headers": {f"X-{i}-{j}": "v" for j in range(400)}})
+    assert 0 < len(codec.name_cache()) <= event_module._NAME_CACHE_MAX
 
 
 INVALID_RESULTS: dict[str, bytes] = {
@@ -318,25 +348,26 @@ INVALID_RESULTS: dict[str, bytes] = {
 
 
 @pytest.mark.parametrize("raw", INVALID_RESULTS.values(), ids=INVALID_RESULTS.keys())
-def test_invalid_integration_response_raises_bad_function_response(raw: bytes) -> None:
+def test_invalid_integration_response_raises_bad_function_response(codec: Codec,
+                                                                   raw: bytes) -> None:
     with pytest.raises(BadFunctionResponse) as info:
-        decode_response(raw)
+        codec.decode_response(raw)
     assert info.value.status_hint == 502
     assert info.value.log_detail
 
 
-def test_result_over_6mb_raises_function_response_too_large() -> None:
+def test_result_over_6mb_raises_function_response_too_large(codec: Codec) -> None:
     raw = orjson.dumps({"statusCode": 200, "body": "x" * MAX_RESPONSE_BYTES})
     with pytest.raises(FunctionResponseTooLarge) as info:
-        decode_response(raw)
+        codec.decode_response(raw)
     assert info.value.status_hint == 502
 
 
-def test_result_at_the_limit_is_accepted() -> None:
+def test_result_at_the_limit_is_accepted(codec: Codec) -> None:
     envelope = orjson.dumps({"statusCode": 200, "body": ""})
     raw = envelope[:-2] + b"x" * (MAX_RESPONSE_BYTES - len(envelope)) + b'"}'
     assert len(raw) == MAX_RESPONSE_BYTES
-    assert len(decode_response(raw).body) == MAX_RESPONSE_BYTES - len(envelope)
+    assert len(codec.decode_response(raw).body) == MAX_RESPONSE_BYTES - len(envelope)
 
 
 json_values = st.recursive(
@@ -362,9 +393,9 @@ response_like = st.fixed_dictionaries(
 ALLOWED = (BadFunctionResponse, FunctionResponseTooLarge)
 
 
-def _decode_or_allowed_error(raw: bytes) -> None:
+def _decode_or_allowed_error(codec: Codec, raw: bytes) -> None:
     try:
-        response = decode_response(raw)
+        response = codec.decode_response(raw)
     except ALLOWED:
         return
     assert 200 <= response.status <= 599
@@ -375,11 +406,13 @@ def _decode_or_allowed_error(raw: bytes) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(json_values | response_like)
-def test_decode_response_only_raises_its_own_errors_on_any_json(value: object) -> None:
-    _decode_or_allowed_error(orjson.dumps(value))
+def test_decode_response_only_raises_its_own_errors_on_any_json(codec: Codec,
+                                                                value: object) -> None:
+    _decode_or_allowed_error(codec, orjson.dumps(value))
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=256))
-def test_decode_response_only_raises_its_own_errors_on_any_bytes(raw: bytes) -> None:
-    _decode_or_allowed_error(raw)
+def test_decode_response_only_raises_its_own_errors_on_any_bytes(codec: Codec,
+                                                                 raw: bytes) -> None:
+    _decode_or_allowed_error(codec, raw)

@@ -2,7 +2,9 @@
 
 Table-driven cases for every example of SPEC §3 and clb-scf-facts.md §5.1-5.2, then a
 Hypothesis property comparing ``RuleTable.match`` with a slow reference written here as plain
-linear scans of the rule list.
+linear scans of the rule list. Every matching test runs on the pure ``RuleTablePy`` and, when
+the native twin is active, on ``RuleTable`` with its native ``match`` (the ``table_class``
+fixture); test_native_parity.py compares the two directly.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy import _native
 from proxy.config import Listener, Rule, Target
 from proxy.errors import BadRequest, ConfigError
 from proxy.rules import RuleTable, RuleTablePy, normalize_host, normalize_path
@@ -26,9 +29,23 @@ def _listener(rules: Sequence[tuple[str, str]], default_domain: str = "") -> Lis
                     rules=tuple(Rule(domain=d, url=u, targets=TARGETS) for d, u in rules))
 
 
-def _matched(rules: Sequence[tuple[str, str]], host: str, path: str,
+TableClass = type[RuleTablePy]
+#: "native" only where the native match is installed (built, and PROXY_NO_NATIVE unset)
+IMPLEMENTATIONS = ["pure", "native"] if _native.ACTIVE["rules"] else ["pure"]
+
+
+@pytest.fixture(scope="module", params=IMPLEMENTATIONS)
+def table_class(request: pytest.FixtureRequest) -> TableClass:
+    """The pure RuleTablePy, or RuleTable with the native match the router then uses."""
+    if request.param == "native":
+        assert RuleTable.match is not RuleTablePy.match
+        return RuleTable
+    return RuleTablePy
+
+
+def _matched(table_class: TableClass, rules: Sequence[tuple[str, str]], host: str, path: str,
              default_domain: str = "") -> tuple[tuple[str, str] | None, bool]:
-    index, redirect = RuleTable(_listener(rules, default_domain)).match(host, path)
+    index, redirect = table_class(_listener(rules, default_domain)).match(host, path)
     return (rules[index] if index >= 0 else None), redirect
 
 
@@ -131,43 +148,49 @@ DOMAIN_RULES = [
     ("", "default.test"),
     ("[::1]:80", "default.test"),
 ])
-def test_domain_chosen_as_nginx_server_name(host: str, domain: str) -> None:
-    rule, redirect = _matched(DOMAIN_RULES, host, "/x", default_domain="default.test")
+def test_domain_chosen_as_nginx_server_name(table_class: TableClass, host: str,
+                                            domain: str) -> None:
+    rule, redirect = _matched(table_class, DOMAIN_RULES, host, "/x",
+                              default_domain="default.test")
     assert rule == (domain, "/") and not redirect
 
 
-def test_wildcard_suffix_does_not_match_the_bare_suffix() -> None:
+def test_wildcard_suffix_does_not_match_the_bare_suffix(table_class: TableClass) -> None:
     rules = [("*.example.com", "/")]
-    assert _matched(rules, "example.com", "/") == (None, False)
-    assert _matched(rules, "a.example.com", "/") == (("*.example.com", "/"), False)
-    assert _matched(rules, "a.b.example.com", "/") == (("*.example.com", "/"), False)
+    assert _matched(table_class, rules, "example.com", "/") == (None, False)
+    assert _matched(table_class, rules, "a.example.com", "/") == (("*.example.com", "/"), False)
+    assert _matched(table_class, rules, "a.b.example.com", "/") == (("*.example.com", "/"),
+                                                                    False)
 
 
-def test_no_domain_and_no_default_is_no_match() -> None:
-    assert _matched([("a.test", "/")], "b.test", "/") == (None, False)
+def test_no_domain_and_no_default_is_no_match(table_class: TableClass) -> None:
+    assert _matched(table_class, [("a.test", "/")], "b.test", "/") == (None, False)
 
 
-def test_empty_listener_matches_nothing() -> None:
-    assert RuleTable(_listener([])).match("a.test", "/") == (-1, False)
+def test_empty_listener_matches_nothing(table_class: TableClass) -> None:
+    assert table_class(_listener([])).match("a.test", "/") == (-1, False)
 
 
-def test_default_domain_may_be_a_wildcard() -> None:
+def test_default_domain_may_be_a_wildcard(table_class: TableClass) -> None:
     rules = [("a.test", "/"), ("*.w.test", "/w")]
-    assert _matched(rules, "b.test", "/w/x", default_domain="*.w.test") == (rules[1], False)
+    assert _matched(table_class, rules, "b.test", "/w/x",
+                    default_domain="*.w.test") == (rules[1], False)
 
 
-def test_rule_domains_compare_case_insensitively() -> None:
-    assert _matched([("Upper.TEST", "/")], "upper.test", "/") == (("Upper.TEST", "/"), False)
+def test_rule_domains_compare_case_insensitively(table_class: TableClass) -> None:
+    assert _matched(table_class, [("Upper.TEST", "/")], "upper.test", "/") == (
+        ("Upper.TEST", "/"), False)
 
 
-def test_regex_domain_is_case_sensitive_on_the_lowercased_host() -> None:
-    assert _matched([("~^ABC", "/")], "ABC.test", "/") == (None, False)
-    assert _matched([("~^abc", "/")], "ABC.test", "/") == (("~^abc", "/"), False)
+def test_regex_domain_is_case_sensitive_on_the_lowercased_host(table_class: TableClass) -> None:
+    assert _matched(table_class, [("~^ABC", "/")], "ABC.test", "/") == (None, False)
+    assert _matched(table_class, [("~^abc", "/")], "ABC.test", "/") == (("~^abc", "/"), False)
 
 
-def test_path_is_not_searched_in_another_domain() -> None:
+def test_path_is_not_searched_in_another_domain(table_class: TableClass) -> None:
     rules = [("a.test", "/only"), ("default.test", "/")]
-    assert _matched(rules, "a.test", "/elsewhere", default_domain="default.test") == (None, False)
+    assert _matched(table_class, rules, "a.test", "/elsewhere",
+                    default_domain="default.test") == (None, False)
 
 
 # --- urls -----------------------------------------------------------------------------------
@@ -207,9 +230,10 @@ URL_CASES = [
 
 
 @pytest.mark.parametrize("urls,path,expected", URL_CASES)
-def test_url_chosen_as_nginx_location(urls: list[str], path: str, expected: str) -> None:
+def test_url_chosen_as_nginx_location(table_class: TableClass, urls: list[str], path: str,
+                                      expected: str) -> None:
     rules = [("h.test", url) for url in urls]
-    assert _matched(rules, "h.test", path) == (("h.test", expected), False)
+    assert _matched(table_class, rules, "h.test", path) == (("h.test", expected), False)
 
 
 @pytest.mark.parametrize("urls,path,expected", [
@@ -219,10 +243,11 @@ def test_url_chosen_as_nginx_location(urls: list[str], path: str, expected: str)
     (["/", "/abc/", "~abc"], "/abc", "/abc/"),  # decided before the regexes
     (["/a/b/"], "/a/b", "/a/b/"),
 ])
-def test_trailing_slash_rule_redirects_the_path_without_it(urls: list[str], path: str,
+def test_trailing_slash_rule_redirects_the_path_without_it(table_class: TableClass,
+                                                           urls: list[str], path: str,
                                                            expected: str) -> None:
     rules = [("h.test", url) for url in urls]
-    assert _matched(rules, "h.test", path) == (("h.test", expected), True)
+    assert _matched(table_class, rules, "h.test", path) == (("h.test", expected), True)
 
 
 @pytest.mark.parametrize("urls,path,expected", [
@@ -232,10 +257,10 @@ def test_trailing_slash_rule_redirects_the_path_without_it(urls: list[str], path
     (["/", "=/abc/"], "/abc", "/"),  # "=" rules never redirect
     (["/abc/"], "/abc/", "/abc/"),
 ])
-def test_no_redirect_when_a_rule_names_the_path(urls: list[str], path: str,
-                                                expected: str) -> None:
+def test_no_redirect_when_a_rule_names_the_path(table_class: TableClass, urls: list[str],
+                                                path: str, expected: str) -> None:
     rules = [("h.test", url) for url in urls]
-    assert _matched(rules, "h.test", path) == (("h.test", expected), False)
+    assert _matched(table_class, rules, "h.test", path) == (("h.test", expected), False)
 
 
 @pytest.mark.parametrize("urls,path", [
@@ -245,25 +270,28 @@ def test_no_redirect_when_a_rule_names_the_path(urls: list[str], path: str,
     (["~\\.php$"], "/a.PHP"),
     (["/Api"], "/api"),
 ])
-def test_no_rule_of_the_domain_matches(urls: list[str], path: str) -> None:
-    assert _matched([("h.test", url) for url in urls], "h.test", path) == (None, False)
+def test_no_rule_of_the_domain_matches(table_class: TableClass, urls: list[str],
+                                       path: str) -> None:
+    rules = [("h.test", url) for url in urls]
+    assert _matched(table_class, rules, "h.test", path) == (None, False)
 
 
-def test_same_prefix_under_two_modifiers_first_in_config_wins() -> None:
+def test_same_prefix_under_two_modifiers_first_in_config_wins(table_class: TableClass) -> None:
     rules = [("h.test", "^~/a"), ("h.test", "/a"), ("h.test", "~a")]
-    assert _matched(rules, "h.test", "/a/x") == (rules[0], False)
-    assert _matched(rules[1:] + rules[:1], "h.test", "/a/x") == (("h.test", "~a"), False)
+    assert _matched(table_class, rules, "h.test", "/a/x") == (rules[0], False)
+    assert _matched(table_class, rules[1:] + rules[:1], "h.test", "/a/x") == (
+        ("h.test", "~a"), False)
 
 
-def test_invalid_regex_rule_is_a_config_error() -> None:
+def test_invalid_regex_rule_is_a_config_error(table_class: TableClass) -> None:
     with pytest.raises(ConfigError, match="invalid regular expression"):
-        RuleTable(_listener([("h.test", "~(unclosed")]))
+        table_class(_listener([("h.test", "~(unclosed")]))
 
 
-def test_matches_among_ten_thousand_rules() -> None:
+def test_matches_among_ten_thousand_rules(table_class: TableClass) -> None:
     rules = [(f"d{i % 100}.test", f"/svc{i}/api") for i in range(10_000)]
     rules += [("*.wild.test", "/"), ("d7.test", "~\\.png$")]
-    table = RuleTable(_listener(rules, default_domain="d0.test"))
+    table = table_class(_listener(rules, default_domain="d0.test"))
     assert table.match("d7.test", "/svc9907/api/users") == (9907, False)
     assert table.match("D42.test:8080", "/svc1042/api") == (1042, False)
     assert table.match("d7.test", "/svc9907/api/a.png") == (10_001, False)
@@ -409,11 +437,11 @@ _requests = st.lists(st.tuples(
 @settings(max_examples=300, deadline=None)
 @given(rules=_rule_lists, default_pick=st.integers(0, 14), requests=_requests)
 def test_match_agrees_with_linear_reference(
-        rules: list[tuple[str, str]], default_pick: int,
+        table_class: TableClass, rules: list[tuple[str, str]], default_pick: int,
         requests: list[tuple[bool, int, int, int, int, str, str, str, str, bool]]) -> None:
     defaults = [""] + [d for d, _ in rules]
     default = defaults[default_pick % len(defaults)]
-    table = RuleTable(_listener(rules, default))
+    table = table_class(_listener(rules, default))
     for near, hi, pi, hv, pv, name, path, port, dot, upper in requests:
         if near and rules:
             name = _near_host(rules[hi % len(rules)][0], hv, name)
