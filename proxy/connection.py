@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import writer
@@ -213,11 +215,12 @@ class HttpConnection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
-            self.client_ip, self.client_port = peer[0], peer[1]
+            # interned: connections from one address (a NAT, a load balancer) share one string
+            self.client_ip, self.client_port = sys.intern(peer[0]), peer[1]
         self.state.connections.add(self)
         if self.ctx.gate is not None:
             self.ctx.gate.opened()
-        self._arm(self.ctx.listener.client_header_timeout, self._idle_timeout)
+        self._arm(self.ctx.listener.client_header_timeout, HttpConnection._idle_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state.connections.discard(self)
@@ -281,7 +284,7 @@ class HttpConnection(asyncio.Protocol):
         if self.phase == IDLE:
             self.phase = HEAD
             self.received_at = time.time()
-            self._arm(self.ctx.listener.client_header_timeout, self._header_timeout)
+            self._arm(self.ctx.listener.client_header_timeout, HttpConnection._header_timeout)
         try:
             events = self.parser.feed(data)
         except ProxyError as exc:
@@ -302,7 +305,7 @@ class HttpConnection(asyncio.Protocol):
             # answered after them.
             self._fail(self.parser.error)
         elif self.phase == BODY and not self.pauses & PAUSED_BODY:
-            self._arm(self.ctx.listener.client_body_timeout, self._body_timeout)
+            self._arm(self.ctx.listener.client_body_timeout, HttpConnection._body_timeout)
         if self.task is None and self.queue:
             self._dispatch()
 
@@ -351,7 +354,7 @@ class HttpConnection(asyncio.Protocol):
     def _resume_for_body(self) -> None:
         self._resume(PAUSED_BODY)
         if self.phase == BODY:
-            self._arm(self.ctx.listener.client_body_timeout, self._body_timeout)
+            self._arm(self.ctx.listener.client_body_timeout, HttpConnection._body_timeout)
 
     # -- dispatch and response ------------------------------------------------------------
 
@@ -477,7 +480,7 @@ class HttpConnection(asyncio.Protocol):
             self._shut()
             return
         if self.phase == IDLE:
-            self._arm(self.ctx.listener.keepalive_timeout, self._idle_timeout)
+            self._arm(self.ctx.listener.keepalive_timeout, HttpConnection._idle_timeout)
 
     # -- errors and timeouts ----------------------------------------------------------------
 
@@ -526,14 +529,14 @@ class HttpConnection(asyncio.Protocol):
         transport.resume_reading()
         if transport.can_write_eof():
             transport.write_eof()
-        self._arm(LINGER_TIMEOUT, self._shut)
+        self._arm(LINGER_TIMEOUT, HttpConnection._shut)
 
     def _linger_more(self) -> None:
         if asyncio.get_running_loop().time() >= self.linger_until:
             self._disarm()
             self._shut()
         else:
-            self._arm(LINGER_TIMEOUT, self._shut)
+            self._arm(LINGER_TIMEOUT, HttpConnection._shut)
 
     def _shut(self) -> None:
         """Close once what was written has gone out; a client that never takes it is cut
@@ -571,7 +574,9 @@ class HttpConnection(asyncio.Protocol):
     # connection, and making one per request costs time): arming sets a deadline that the
     # ServerState's sweep checks a few times a second.
 
-    def _arm(self, seconds: float, callback: Any) -> None:
+    def _arm(self, seconds: float, callback: Callable[[HttpConnection], None]) -> None:
+        """``callback`` is an HttpConnection method taken from the class (called with the
+        connection): a bound method would be one more object per idle connection."""
         self.deadline = time.monotonic() + seconds
         self.on_deadline = callback
         self.state.watch()
@@ -586,7 +591,7 @@ class HttpConnection(asyncio.Protocol):
         self.deadline = 0.0
         self.on_deadline = None
         if callback is not None:
-            callback()
+            callback(self)
 
     def _pause(self, reason: int) -> None:
         if not self.pauses and self.transport is not None:

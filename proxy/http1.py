@@ -170,7 +170,7 @@ class RequestParser(ABC):
         self._state = _HEAD
         self._buf = bytearray()  # bytes not consumed yet: always the start of an item
         self._error: ProxyError | None = None
-        self._trailing = bytearray()
+        self._trailing = b""  # rarely used: the shared empty bytes until then
         self._closing = False  # the current request is the last one (close or upgrade)
         self._remaining = 0  # body bytes left in the Content-Length body or the chunk
         self._total = 0  # chunked: declared body bytes so far
