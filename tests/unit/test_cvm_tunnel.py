@@ -26,7 +26,12 @@ class UpSide(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is None:
+            # the real upstream connection creates the tunnel as soon as the 101 head is
+            # parsed, so what it keeps early is bounded; bound it here too (a flood would
+            # otherwise pile up megabytes before the tunnel exists)
             self.early += data
+            if len(self.early) >= 256 * 1024:
+                self.transport.pause_reading()
         else:
             self.tunnel.upstream_data(data)
 
