@@ -1,25 +1,15 @@
 """The admin API: ``GET /healthz``, ``GET /metrics`` and the CLB API 3.0 actions (SPEC §10).
 
 Owns the admin's HTTP surface as a request handler (``AdminApp.handle(Request) -> Outcome``,
-served by the same connection machinery as the listeners), its authentication, the Tencent
-Cloud API 3.0 envelope (``POST /`` with ``X-TC-Action``, a JSON body, ``{"Response": {...,
-"RequestId"}}`` answers, ``Error.Code``/``Message`` with HTTP 200 as the real API does) and the
-actions that bind and weigh targets: DescribeListeners, DescribeTargets, CreateRule,
-DeleteRule, RegisterFunctionTargets, DeregisterFunctionTargets, RegisterTargets,
-DeregisterTargets, ModifyTargetWeight, DescribeTaskStatus, and (ours, a real CLB action too)
-ModifyFunctionTargets to move weights between functions.
-
-Strategy: each action is a pure function of (current Config, parameters) -> (new Config or
-None, answer), found in one table with the parameters it accepts. A change is a new Config built
-with ``dataclasses.replace`` and handed to the ``apply`` callback (the server rebuilds its router:
-new requests see it at once, requests in flight finish on the old one); changes are serialised
-by a lock so none is lost. **Changes live in memory only: they are not written back to the
-config file, and a reload from the file (SIGHUP) drops them** (DescribeTaskStatus says so).
-
-The gateway is one load balancer (``config.load_balancer_id``); a listener's ListenerId is
-``lbl-`` + its name; a rule's LocationId is ``config.location_id(listener, domain, url)``. CVM
-targets are addressed and shown by ``EniIp`` + ``Port`` (shown as the SDK's ``Backend``: Type
-``ENI``, ``PrivateIpAddresses``, plus ``EniIp``); function targets as ``FunctionTargets``.
+served by the same connection machinery as the listeners, see adminserver.py), its
+authentication, and the Tencent Cloud API 3.0 envelope (``POST /`` with ``X-TC-Action``, a JSON
+body, ``{"Response": {..., "RequestId"}}`` answers, ``Error.Code``/``Message`` with HTTP 200 as
+the real API does). The actions themselves are pure functions in clbapi.py; this module runs
+them, hands a change to the ``apply`` callback (the server rebuilds its router: new requests see
+it at once, requests in flight finish on the old one), serialises changes by a lock so none is
+lost, and answers DescribeTaskStatus. **Changes live in memory only: they are not written back
+to the config file, and a reload from the file (SIGHUP) drops them** (DescribeTaskStatus says
+so).
 
 Auth: ``/healthz`` is open to probes (without the token it shows only the status); with a
 token (the server requires one off loopback) every other request needs
@@ -35,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import logging
 import os
 import re
@@ -43,14 +32,15 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from dataclasses import replace
+from typing import Any
 
 import orjson
 
 from . import writer
-from .config import (SCHEDULERS, SECRET_VARIABLES, Config, HealthCheck, Listener, Rule,
-                     Target, location_id, normalize_domain, normalize_url)
+from .clbapi import (ACTIONS, TASK_ACTION, ActionContext, ApiError, Params, only_params,
+                     required_param)
+from .config import Config
 from .errors import ConfigError, PayloadTooLarge, ProxyError
 from .messages import Outcome, Request, Response
 from .metrics import CONTENT_TYPE, Registry
@@ -69,538 +59,6 @@ NOT_PERSISTED = ("applied in memory to new requests; not written to the config f
 _JSON = (("Content-Type", "application/json"),)  # exactly this: the SDK checks it verbatim
 _REALM = 'Bearer realm="clbscf-proxy admin"'
 
-Params = Mapping[str, Any]
-T = TypeVar("T")
-
-
-class ApiError(Exception):
-    """An action failed: Tencent's error ``code`` and a message for the caller."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-@dataclass(frozen=True, slots=True)
-class _Ctx:
-    config: Config
-    environ: Mapping[str, str]
-
-
-Result = tuple[Config | None, dict[str, Any]]
-
-# --- parameters ---------------------------------------------------------------------------
-
-_TYPE_NAMES: dict[type, str] = {str: "a string", int: "an integer", list: "an array",
-                                dict: "an object", bool: "a boolean"}
-
-
-def _opt(params: Params, name: str, kind: type[T], where: str = "") -> T | None:
-    value = params.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ApiError("InvalidParameter.FormatError",
-                       f"{where}{name} must be {_TYPE_NAMES[kind]}")
-    return value
-
-
-def _req(params: Params, name: str, kind: type[T], where: str = "") -> T:
-    value = _opt(params, name, kind, where)
-    if value is None:
-        raise ApiError("MissingParameter", f"{where}{name} is required")
-    return value
-
-
-def _objects(params: Params, name: str) -> list[tuple[str, Params]]:
-    """A required, non-empty array of objects, with each one's ``Name.i.`` prefix."""
-    items = _req(params, name, list)
-    if not items:
-        raise ApiError("InvalidParameterValue.Length", f"{name} must not be empty")
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise ApiError("InvalidParameter.FormatError", f"{name}.{i} must be an object")
-    return [(f"{name}.{i}.", item) for i, item in enumerate(items)]
-
-
-def _strings(params: Params, name: str) -> list[str] | None:
-    values = _opt(params, name, list)
-    if values is not None and not all(isinstance(v, str) for v in values):
-        raise ApiError("InvalidParameter.FormatError", f"{name} must be an array of strings")
-    return values
-
-
-def _range(params: Params, name: str, lo: int, hi: int, default: int, where: str = "") -> int:
-    value = _opt(params, name, int, where)
-    if value is None:
-        return default
-    if not lo <= value <= hi:
-        raise ApiError("InvalidParameterValue.Range", f"{where}{name} must be {lo}..{hi}, "
-                       f"got {value}")
-    return value
-
-
-def _only(params: Params, allowed: frozenset[str], where: str, code: str) -> None:
-    for key, value in params.items():
-        if key not in allowed and value is not None:
-            raise ApiError(code, f"{where}{key} is not supported by clbscf-proxy")
-
-
-def _normalized(check: Callable[[str], str], value: str, where: str) -> str:
-    try:
-        return check(value)
-    except ConfigError as exc:
-        raise ApiError("InvalidParameterValue", f"{where}{str(exc).split(': ', 1)[-1]}") \
-            from None
-
-
-# --- finding the listener and the rule ------------------------------------------------------
-
-
-def listener_id(listener: Listener) -> str:
-    return "lbl-" + listener.name
-
-
-def _check_lb(config: Config, params: Params) -> None:
-    lb = _req(params, "LoadBalancerId", str)
-    if lb != config.load_balancer_id:
-        raise ApiError("InvalidParameter.LBIdNotFound", f"no load balancer {lb!r}; this "
-                       f"gateway is {config.load_balancer_id!r}")
-
-
-def _listener(config: Config, params: Params) -> int:
-    _check_lb(config, params)
-    wanted = _req(params, "ListenerId", str)
-    for i, listener in enumerate(config.listeners):
-        if listener_id(listener) == wanted:
-            return i
-    raise ApiError("InvalidParameter.ListenerIdNotFound", f"no listener {wanted!r}")
-
-
-def _rule(listener: Listener, params: Params) -> int:
-    """The rule named by LocationId, else by Domain + Url (as CLB's actions take them)."""
-    loc = _opt(params, "LocationId", str)
-    domain, url = _opt(params, "Domain", str), _opt(params, "Url", str)
-    if loc:
-        found = [i for i, rule in enumerate(listener.rules) if rule.location_id == loc]
-    elif domain is None or url is None:
-        raise ApiError("MissingParameter", "LocationId, or Domain and Url, is required")
-    else:
-        key = (_normalized(normalize_domain, domain, "Domain: "),
-               _normalized(normalize_url, url, "Url: "))
-        found = [i for i, rule in enumerate(listener.rules) if (rule.domain, rule.url) == key]
-    if found:
-        return found[0]
-    shown = loc or f"{domain} {url}"
-    raise ApiError("InvalidParameter.LocationNotFound",
-                   f"no rule {shown!r} in listener {listener_id(listener)!r}")
-
-
-def _with_listener(config: Config, index: int, listener: Listener) -> Config:
-    listeners = config.listeners[:index] + (listener,) + config.listeners[index + 1:]
-    return replace(config, listeners=listeners)
-
-
-def _with_targets(ctx: _Ctx, params: Params,
-                  change: Callable[[Rule], tuple[Target, ...]]) -> Result:
-    li = _listener(ctx.config, params)
-    listener = ctx.config.listeners[li]
-    ri = _rule(listener, params)
-    rules = list(listener.rules)
-    rules[ri] = replace(rules[ri], targets=change(rules[ri]))
-    return _with_listener(ctx.config, li, replace(listener, rules=tuple(rules))), {}
-
-
-# --- targets ------------------------------------------------------------------------------
-
-_HOSTNAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
-# SCF names and qualifiers, as the config loader accepts them (SPEC §1)
-_NAME_RE = re.compile(r"[A-Za-z](?:[A-Za-z0-9_-]{0,58}[A-Za-z0-9])?")
-_QUALIFIER_RE = re.compile(r"\$LATEST|\$DEFAULT|[0-9]+|" + _NAME_RE.pattern)
-_QUALIFIER_TYPES = ("VERSION", "ALIAS")
-_CVM_KEYS = frozenset({"EniIp", "Port", "Weight", "Type", "Tag"})
-_FUNCTION_KEYS = frozenset({"FunctionNamespace", "FunctionName", "FunctionQualifier",
-                            "FunctionQualifierType"})
-
-
-def _host_key(host: str) -> str:
-    try:
-        return ipaddress.ip_address(host.strip("[]")).compressed
-    except ValueError:
-        return host.lower()
-
-
-def target_key(target: Target) -> tuple[str, ...]:
-    """What identifies a bound target in a rule: its address, or its function + qualifier."""
-    if target.type == "CVM":
-        host, _, port = target.address.rpartition(":")
-        return ("CVM", _host_key(host), port)
-    return ("SCF", target.namespace, target.function, target.qualifier)
-
-
-def _cvm_targets(params: Params, default_weight: int = 10) -> list[Target]:
-    targets = []
-    for where, item in _objects(params, "Targets"):
-        if item.get("InstanceId"):
-            raise ApiError("UnsupportedOperation", f"{where}InstanceId: this gateway has no "
-                           "CVM instances; name the backend by EniIp and Port")
-        _only(item, _CVM_KEYS, where, "UnsupportedOperation")
-        host = _req(item, "EniIp", str, where)
-        try:
-            ip = ipaddress.ip_address(host)
-            shown = f"[{ip.compressed}]" if ip.version == 6 else ip.compressed
-        except ValueError:
-            if not _HOSTNAME_RE.fullmatch(host):
-                raise ApiError("InvalidParameterValue", f"{where}EniIp must be an IP address "
-                               f"or a host name, got {host!r}") from None
-            shown = host.lower()
-        port = _range(item, "Port", 1, 65535, 0, where)
-        if not port:
-            raise ApiError("MissingParameter", f"{where}Port is required")
-        targets.append(Target(type="CVM", address=f"{shown}:{port}",
-                              weight=_range(item, "Weight", 0, 100, default_weight, where)))
-    return targets
-
-
-def _function_targets(params: Params) -> list[Target]:
-    targets = []
-    for where, item in _objects(params, "FunctionTargets"):
-        _only(item, frozenset({"Function", "Weight"}), where, "UnsupportedOperation")
-        fn = _req(item, "Function", dict, where)
-        where_fn = where + "Function."
-        _only(fn, _FUNCTION_KEYS, where_fn, "UnsupportedOperation")
-        name = _req(fn, "FunctionName", str, where_fn)
-        namespace = _opt(fn, "FunctionNamespace", str, where_fn) or "default"
-        qualifier = _opt(fn, "FunctionQualifier", str, where_fn) or "$LATEST"
-        kind = _opt(fn, "FunctionQualifierType", str, where_fn)
-        checks = ((name, _NAME_RE, "FunctionName"), (namespace, _NAME_RE, "FunctionNamespace"),
-                  (qualifier, _QUALIFIER_RE, "FunctionQualifier"))
-        for value, pattern, field in checks:
-            if not pattern.fullmatch(value):
-                raise ApiError("InvalidParameterValue", f"{where_fn}{field}: not a valid SCF "
-                               f"name, got {value!r}")
-        if kind is not None and kind not in _QUALIFIER_TYPES:
-            raise ApiError("InvalidParameterValue", f"{where_fn}FunctionQualifierType must be "
-                           f"VERSION or ALIAS, got {kind!r}")
-        targets.append(Target(type="SCF", namespace=namespace, function=name,
-                              qualifier=qualifier,
-                              weight=_range(item, "Weight", 0, 100, 10, where)))
-    return targets
-
-
-def _resolve(ctx: _Ctx, target: Target) -> None:
-    """SPEC §1, as the loader checks it: a local [[function]] or remote invocation."""
-    key = f"{target.namespace}/{target.function}"
-    if target.type != "SCF" or ctx.config.function(target.namespace, target.function):
-        return
-    if ctx.config.scf is None:
-        raise ApiError("ResourceNotFound", f"no [[function]] {key} and no [scf] section for "
-                       "remote invocation")
-    if not all(ctx.environ.get(name) for name in SECRET_VARIABLES):
-        raise ApiError("FailedOperation", f"remote invocation of {key} needs "
-                       f"{' and '.join(SECRET_VARIABLES)} in the gateway's environment")
-
-
-def _show(target: Target) -> str:
-    return target.label + (f":{target.qualifier}" if target.type == "SCF" else "")
-
-
-def _register(parse: Callable[[Params], list[Target]]) -> Callable[[_Ctx, Params], Result]:
-    def action(ctx: _Ctx, params: Params) -> Result:
-        new = parse(params)
-
-        def change(rule: Rule) -> tuple[Target, ...]:
-            seen = {target_key(t) for t in rule.targets}
-            for target in new:
-                if target_key(target) in seen:
-                    raise ApiError("InvalidParameterValue.Duplicate", f"{_show(target)} is "
-                                   f"already bound to {rule.location_id}")
-                seen.add(target_key(target))
-                _resolve(ctx, target)
-            return rule.targets + tuple(new)
-        return _with_targets(ctx, params, change)
-    return action
-
-
-def _bound(rule: Rule, targets: list[Target]) -> dict[tuple[str, ...], Target]:
-    wanted = {target_key(t): t for t in targets}
-    have = {target_key(t) for t in rule.targets}
-    for key, target in wanted.items():
-        if key not in have:
-            raise ApiError("InvalidParameterValue", f"{_show(target)} is not bound to "
-                           f"{rule.location_id}")
-    return wanted
-
-
-def _deregister(parse: Callable[[Params], list[Target]]) -> Callable[[_Ctx, Params], Result]:
-    def action(ctx: _Ctx, params: Params) -> Result:
-        gone = parse(params)
-
-        def change(rule: Rule) -> tuple[Target, ...]:
-            keys = _bound(rule, gone)
-            return tuple(t for t in rule.targets if target_key(t) not in keys)
-        return _with_targets(ctx, params, change)
-    return action
-
-
-def _reweigh(parse: Callable[[Params], list[Target]]) -> Callable[[_Ctx, Params], Result]:
-    def action(ctx: _Ctx, params: Params) -> Result:
-        changed = parse(params)
-
-        def change(rule: Rule) -> tuple[Target, ...]:
-            weights = {k: t.weight for k, t in _bound(rule, changed).items()}
-            return tuple(replace(t, weight=weights.get(target_key(t), t.weight))
-                         for t in rule.targets)
-        return _with_targets(ctx, params, change)
-    return action
-
-
-def _weighted_cvm_targets(params: Params) -> list[Target]:
-    # ModifyTargetWeight: Targets[].Weight wins over the request's Weight (default 10)
-    return _cvm_targets(params, _range(params, "Weight", 0, 100, 10))
-
-
-# --- rules --------------------------------------------------------------------------------
-
-#: API HealthCheck field -> (config field, lo, hi); ranges as the config loader has them
-_HEALTH_NUMBERS = {"HealthSwitch": ("enabled", 0, 1), "IntervalTime": ("interval", 2, 300),
-                   "HealthNum": ("healthy_threshold", 2, 10),
-                   "UnHealthNum": ("unhealthy_threshold", 2, 10),
-                   "TimeOut": ("timeout", 1, 60), "HttpCode": ("http_codes", 1, 31)}
-_HEALTH_TEXTS = {"HttpCheckPath": "path", "HttpCheckDomain": "domain",
-                 "HttpCheckMethod": "method"}
-#: RuleInput fields we accept only with the value that means "nothing special"
-_NEUTRAL_RULE_FIELDS: dict[str, object] = {"ForwardType": "HTTP", "TargetType": "NODE",
-                                           "SessionExpireTime": 0, "Http2": False,
-                                           "Quic": False}
-_RULE_KEYS = frozenset({"Url", "Domain", "Domains", "Scheduler", "HealthCheck",
-                        "DefaultServer"})
-_CHECK_PATH_RE = re.compile(r"/[!-~]{0,199}")  # as the loader: visible ASCII, 1..200
-
-
-def _health_check(value: Params | None, where: str) -> HealthCheck:
-    if value is None:
-        return HealthCheck()
-    _only(value, frozenset(_HEALTH_NUMBERS) | frozenset(_HEALTH_TEXTS), where,
-          "UnsupportedOperation")
-    fields: dict[str, Any] = {}
-    for api, (field, lo, hi) in _HEALTH_NUMBERS.items():
-        if value.get(api) is not None:
-            fields[field] = _range(value, api, lo, hi, 0, where)
-    for api, field in _HEALTH_TEXTS.items():
-        text = _opt(value, api, str, where)
-        if text:
-            fields[field] = text.upper() if field == "method" else text
-    if "enabled" in fields:
-        fields["enabled"] = bool(fields["enabled"])
-    check = HealthCheck(**fields)
-    if check.method not in ("HEAD", "GET") or not _CHECK_PATH_RE.fullmatch(check.path):
-        raise ApiError("InvalidParameterValue", f"{where}HttpCheckMethod must be HEAD or GET "
-                       "and HttpCheckPath a path of 1..200 visible characters starting with /")
-    if check.domain and ("*" in check.domain or check.domain.startswith("~")):
-        raise ApiError("InvalidParameterValue", f"{where}HttpCheckDomain must be a fixed name")
-    if check.domain:
-        check = replace(check, domain=_normalized(normalize_domain, check.domain, where))
-    if check.timeout > check.interval:  # a check must end before the next one starts
-        raise ApiError("InvalidParameterValue", f"{where}TimeOut must be <= IntervalTime")
-    return check
-
-
-def _rule_input(listener: Listener, where: str, item: Params) -> tuple[Rule, bool]:
-    for key, neutral in _NEUTRAL_RULE_FIELDS.items():
-        if item.get(key) not in (None, neutral):
-            raise ApiError("UnsupportedOperation", f"{where}{key}: only {neutral!r} is "
-                           "supported by clbscf-proxy")
-    _only(item, _RULE_KEYS | frozenset(_NEUTRAL_RULE_FIELDS), where, "UnsupportedOperation")
-    url = _normalized(normalize_url, _req(item, "Url", str, where), where + "Url: ")
-    domains = _strings(item, "Domains") or []
-    domain = _opt(item, "Domain", str, where) or (domains[0] if len(domains) == 1 else None)
-    if domain is None:
-        raise ApiError("MissingParameter" if not domains else "UnsupportedOperation",
-                       f"{where}Domain (or Domains with one name) is required")
-    domain = _normalized(normalize_domain, domain, where + "Domain: ")
-    scheduler = _opt(item, "Scheduler", str, where) or "WRR"
-    if scheduler not in SCHEDULERS:
-        raise ApiError("InvalidParameterValue", f"{where}Scheduler must be one of "
-                       f"{', '.join(SCHEDULERS)}, got {scheduler!r}")
-    health = _health_check(_opt(item, "HealthCheck", dict, where), where + "HealthCheck.")
-    rule = Rule(domain=domain, url=url, scheduler=scheduler, health_check=health,
-                location_id=location_id(listener.name, domain, url))
-    return rule, bool(_opt(item, "DefaultServer", bool, where))
-
-
-def _create_rule(ctx: _Ctx, params: Params) -> Result:
-    li = _listener(ctx.config, params)
-    listener = ctx.config.listeners[li]
-    rules, default = list(listener.rules), listener.default_domain
-    for where, item in _objects(params, "Rules"):
-        rule, make_default = _rule_input(listener, where, item)
-        if any((r.domain, r.url) == (rule.domain, rule.url) for r in rules):
-            raise ApiError("InvalidParameterValue.Duplicate", f"{where}: listener "
-                           f"{listener_id(listener)} already has {rule.domain} {rule.url}")
-        rules.append(rule)
-        # CLB: the first domain of a listener becomes its default (clb-scf-facts §5.1)
-        default = rule.domain if make_default or not default else default
-    new = replace(listener, rules=tuple(rules), default_domain=default)
-    return _with_listener(ctx.config, li, new), {
-        "LocationIds": [r.location_id for r in rules[len(listener.rules):]]}
-
-
-def _delete_rule(ctx: _Ctx, params: Params) -> Result:
-    li = _listener(ctx.config, params)
-    listener = ctx.config.listeners[li]
-    ids = _strings(params, "LocationIds")
-    if ids:
-        gone = {_rule(listener, {"LocationId": loc}) for loc in ids}
-    else:
-        gone = {_rule(listener, {"Domain": params.get("Domain"), "Url": params.get("Url")})}
-    rules = tuple(r for i, r in enumerate(listener.rules) if i not in gone)
-    domains = [r.domain for r in rules]
-    default = listener.default_domain
-    named = _opt(params, "NewDefaultServerDomain", str)
-    if named:
-        default = _normalized(normalize_domain, named, "NewDefaultServerDomain: ")
-        if default not in domains:
-            raise ApiError("InvalidParameterValue", f"NewDefaultServerDomain {default!r} is "
-                           "not the domain of a remaining rule")
-    elif default not in domains:
-        # CLB: deleting the default domain without naming one makes the earliest left default
-        default = domains[0] if domains else ""
-    new = replace(listener, rules=rules, default_domain=default)
-    return _with_listener(ctx.config, li, new), {}
-
-
-# --- describing -------------------------------------------------------------------------------
-
-
-def _select(config: Config, params: Params) -> list[Listener]:
-    _check_lb(config, params)
-    ids = _strings(params, "ListenerIds")
-    protocol = _opt(params, "Protocol", str)
-    port = _opt(params, "Port", int)
-    return [lst for lst in config.listeners
-            if (ids is None or listener_id(lst) in ids)
-            and (protocol is None or lst.protocol == protocol.upper())
-            and (port is None or lst.port == port)]
-
-
-def _health_output(check: HealthCheck) -> dict[str, Any]:
-    out: dict[str, Any] = {api: int(getattr(check, field))
-                           for api, (field, _, _) in _HEALTH_NUMBERS.items()}
-    out.update({api: getattr(check, field) for api, field in _HEALTH_TEXTS.items()})
-    return out
-
-
-def _rule_output(listener: Listener, rule: Rule) -> dict[str, Any]:
-    return {"LocationId": rule.location_id, "Domain": rule.domain, "Url": rule.url,
-            "Domains": [rule.domain], "Scheduler": rule.scheduler,
-            "ListenerId": listener_id(listener), "HealthCheck": _health_output(rule.health_check),
-            "DefaultServer": rule.domain == listener.default_domain, "ForwardType": "HTTP",
-            "TargetType": "NODE", "SessionExpireTime": 0, "Http2": False}
-
-
-def _describe_listeners(ctx: _Ctx, params: Params) -> Result:
-    listeners = [{"ListenerId": listener_id(lst), "ListenerName": lst.name,
-                  "Protocol": lst.protocol, "Port": lst.port, "TargetType": "NODE",
-                  "SniSwitch": int(len(lst.certificates) > 1), "KeepaliveEnable": 1,
-                  "Rules": [_rule_output(lst, r) for r in lst.rules]}
-                 for lst in _select(ctx.config, params)]
-    return None, {"Listeners": listeners, "TotalCount": len(listeners)}
-
-
-def _target_output(target: Target) -> dict[str, Any]:
-    if target.type == "CVM":
-        host, _, port = target.address.rpartition(":")
-        return {"Type": "ENI", "InstanceId": "", "EniIp": host.strip("[]"), "Port": int(port),
-                "Weight": target.weight, "PrivateIpAddresses": [host.strip("[]")]}
-    # SCF: $LATEST and numbered versions are versions; $DEFAULT and names are aliases
-    version = target.qualifier == "$LATEST" or target.qualifier.isdigit()
-    return {"Function": {"FunctionNamespace": target.namespace,
-                         "FunctionName": target.function,
-                         "FunctionQualifier": target.qualifier,
-                         "FunctionQualifierType": "VERSION" if version else "ALIAS"},
-            "Weight": target.weight}
-
-
-#: DescribeTargets filter name -> (applies to "rule" or "target", does it pass given the values)
-_FILTERS: dict[str, tuple[str, Callable[[Any, set[str]], bool]]] = {
-    "location-id": ("rule", lambda rule, values: rule.location_id in values),
-    "private-ip-address": ("target", lambda target, values: target.type == "CVM"
-                           and target_key(target)[1] in {_host_key(v) for v in values}),
-    "tag": ("target", lambda target, values: False),  # no target of ours carries a tag
-}
-_Check = Callable[[Any], bool]
-
-
-def _bind(test: Callable[[Any, set[str]], bool], values: set[str]) -> _Check:
-    return lambda item: test(item, values)
-
-
-def _filters(params: Params) -> dict[str, list[_Check]]:
-    """The request's Filters as predicates, by what they apply to ("rule" or "target")."""
-    out: dict[str, list[_Check]] = {"rule": [], "target": []}
-    for where, item in ([] if params.get("Filters") is None else _objects(params, "Filters")):
-        name = _req(item, "Name", str, where)
-        if name not in _FILTERS:
-            raise ApiError("InvalidParameterValue.InvalidFilter", f"{where}Name must be one of "
-                           f"{', '.join(_FILTERS)}, got {name!r}")
-        level, test = _FILTERS[name]
-        out[level].append(_bind(test, set(_strings(item, "Values") or [])))
-    return out
-
-
-def _describe_targets(ctx: _Ctx, params: Params) -> Result:
-    filters = _filters(params)
-    listeners = []
-    for lst in _select(ctx.config, params):
-        rules = []
-        for rule in lst.rules:
-            if not all(check(rule) for check in filters["rule"]):
-                continue
-            shown = [t for t in rule.targets if all(check(t) for check in filters["target"])]
-            if shown or not filters["target"]:
-                rules.append({"LocationId": rule.location_id, "Domain": rule.domain,
-                              "Url": rule.url,
-                              "Targets": [_target_output(t) for t in shown if t.type == "CVM"],
-                              "FunctionTargets": [_target_output(t) for t in shown
-                                                  if t.type == "SCF"]})
-        listeners.append({"ListenerId": listener_id(lst), "Protocol": lst.protocol,
-                          "Port": lst.port, "Rules": rules, "Targets": [], "EndPort": 0})
-    return None, {"Listeners": listeners}
-
-
-# --- the action table ---------------------------------------------------------------------
-
-_AT_RULE = frozenset({"LoadBalancerId", "ListenerId", "LocationId", "Domain", "Url"})
-_SELECT = frozenset({"LoadBalancerId", "ListenerIds", "Protocol", "Port"})
-
-
-@dataclass(frozen=True, slots=True)
-class _Action:
-    run: Callable[[_Ctx, Params], Result]
-    params: frozenset[str]
-    mutates: bool = True
-
-
-ACTIONS: dict[str, _Action] = {
-    "DescribeListeners": _Action(_describe_listeners, _SELECT, mutates=False),
-    "DescribeTargets": _Action(_describe_targets, _SELECT | {"Filters"}, mutates=False),
-    "CreateRule": _Action(_create_rule, frozenset({"LoadBalancerId", "ListenerId", "Rules"})),
-    "DeleteRule": _Action(_delete_rule, _AT_RULE - {"LocationId"}
-                          | {"LocationIds", "NewDefaultServerDomain"}),
-    "RegisterFunctionTargets": _Action(_register(_function_targets),
-                                       _AT_RULE | {"FunctionTargets"}),
-    "DeregisterFunctionTargets": _Action(_deregister(_function_targets),
-                                         _AT_RULE | {"FunctionTargets"}),
-    "ModifyFunctionTargets": _Action(_reweigh(_function_targets),
-                                     _AT_RULE | {"FunctionTargets"}),
-    "RegisterTargets": _Action(_register(_cvm_targets), _AT_RULE | {"Targets"}),
-    "DeregisterTargets": _Action(_deregister(_cvm_targets), _AT_RULE | {"Targets"}),
-    "ModifyTargetWeight": _Action(_reweigh(_weighted_cvm_targets),
-                                  _AT_RULE | {"Targets", "Weight"}),
-}
-TASK_ACTION = "DescribeTaskStatus"
 _TC3_RE = re.compile(r"TC3-HMAC-SHA256 Credential=([^/\s,]+)/(\d{4}-\d\d-\d\d)/([a-z0-9-]+)/"
                      r"tc3_request,\s*SignedHeaders=([a-z0-9;-]+),\s*Signature=([0-9a-f]{64})")
 
@@ -760,11 +218,11 @@ class AdminApp:
             raise ApiError("InvalidParameter", "the body must be a JSON object")
         if entry is None:
             return self._task_status(params)
-        _only(params, entry.params, "", "UnknownParameter")
+        only_params(params, entry.params, "", "UnknownParameter")
         if not entry.mutates:  # reads need no lock
-            return entry.run(_Ctx(self._get_config(), self._environ), params)[1]
+            return entry.run(ActionContext(self._get_config(), self._environ), params)[1]
         async with self._lock:  # one change at a time, each on top of the last
-            new, answer = entry.run(_Ctx(self._get_config(), self._environ), params)
+            new, answer = entry.run(ActionContext(self._get_config(), self._environ), params)
             assert new is not None
             try:
                 await self._apply(new)
@@ -779,8 +237,8 @@ class AdminApp:
         return answer
 
     def _task_status(self, params: Params) -> dict[str, Any]:
-        _only(params, frozenset({"TaskId"}), "", "UnsupportedOperation")
-        task = _req(params, "TaskId", str)
+        only_params(params, frozenset({"TaskId"}), "", "UnsupportedOperation")
+        task = required_param(params, "TaskId", str)
         if task not in self._tasks:
             raise ApiError("ResourceNotFound", f"no task {task!r} among the last {TASKS_KEPT} "
                            "changes")
