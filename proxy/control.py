@@ -10,8 +10,9 @@ a pickled ``Config`` travel without being re-encoded.
     supervisor -> worker  {"op": "health"}   b""      -> reply {"ok": true}  JSON
     supervisor -> worker  {"op": "reload"}   pickled Config -> reply {"ok": bool, "error": str}
 
-Requests from the supervisor are answered in order, one at a time. Pickle is safe here: the
-channel is a socket pair between a process and the child it started, nothing else can reach it.
+Requests from the supervisor are answered in order, one at a time. The channel is a socket
+pair between a process and the child it started, nothing else can reach it; even so the worker
+unpickles only the config's own value types (``loads``), never arbitrary objects.
 The worker treats the channel's EOF as "the supervisor is gone" and drains and exits.
 
 Must not know: what the ops do (the worker's handlers) or how workers are supervised.
@@ -20,6 +21,8 @@ Must not know: what the ops do (the worker's handlers) or how workers are superv
 from __future__ import annotations
 
 import asyncio
+import io
+import pickle
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -48,6 +51,27 @@ class WorkerSetup:
     #: listener name -> file descriptors of its listening sockets (inherited)
     sockets: dict[str, list[int]]
     index: int
+
+
+#: what a setup or config pickle may contain: our frozen values, paths and builtin containers
+_ALLOWED = {"proxy.config", "proxy.control", "pathlib"}
+_BUILTINS = {"tuple", "frozenset", "set", "list", "dict", "str", "int", "float", "bool"}
+
+
+class _ValuesOnly(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if module in _ALLOWED or (module == "builtins" and name in _BUILTINS):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not a config value")
+
+
+def dumps(value: Config | WorkerSetup) -> bytes:
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def loads(data: bytes) -> Any:
+    """A Config or WorkerSetup from ``dumps``; UnpicklingError for anything else."""
+    return _ValuesOnly(io.BytesIO(data)).load()
 
 
 class ChannelClosed(Exception):

@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import logging
 import os
-import pickle
 import signal
 import socket
 import sys
@@ -33,7 +32,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import tls
+from . import control, tls
 from .admin import AdminApp
 from .adminserver import start_admin
 from .config import Config
@@ -146,7 +145,7 @@ class Supervisor:
             theirs.close()
         channel = await Channel.open(ours)
         try:
-            await channel.send({"op": "setup"}, pickle.dumps(setup))
+            await channel.send({"op": "setup"}, control.dumps(setup))
             header, _ = await asyncio.wait_for(channel.receive(), START_TIMEOUT)
         except (ChannelClosed, asyncio.TimeoutError, OSError) as exc:
             channel.close()
@@ -229,7 +228,7 @@ class Supervisor:
                 self.metrics.observe_reload(False)
                 raise
             self.config = config  # a worker restarted from now on starts with it
-            data = pickle.dumps(config)
+            data = control.dumps(config)
             errors = []
             for worker in self.workers:
                 if worker.serving:

@@ -17,7 +17,6 @@ import asyncio
 import ctypes
 import logging
 import os
-import pickle
 import signal
 import socket
 import sys
@@ -26,7 +25,7 @@ from typing import Any
 import orjson
 
 from .config import Config
-from .control import CONTROL_FD_VARIABLE, Channel, WorkerSetup
+from .control import CONTROL_FD_VARIABLE, Channel, WorkerSetup, loads
 from .errors import ConfigError
 from .logs import AccessLog, setup_logging
 
@@ -49,7 +48,7 @@ async def run(channel: Channel) -> int:
     header, body = await channel.receive()
     if header.get("op") != "setup":
         raise RuntimeError(f"expected the setup message, got {header!r}")
-    setup: WorkerSetup = pickle.loads(body)
+    setup: WorkerSetup = loads(body)
     setup_logging(setup.log_level)
     server = ProxyServer(setup.config, parser_kind=setup.parser_kind,
                          access_log=AccessLog(enabled=setup.access_log, atomic_lines=True),
@@ -65,7 +64,7 @@ async def run(channel: Channel) -> int:
         return {"ok": True}, orjson.dumps(server.health())
 
     async def reload(data: bytes) -> tuple[dict[str, Any], bytes]:
-        config: Config = pickle.loads(data)
+        config: Config = loads(data)
         try:
             await server.reload(config)
         except ConfigError as exc:
