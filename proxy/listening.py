@@ -24,6 +24,7 @@ import socket
 import ssl
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from .config import Listener
 from .errors import ConfigError
@@ -33,36 +34,55 @@ BACKLOG = 511
 
 
 def bind_listener(listener: Listener) -> list[socket.socket]:
-    """The bound, listening, inheritable sockets of ``listener``; ConfigError if it cannot."""
+    """The bound, listening, inheritable sockets of ``listener``; ConfigError if it cannot.
+
+    For "all addresses", a host without IPv6 (a container with it disabled) still gets its
+    IPv4 socket: only a failure of every address is an error.
+    """
     host = listener.host or None
     sockets: list[socket.socket] = []
+    failure: OSError | None = None
     try:
         infos = socket.getaddrinfo(host, listener.port, type=socket.SOCK_STREAM,
                                    flags=socket.AI_PASSIVE)
-        if host is None and listener.port == 0:
-            infos = [i for i in infos if i[0] == socket.AF_INET] or infos
-        elif host is not None:
-            infos = infos[:1]
-        seen = set()
-        for family, kind, proto, _, address in infos:
-            if (family, address) in seen:
-                continue
-            seen.add((family, address))
-            sock = socket.socket(family, kind, proto)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6 and host is None:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
-            sock.listen(BACKLOG)
-            sock.set_inheritable(True)
     except OSError as exc:
+        infos, failure = [], exc
+    if host is None and listener.port == 0:
+        infos = [i for i in infos if i[0] == socket.AF_INET] or infos
+    elif host is not None:
+        infos = infos[:1]
+    for family, kind, proto, _, address in dict.fromkeys(
+            (i[0], i[1], i[2], "", i[4]) for i in infos):
+        try:
+            sockets.append(_listening_socket(family, kind, proto, address, host is None))
+        except OSError as exc:
+            failure = failure or exc
+            if host is not None or family == socket.AF_INET:
+                break  # the address asked for, or the IPv4 wildcard: no way around it
+    if failure is not None and (host is not None or not sockets
+                                or all(s.family != socket.AF_INET for s in sockets)):
         for sock in sockets:
             sock.close()
         raise ConfigError(f"listener {listener.name!r}: cannot listen on "
                           f"{listener.host or '*'}:{listener.port}: "
-                          f"{getattr(exc, 'strerror', None) or exc}") from exc
+                          f"{getattr(failure, 'strerror', None) or failure}") from failure
     return sockets
+
+
+def _listening_socket(family: int, kind: int, proto: int, address: tuple[Any, ...],
+                      wildcard: bool) -> socket.socket:
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and wildcard:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(BACKLOG)
+        sock.set_inheritable(True)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def announce(listener: Listener, sockets: list[socket.socket]) -> None:
