@@ -139,7 +139,7 @@ def admin_address(args: argparse.Namespace) -> tuple[str, int, str | None] | Non
 async def serve(config: Config, args: argparse.Namespace) -> int:
     from .server import ProxyServer
 
-    server = ProxyServer(config, parser_kind=args.http, state_dir=args.state_dir,
+    server = ProxyServer(config, parser_kind=args.http,
                          access_log=AccessLog(enabled=not args.no_access_log),
                          admin=admin_address(args), load=lambda: resolve_config(args))
     try:

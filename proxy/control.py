@@ -26,7 +26,6 @@ import pickle
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -47,7 +46,6 @@ class WorkerSetup:
     drain_timeout: float
     access_log: bool
     log_level: str
-    state_dir: Path | None
     #: listener name -> file descriptors of its listening sockets (inherited)
     sockets: dict[str, list[int]]
     index: int

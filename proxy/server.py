@@ -53,7 +53,7 @@ class ProxyServer:
     """Runs one config: ``await start()``, ``await reload(config)``, ``await stop()``."""
 
     def __init__(self, config: Config, *, parser_kind: str = "auto",
-                 access_log: AccessLog | None = None, state_dir: Path | None = None,
+                 access_log: AccessLog | None = None,
                  admin: tuple[str, int, str | None] | None = None,
                  load: Callable[[], Config] | None = None) -> None:
         """``admin``: (host, port, token) to serve the admin API on, or None; ``load``: how
@@ -63,7 +63,6 @@ class ProxyServer:
         self.admin = admin
         self._admin_server: asyncio.AbstractServer | None = None
         self.parser_kind = parser_kind
-        self.state_dir = state_dir
         region = config.scf.region if config.scf else DEFAULT_REGION
         self.cvm = CvmUpstreams()  # upstream pools and health state outlive reloads
         self.backends = Backends(local=LocalFunctions(config.functions, region=region),
@@ -80,10 +79,8 @@ class ProxyServer:
         self._track()
         self._gates: list[AcceptGate] = []
         self._announce = False
-        self._contexts: dict[str, ListenerContext] = {}
         self._tls: dict[str, tls.ServerTLS] = {}
         self._stopped = asyncio.Event()
-        self.bound: list[tuple[str, str, str, int]] = []  # (listener, scheme, host, port)
 
     def _sync_remote(self, config: Config) -> None:
         """(Re)build the cloud API and invoke-URL clients when their config changed."""
@@ -149,7 +146,6 @@ class ProxyServer:
         for listener in self.config.listeners:
             extra = (tls.hsts_header(listener.hsts_max_age),) if listener.hsts_max_age else ()
             ctx = ListenerContext(listener, self.parser_kind, self.state, extra)
-            self._contexts[listener.name] = ctx
             ssl_ctx = self._ssl_context(listener)
             if sockets is not None:
                 bound = sockets[listener.name]
@@ -162,9 +158,6 @@ class ProxyServer:
             ctx.gate = gate
             self._gates.append(gate)
             await gate.start()
-            for sock in bound:
-                host, port = sock.getsockname()[:2]
-                self.bound.append((listener.name, ctx.scheme, host, port))
         if self.admin is not None:
             host, port, token = self.admin
             app = AdminApp(lambda: self.config, self.reload, self.metrics.registry,

@@ -132,8 +132,8 @@ class Supervisor:
         ours, theirs = socket.socketpair()
         fds = {name: [s.fileno() for s in socks] for name, socks in self.sockets.items()}
         setup = WorkerSetup(self.config, self.args.http, self.args.drain_timeout,
-                            not self.args.no_access_log, self.args.log_level,
-                            self.args.state_dir, fds, worker.index)
+                            not self.args.no_access_log, self.args.log_level, fds,
+                            worker.index)
         inherited = [theirs.fileno(), *(fd for group in fds.values() for fd in group)]
         env = {**os.environ, CONTROL_FD_VARIABLE: str(theirs.fileno())}
         worker.started_at = time.monotonic()

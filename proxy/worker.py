@@ -51,8 +51,7 @@ async def run(channel: Channel) -> int:
     setup: WorkerSetup = loads(body)
     setup_logging(setup.log_level)
     server = ProxyServer(setup.config, parser_kind=setup.parser_kind,
-                         access_log=AccessLog(enabled=setup.access_log, atomic_lines=True),
-                         state_dir=setup.state_dir)
+                         access_log=AccessLog(enabled=setup.access_log, atomic_lines=True))
     sockets = {name: [socket.socket(fileno=fd) for fd in fds]
                for name, fds in setup.sockets.items()}
     await server.start(sockets)

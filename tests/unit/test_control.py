@@ -22,8 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_a_config_and_a_worker_setup_round_trip() -> None:
     config = load_config(ROOT / "deploy" / "config.example.toml")
     assert control.loads(control.dumps(config)) == config
-    setup = control.WorkerSetup(config, "h11", 5.0, False, "info", Path("/tmp/s"),
-                                {"web": [7, 8]}, 1)
+    setup = control.WorkerSetup(config, "h11", 5.0, False, "info", {"web": [7, 8]}, 1)
     assert control.loads(control.dumps(setup)) == setup
 
 
