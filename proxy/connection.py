@@ -9,10 +9,14 @@ processed); a body left unread by the backend closes the connection after the re
 (RFC 9112 §9.3, no CL.0 desync); the client timeouts of SPEC §9 (header deadline -> 408, body
 idle -> 408, keep-alive idle -> quiet close); backpressure both ways (unread body, queued
 requests or a full write buffer pause reading); streamed responses (Content-Length or chunked;
-a backend that breaks off mid-body aborts the connection instead of ending it cleanly); and a
-101 hand-over to a tunnel (WebSocket).
+a backend that breaks off mid-body aborts the connection instead of ending it cleanly); a
+send timeout for a client that stops reading (``client_body_timeout``, as nginx's
+send_timeout); lingering close after an error with input still arriving; and a 101 hand-over
+to a tunnel (WebSocket).
 
 It stays on protocol callbacks; the only task is the one per request that waits on the router.
+Client timeouts are deadlines checked by one sweep per ``ServerState`` (SWEEP_INTERVAL), not a
+timer handle per connection: an idle keep-alive connection costs a few hundred bytes less.
 It knows nothing about rules or backends: the router is read from the shared ``ServerState``
 at dispatch time, so a reload applies to the next request.
 """
