@@ -24,6 +24,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from tests.threaded import ThreadedServer
+
 #: a request line at the start of the data or of a line (what the proxy sends upstream)
 _REQUEST_LINE = re.compile(rb"(?:^|\n)[A-Z]+ \S+ HTTP/1\.1\r\n")
 
@@ -195,8 +197,10 @@ class _LinkRunner:
             await self._write(self.down_w, data, fault)
 
 
-class FaultProxy:
+class FaultProxy(ThreadedServer):
     """``with FaultProxy(upstream_port) as fp: fp.address``; ``fp.set_fault(Fault("reset"))``."""
+
+    thread_name = "fault-proxy"
 
     def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
         self.target = (upstream_host, upstream_port)
@@ -285,34 +289,5 @@ class FaultProxy:
                 if not writer.is_closing():
                     writer.close()
 
-    def start(self) -> FaultProxy:
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = self._loop = asyncio.new_event_loop()
-            server = loop.run_until_complete(
-                asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=1024))
-            self.port = server.sockets[0].getsockname()[1]
-            ready.set()
-            loop.run_forever()
-            server.close()
-            for task in asyncio.all_tasks(loop):
-                task.cancel()
-            loop.run_until_complete(asyncio.sleep(0))
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="fault-proxy", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    async def _open(self) -> asyncio.AbstractServer:
+        return await asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=1024)

@@ -54,6 +54,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.threaded import ThreadedServer
+
 ROOT = Path(__file__).resolve().parent.parent
 PATTERN = bytes(range(256)) * 4096  # 1 MiB
 SHORT_BODY = 64 * 1024
@@ -649,7 +651,7 @@ class _Recorder(asyncio.Protocol):
                              b"Content-Length: %d\r\n\r\n%b" % (len(target), body))
 
 
-class RecordingUpstream:
+class RecordingUpstream(ThreadedServer):
     """An HTTP/1.1 upstream in a thread of the test process that records everything it got.
 
     ``with RecordingUpstream() as up: up.address``; ``up.scripts[path] = Script(raw)`` sets a
@@ -657,49 +659,22 @@ class RecordingUpstream:
     what was recorded; ``up.requests()``, ``up.raw()``, ``up.connections`` tell what arrived.
     """
 
+    thread_name = "recording-upstream"
+
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.connections: list[RecordedConnection] = []
         self.scripts: dict[str, Script] = {}
         self.arrived = threading.Event()
-        self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: asyncio.AbstractServer | None = None
+        super().__init__()
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> RecordingUpstream:
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = self._loop = asyncio.new_event_loop()
-            self._server = loop.run_until_complete(
-                loop.create_server(lambda: _Recorder(self), "127.0.0.1", 0, backlog=1024))
-            self.port = self._server.sockets[0].getsockname()[1]
-            ready.set()
-            loop.run_forever()
-            self._server.close()
-            loop.run_until_complete(self._server.wait_closed())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="recording-upstream", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-
-    def __enter__(self) -> RecordingUpstream:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    async def _open(self) -> asyncio.AbstractServer:
+        loop = asyncio.get_running_loop()
+        return await loop.create_server(lambda: _Recorder(self), "127.0.0.1", 0, backlog=1024)
 
     def clear(self) -> None:
         """Forget what was recorded (open connections go on, recording afresh)."""

@@ -3,9 +3,9 @@ upstreams, and the checks that the proxy stayed healthy (no unhandled exception 
 
 from __future__ import annotations
 
-import json
 import re
 
+from tests import configs
 from tests.proxyproc import ProxyProcess
 
 PARSERS = ["httptools", "h11"]
@@ -26,16 +26,7 @@ def cvm_rule(domain: str, url: str, address: str) -> str:
 
 
 def listener(name: str, rules: str, **knobs: object) -> str:
-    lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in knobs.items())
-    return f"""
-[[listener]]
-name = "{name}"
-protocol = "HTTP"
-host = "127.0.0.1"
-port = 0
-{lines}
-{rules}
-"""
+    return configs.listener(name, **knobs) + rules + "\n"
 
 
 def unhandled(proc: ProxyProcess, since: int = 0) -> list[str]:

@@ -7,50 +7,18 @@ import json
 import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from tests.configs import function, listener, scf_rule
 from tests.proxyproc import ProxyProcess, raw_exchange
 
-FUNCTIONS = Path(__file__).resolve().parents[1] / "functions"
-
-CONFIG = f"""
-[[listener]]
-name = "web"
-protocol = "HTTP"
-host = "127.0.0.1"
-port = 0
-client_header_timeout = 1
-client_body_timeout = 1
-keepalive_timeout = 1
-client_max_body_size = 100000
-max_request_line = 2000
-max_header_size = 8000
-max_header_count = 20
-
-  [[listener.rule]]
-  domain = "c.test"
-  url = "/"
-  targets = [{{ type = "SCF", function = "echo" }}]
-
-[[listener]]
-name = "capped"
-protocol = "HTTP"
-host = "127.0.0.1"
-port = 0
-max_connections = 3
-
-  [[listener.rule]]
-  domain = "c.test"
-  url = "/"
-  targets = [{{ type = "SCF", function = "echo" }}]
-
-[[function]]
-name = "echo"
-handler = "index.main_handler"
-code = {json.dumps(str(FUNCTIONS / "echo"))}
-"""
+CONFIG = (listener(client_header_timeout=1, client_body_timeout=1, keepalive_timeout=1,
+                   client_max_body_size=100000, max_request_line=2000, max_header_size=8000,
+                   max_header_count=20)
+          + scf_rule("c.test", "/", "echo")
+          + listener("capped", max_connections=3) + scf_rule("c.test", "/", "echo")
+          + function("echo"))
 
 
 @pytest.fixture(scope="module", params=["httptools", "h11"])

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
+from tests.configs import function, listener
 from tests.proxyproc import ProxyProcess, free_port
 from tests.upstreams import Upstream, pattern_bytes
 
-FUNCTIONS = Path(__file__).resolve().parents[1] / "functions"
 NO_CHECK = "health_check = { enabled = false }"
 GB = 1 << 30
 
@@ -44,25 +44,10 @@ def _cvm(address: str, weight: int = 10) -> str:
 
 
 def _listener(name: str, rules: str, **knobs: object) -> str:
-    lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in knobs.items())
-    return f"""
-[[listener]]
-name = "{name}"
-protocol = "HTTP"
-host = "127.0.0.1"
-port = 0
-client_max_body_size = 10737418240
-{lines}
-{rules}
-"""
+    return listener(name, client_max_body_size=10737418240, **knobs) + rules + "\n"
 
 
-PING = f"""
-[[function]]
-name = "ping"
-code = {json.dumps(str(FUNCTIONS / "ping"))}
-concurrency = 4
-"""
+PING = function("ping", concurrency=4)
 
 
 # --- fixtures --------------------------------------------------------------------------------

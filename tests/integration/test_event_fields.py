@@ -9,32 +9,15 @@ import base64
 import json
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.configs import function, listener, scf_rule
 from tests.proxyproc import ProxyProcess
 
-FUNCTIONS = Path(__file__).resolve().parents[1] / "functions"
 
-CONFIG = f"""
-[[listener]]
-name = "web"
-protocol = "HTTP"
-host = "127.0.0.1"
-port = 0
-
-  [[listener.rule]]
-  domain = "ev.test"
-  url = "/"
-  targets = [{{ type = "SCF", function = "echo" }}]
-
-[[function]]
-name = "echo"
-handler = "index.main_handler"
-code = {json.dumps(str(FUNCTIONS / "echo"))}
-"""
+CONFIG = listener() + scf_rule("ev.test", "/", "echo") + function("echo")
 
 
 @pytest.fixture(scope="module", params=["httptools", "h11"])

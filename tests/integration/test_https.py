@@ -15,15 +15,10 @@ from pathlib import Path
 import pytest
 import trustme
 
+from tests.configs import function, listener, scf_rule
 from tests.proxyproc import ProxyProcess
 
-FUNCTIONS = Path(__file__).resolve().parents[1] / "functions"
 HELLO = b"<html><body><h1>Hello CLB</h1></body></html>"
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
 
 
 @pytest.fixture(scope="module")
@@ -38,32 +33,9 @@ def proxy(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             extra.write_to_path(cert, append=True)
         leaf.private_key_pem.write_to_path(key)
         certs.append(f'{{ cert = "{cert}", key = "{key}" }}')
-    config = f"""
-[[listener]]
-name = "tls"
-protocol = "HTTPS"
-host = "127.0.0.1"
-port = 0
-hsts_max_age = 63072000
-ssl_handshake_timeout = 1
-certificates = [{", ".join(certs)}]
-
-  [[listener.rule]]
-  domain = "a.test"
-  url = "/"
-  targets = [{{ type = "SCF", function = "echo" }}]
-
-[[listener]]
-name = "plain"
-protocol = "HTTP"
-host = "127.0.0.1"
-port = 0
-redirect_https_port = 8443
-
-[[function]]
-name = "echo"
-code = {json.dumps(str(FUNCTIONS / "echo"))}
-"""
+    config = (listener("tls", "HTTPS", hsts_max_age=63072000, ssl_handshake_timeout=1)
+              + f"certificates = [{', '.join(certs)}]\n" + scf_rule("a.test", "/", "echo")
+              + listener("plain", redirect_https_port=8443) + function("echo"))
     with ProxyProcess.with_config(config, tmp, "--state-dir", str(tmp / "state")) as proc:
         yield proc
 

@@ -8,57 +8,21 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.configs import function, listener, rule, scf_rule
 from tests.proxyproc import ProxyProcess
 from tests.upstreams import Upstream
 
-FUNCTIONS = Path(__file__).resolve().parents[1] / "functions"
-
-
-@pytest.fixture(scope="module")
-def cvm() -> Iterator[Upstream]:
-    """The CVM target: answers "/" with its name, "cvm"."""
-    with Upstream("cvm") as upstream:
-        yield upstream
-
-
 def _config(weights: tuple[int, int], cvm_address: str) -> str:
     """A rule split between the function "echo" and a CVM server by ``weights``."""
-    return f"""
-[[listener]]
-name = "web"
-protocol = "HTTP"
-host = "127.0.0.1"
-port = 0
-
-  [[listener.rule]]
-  domain = "ops.test"
-  url = "/"
-  targets = [
-    {{ type = "SCF", function = "echo", weight = {weights[0]} }},
-    {{ type = "CVM", address = "{cvm_address}", weight = {weights[1]} }},
-  ]
-
-  [[listener.rule]]
-  domain = "ops.test"
-  url = "/sleep"
-  targets = [{{ type = "SCF", function = "sleeps" }}]
-
-[[function]]
-name = "echo"
-code = {json.dumps(str(FUNCTIONS / "whoami"))}
-concurrency = 4
-
-[[function]]
-name = "sleeps"
-code = {json.dumps(str(FUNCTIONS / "sleeps"))}
-concurrency = 20
-timeout = 10
-"""
+    split = (f'[{{ type = "SCF", function = "echo", weight = {weights[0]} }}, '
+             f'{{ type = "CVM", address = "{cvm_address}", weight = {weights[1]} }}]')
+    return (listener() + rule("ops.test", "/", split) + scf_rule("ops.test", "/sleep", "sleeps")
+            + function("echo", "whoami", concurrency=4)
+            + function("sleeps", concurrency=20, timeout=10))
 
 
 def _get(port: int, path: str, timeout: float = 20) -> int:

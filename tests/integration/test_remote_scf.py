@@ -44,18 +44,6 @@ def run(request: pytest.FixtureRequest) -> Runner:
     return runner
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("ca") / "ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return path
-
-
 def client(api: FakeScfApi, ca_file: Path, *, action: str = "InvokeFunction",
            token: str | None = None, **kwargs: Any) -> RemoteFunctions:
     scf = RemoteScf(region=REGION, endpoint=api.endpoint, action=action, ca_file=ca_file)

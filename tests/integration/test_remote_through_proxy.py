@@ -29,6 +29,7 @@ import trustme
 from tests.fakescf import (REGION, SECRET_ID, SECRET_KEY, TOKEN, BackgroundLoop, Call,
                            FakeScfApi, Reply, api_error, api_in_thread, function_failed,
                            invoke_url_runtime, server_context, success)
+from tests.configs import listener, rule, scf_rule
 from tests.proxyproc import ProxyProcess
 
 #: the integration response the fake's functions return (two Set-Cookie: a list, SPEC §6)
@@ -79,30 +80,13 @@ def _script(call: Call) -> Reply:
 
 
 def config_text(api_port: int, runtime_port: int, ca_file: Path) -> str:
-    rules = "\n".join(f"""
-  [[listener.rule]]
-  domain = "api.test"
-  url = "/{name}"
-  targets = [{{ type = "SCF", namespace = "prod", function = "{name}", qualifier = "3" }}]
-""" for name in SCRIPTS)
-    return f"""
-[[listener]]
-name = "web"
-protocol = "HTTP"
-host = "127.0.0.1"
-port = 0
-proxy_read_timeout = 1
-{rules}
-  [[listener.rule]]
-  domain = "api.test"
-  url = "/url"
-  targets = [{{ type = "SCF", invoke_url = "https://localhost:{runtime_port}/invoke" }}]
-
-[scf]
-region = "{REGION}"
-endpoint = "https://localhost:{api_port}"
-ca_file = {json.dumps(str(ca_file))}
-"""
+    return (listener(proxy_read_timeout=1)
+            + "".join(scf_rule("api.test", f"/{name}", name, namespace="prod", qualifier="3")
+                      for name in SCRIPTS)
+            + rule("api.test", "/url", '[{ type = "SCF", invoke_url = '
+                   f'"https://localhost:{runtime_port}/invoke" }}]')
+            + f'\n[scf]\nregion = "{REGION}"\nendpoint = "https://localhost:{api_port}"\n'
+            f"ca_file = {json.dumps(str(ca_file))}\n")
 
 
 @dataclass
@@ -113,18 +97,6 @@ class Fakes:
 
     def calls(self, function: str) -> list[Call]:
         return [c for c in list(self.api.calls) if c.body["FunctionName"] == function]
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("ca") / "ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,12 @@ from __future__ import annotations
 import http.client
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from tests.configs import function, listener, scf_rule
 from tests.proxyproc import ProxyProcess
 
-FUNCTIONS = Path(__file__).resolve().parents[1] / "functions"
 
 RULES = [
     ("default.test", "/"),
@@ -37,28 +36,9 @@ RULES = [
 
 
 def _config() -> str:
-    rules = "\n".join(
-        f"""
-  [[listener.rule]]
-  domain = {json.dumps(domain)}
-  url = {json.dumps(url)}
-  targets = [{{ type = "SCF", function = "echo" }}]
-""" for domain, url in RULES)
-    return f"""
-[[listener]]
-name = "web"
-protocol = "HTTP"
-host = "127.0.0.1"
-port = 0
-default_domain = "default.test"
-{rules}
-
-[[function]]
-name = "echo"
-handler = "index.main_handler"
-code = {json.dumps(str(FUNCTIONS / "echo"))}
-concurrency = 2
-"""
+    return (listener(default_domain="default.test")
+            + "".join(scf_rule(domain, url, "echo") for domain, url in RULES)
+            + function("echo", concurrency=2))
 
 
 @pytest.fixture(scope="module", params=["httptools", "h11"])

@@ -16,31 +16,17 @@ from typing import Any
 
 import pytest
 
+from tests.configs import function, listener, scf_rule
 from tests.proxyproc import ProxyProcess
 
-FUNCTIONS = Path(__file__).resolve().parents[1] / "functions"
 HELLO = b"<html><body><h1>Hello CLB</h1></body></html>"
 
 
-def _function(name: str, code: str, extra: str = "") -> str:
-    return (f'\n[[function]]\nname = "{name}"\ncode = {json.dumps(str(FUNCTIONS / code))}\n'
-            f"{extra}\n")
-
-
-def _rule(path: str, function: str) -> str:
-    return (f'\n  [[listener.rule]]\n  domain = "rt.test"\n  url = "{path}"\n'
-            f'  targets = [{{ type = "SCF", function = "{function}" }}]\n')
-
-
-CONFIG = ('[[listener]]\nname = "web"\nprotocol = "HTTP"\nhost = "127.0.0.1"\nport = 0\n'
-          + _rule("/sleeps", "sleeps") + _rule("/hog", "hog") + _rule("/counter", "counter")
-          + _rule("/printer", "printer") + _rule("/crash", "crash") + _rule("/many", "many")
-          + _function("sleeps", "sleeps", "concurrency = 4\ntimeout = 10\nqueue_size = 10")
-          + _function("hog", "hog", "memory = 128")
-          + _function("counter", "counter", "concurrency = 1")
-          + _function("printer", "printer")
-          + _function("crash", "crash")
-          + _function("many", "counter", "concurrency = 8"))
+_PATHS = ("sleeps", "hog", "counter", "printer", "crash", "many")
+CONFIG = (listener() + "".join(scf_rule("rt.test", f"/{name}", name) for name in _PATHS)
+          + function("sleeps", concurrency=4, timeout=10, queue_size=10)
+          + function("hog", memory=128) + function("counter", concurrency=1)
+          + function("printer") + function("crash") + function("many", "counter", concurrency=8))
 
 
 @pytest.fixture(scope="module")

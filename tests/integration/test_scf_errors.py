@@ -7,81 +7,22 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from tests.configs import function, listener, scf_rule
 from tests.proxyproc import ProxyProcess
 
-FUNCTIONS = Path(__file__).resolve().parents[1] / "functions"
 ANALYSE_FAILED = b'{"errno":403,"error":"Analyse scf response failed."}'
 
 
-def _fn(name: str, code: str, extra: str = "") -> str:
-    return f"""
-[[function]]
-name = "{name}"
-handler = "index.main_handler"
-code = {json.dumps(str(FUNCTIONS / code))}
-{extra}
-"""
-
-
-CONFIG = """
-[[listener]]
-name = "web"
-protocol = "HTTP"
-host = "127.0.0.1"
-port = 0
-
-  [[listener.rule]]
-  domain = "fn.test"
-  url = "/echo"
-  targets = [{ type = "SCF", function = "echo" }]
-
-  [[listener.rule]]
-  domain = "fn.test"
-  url = "/malformed"
-  targets = [{ type = "SCF", function = "malformed" }]
-
-  [[listener.rule]]
-  domain = "fn.test"
-  url = "/binary"
-  targets = [{ type = "SCF", function = "binary" }]
-
-  [[listener.rule]]
-  domain = "fn.test"
-  url = "/raises"
-  targets = [{ type = "SCF", function = "raises" }]
-
-  [[listener.rule]]
-  domain = "fn.test"
-  url = "/raises-debug"
-  targets = [{ type = "SCF", function = "raises-debug" }]
-
-  [[listener.rule]]
-  domain = "fn.test"
-  url = "/sleeps"
-  targets = [{ type = "SCF", function = "sleeps" }]
-
-  [[listener.rule]]
-  domain = "fn.test"
-  url = "/crash"
-  targets = [{ type = "SCF", function = "crash" }]
-
-  [[listener.rule]]
-  domain = "fn.test"
-  url = "/busy"
-  targets = [{ type = "SCF", function = "busy" }]
-
-  [[listener.rule]]
-  domain = "fn.test"
-  url = "/drained"
-  targets = [{ type = "SCF", function = "echo", weight = 0 }]
-""" + _fn("echo", "echo") + _fn("malformed", "malformed") + _fn("binary", "binary") \
-    + _fn("raises", "raises") + _fn("raises-debug", "raises", "debug = true") \
-    + _fn("sleeps", "sleeps", "timeout = 1") + _fn("crash", "crash") \
-    + _fn("busy", "sleeps", "timeout = 5\nconcurrency = 1\nqueue_size = 0")
+_PATHS = ("echo", "malformed", "binary", "raises", "raises-debug", "sleeps", "crash", "busy")
+CONFIG = (listener() + "".join(scf_rule("fn.test", f"/{name}", name) for name in _PATHS)
+          + scf_rule("fn.test", "/drained", "echo", weight=0)
+          + function("echo") + function("malformed") + function("binary") + function("raises")
+          + function("raises-debug", "raises", debug=True)
+          + function("sleeps", timeout=1) + function("crash")
+          + function("busy", "sleeps", timeout=5, concurrency=1, queue_size=0))
 
 
 @pytest.fixture(scope="module")

@@ -27,43 +27,18 @@ from tencentcloud.common.credential import Credential
 from tencentcloud.common.profile.client_profile import ClientProfile
 from tencentcloud.common.profile.http_profile import HttpProfile
 
+from tests.configs import function, listener, rule, scf_rule
 from tests.proxyproc import ROOT, ProxyProcess
 from tests.upstreams import Upstream
 
-FUNCTIONS = Path(__file__).resolve().parents[1] / "functions"
 LB = "lb-local"
 TOKEN = "s3cret-admin-token"
 
 
-@pytest.fixture(scope="module")
-def cvm() -> Iterator[Upstream]:
-    with Upstream("cvm") as upstream:
-        yield upstream
-
-
 def _config(cvm_address: str) -> str:
-    return f"""
-[[listener]]
-name = "web"
-protocol = "HTTP"
-host = "127.0.0.1"
-port = 0
-
-  [[listener.rule]]
-  domain = "ops.test"
-  url = "/"
-  targets = [{{ type = "CVM", address = "{cvm_address}", weight = 10 }}]
-
-  [[listener.rule]]
-  domain = "fn.test"
-  url = "/"
-  targets = [{{ type = "SCF", function = "echo" }}]
-
-[[function]]
-name = "echo"
-code = {json.dumps(str(FUNCTIONS / "whoami"))}
-concurrency = 2
-"""
+    return (listener()
+            + rule("ops.test", "/", f'[{{ type = "CVM", address = "{cvm_address}", weight = 10 }}]')
+            + scf_rule("fn.test", "/", "echo") + function("echo", "whoami", concurrency=2))
 
 
 @pytest.fixture(params=[1, 2], ids=["1-process", "2-workers"])

@@ -456,11 +456,3 @@ def test_native_decode_response_edge_cases(raw: bytes) -> None:
         return
     assert (_outcome(lambda: NATIVE_EVENT.decode_response(raw))
             == _outcome(lambda: event.decode_response_py(raw)))
-
-
-def test_native_event_repeats_the_pure_tables() -> None:
-    if NATIVE_EVENT is None:
-        _assert_pure_event_active()
-        return
-    for name, value in NATIVE_EVENT.tables().items():
-        assert value == getattr(event, name), name
