@@ -8,7 +8,8 @@ PYTEST_ARGS ?=
 
 .PHONY: run test check bench clean
 
-$(STAMP): pyproject.toml setup.py $(wildcard native/*.pyx native/*.pxd)
+# proxy/scf/event.py is also compiled as it is (setup.py COMPILED_AS_IS): an edit rebuilds it
+$(STAMP): pyproject.toml setup.py $(wildcard native/*.pyx native/*.pxd) proxy/scf/event.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel Cython
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'

@@ -13,12 +13,18 @@ from setuptools.command.build_ext import build_ext
 HERE = Path(__file__).parent
 
 
+#: pure modules Cython compiles unchanged into their native twin (``proxy._speedups.<key>``);
+#: native/*.pyx are hand-written twins (rules: a different algorithm, not a translation)
+COMPILED_AS_IS = {"event": "proxy/scf/event.py"}
+
+
 def native_extensions():
     # the same reading as proxy/_native.py: set, non-empty and not "0"
     if os.environ.get("PROXY_NO_NATIVE", "") not in ("", "0"):
         print("clbscf-proxy: pure build (PROXY_NO_NATIVE set)", file=sys.stderr)
         return []
-    sources = sorted(str(p.relative_to(HERE)) for p in (HERE / "native").glob("*.pyx"))
+    sources = {Path(p).stem: str(p.relative_to(HERE)) for p in (HERE / "native").glob("*.pyx")}
+    sources.update(COMPILED_AS_IS)
     if not sources:
         print("clbscf-proxy: pure build (no native sources)", file=sys.stderr)
         return []
@@ -30,8 +36,8 @@ def native_extensions():
     from setuptools import Extension
 
     exts = [
-        Extension("proxy._speedups." + Path(src).stem, [src], extra_compile_args=["-O2"])
-        for src in sources
+        Extension("proxy._speedups." + name, [src], extra_compile_args=["-O2"])
+        for name, src in sorted(sources.items())
     ]
     return cythonize(exts, language_level=3, quiet=True)
 

@@ -32,8 +32,8 @@ DISABLED = NO_NATIVE_VALUE not in ("", "0")
 #: in the native module}); a dotted name is an attribute of a class of the pure module
 SWAPS: dict[str, tuple[str, dict[str, str]]] = {
     "rules": ("proxy.rules", {"RuleTable.match": "match", "RuleTable.build_accel": "build"}),
-    "event": ("proxy.scf.event", {"encode_event": "encode_event",
-                                  "decode_response": "decode_response"}),
+    "event": ("proxy.scf.event", {"encode_event": "encode_event_py",
+                                  "decode_response": "decode_response_py"}),
 }
 
 #: native module -> whether its twins are installed

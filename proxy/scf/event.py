@@ -297,15 +297,22 @@ def decode_response_py(raw: bytes) -> Response:
     return Response(status, headers, body)
 
 
+def name_cache() -> dict[str, bool]:
+    """The header-name verdict cache (bounded by _NAME_CACHE_MAX), for tests."""
+    return _NAME_VERDICTS
+
+
 # --- native swap ----------------------------------------------------------------------------
-# proxy._native rebinds ``encode_event`` and ``decode_response`` to their compiled (Cython)
-# twins in native/event.pyx when built and PROXY_NO_NATIVE is unset. It runs here, as this
-# module's last step, so every importer binds the chosen ones; the ``_py`` names stay pure
-# Python for the parity tests.
+# setup.py compiles this very file with Cython into ``proxy._speedups.event`` (no hand-written
+# twin to keep in step); proxy._native rebinds ``encode_event`` and ``decode_response`` to the
+# compiled ``*_py`` functions when built and PROXY_NO_NATIVE is unset. It runs here, as this
+# module's last step, so every importer binds the chosen ones; the ``_py`` names of this module
+# stay pure Python for the parity tests. The compiled copy does not swap itself.
 
 encode_event = encode_event_py
 decode_response = decode_response_py
-_native.install("event", globals())
+if __name__ == "proxy.scf.event":
+    _native.install("event", globals())
 
 __all__ = ["MAX_EVENT_BYTES", "MAX_RESPONSE_BYTES", "decode_response", "decode_response_py",
            "encode_event", "encode_event_py"]
