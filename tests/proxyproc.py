@@ -142,6 +142,16 @@ class ProxyProcess:
         return f"{self.schemes[name]}://127.0.0.1:{self.ports[name]}{path}"
 
 
+def memory_kb(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak) of ``pid`` in kB, from /proc."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("VmHWM", "VmRSS")):
+            name, value = line.split(":")
+            fields[name] = int(value.split()[0])
+    return fields
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

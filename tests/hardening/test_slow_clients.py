@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.hardening.stage import PARSERS, assert_alive, cvm_rule, listener, log_mark
-from tests.proxyproc import ProxyProcess
+from tests.proxyproc import ProxyProcess, memory_kb
 from tests.upstreams import RecordingUpstream, Script, Upstream
 
 TIMEOUT = 1.0  # client_header_timeout and client_body_timeout
@@ -62,15 +62,6 @@ def proxy(request: pytest.FixtureRequest, upstream: Upstream, recording: Recordi
     with ProxyProcess.with_config(config, tmp_path_factory.mktemp("slow"), "--http",
                                   request.param, "--no-access-log") as proc:
         yield proc
-
-
-def memory_kb(pid: int) -> dict[str, int]:
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(("VmHWM", "VmRSS")):
-            name, value = line.split(":")
-            fields[name] = int(value.split()[0])
-    return fields
 
 
 def client_sockets(pid: int, port: int) -> int:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.configs import function, listener
-from tests.proxyproc import ProxyProcess, free_port
+from tests.proxyproc import ProxyProcess, free_port, memory_kb
 from tests.upstreams import Upstream, pattern_bytes
 
 NO_CHECK = "health_check = { enabled = false }"
@@ -505,15 +505,6 @@ def test_health_checks_use_the_configured_request(ups: dict[str, Upstream],
 
 # --- memory, reload, kill --------------------------------------------------------------------
 
-def _memory_kb(pid: int) -> dict[str, int]:
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(("VmHWM", "VmRSS")):
-            name, value = line.split(":")
-            fields[name] = int(value.split()[0])
-    return fields
-
-
 def _upload(port: int, size: int) -> dict[str, Any]:
     block = b"u" * (1 << 20)
     with _raw(port) as sock:
@@ -553,10 +544,10 @@ def test_1gb_each_way_keeps_the_proxy_memory_flat(ups: dict[str, Upstream],
     with ProxyProcess.with_config(config, tmp_path, "--no-access-log") as proc:
         port = proc.port()
         assert _download(port, 10 << 20) == 10 << 20  # warm up
-        baseline = _memory_kb(proc.pid)["VmRSS"]
+        baseline = memory_kb(proc.pid)["VmRSS"]
         assert _upload(port, GB)["received"] == GB
         assert _download(port, GB) == GB
-        peak = _memory_kb(proc.pid)["VmHWM"]
+        peak = memory_kb(proc.pid)["VmHWM"]
     assert peak - baseline < 64 * 1024, (baseline, peak)
 
 
