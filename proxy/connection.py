@@ -70,8 +70,11 @@ class ServerState:
     Outcome``), the access log, the metrics, the open connections."""
 
     def __init__(self, router: Router, access_log: AccessLog,
-                 metrics: ProxyMetrics | None = None) -> None:
+                 metrics: ProxyMetrics | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.router = router
+        #: monotonic seconds for every deadline of every connection (a fake one in tests)
+        self.clock = clock
         self.access_log = access_log
         self.metrics = metrics
         self.connections: set[HttpConnection] = set()
@@ -84,16 +87,20 @@ class ServerState:
             self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
 
     def _sweep(self) -> None:
-        """Fire the deadlines that passed: one pass over the open connections (10,000 idle
-        ones take about a millisecond), every SWEEP_INTERVAL while any is open."""
-        now = time.monotonic()
-        due = [c for c in self.connections if 0.0 < c.deadline <= now]
-        for conn in due:
-            if 0.0 < conn.deadline <= now:  # an earlier one's callback may have changed it
-                conn.expire()
+        """The periodic pass: one walk over the open connections (10,000 idle ones take about
+        a millisecond), every SWEEP_INTERVAL while any is open."""
+        self.sweep()
         self._sweeper = None
         if self.connections:
             self.watch()
+
+    def sweep(self) -> None:
+        """Fire every deadline that has passed by ``clock()``, now (the periodic pass calls
+        this; tests with a fake clock call it directly)."""
+        now = self.clock()
+        for conn in [c for c in self.connections if 0.0 < c.deadline <= now
+                     or 0.0 < c.send_deadline <= now]:
+            conn.expire(now)
 
     def log_access(self, request: Request, outcome: Outcome, nbytes: int,
                    duration: float) -> None:
@@ -175,7 +182,7 @@ class HttpConnection(asyncio.Protocol):
         "ctx", "state", "transport", "parser", "client_ip", "client_port", "phase", "body",
         "received_at", "queue", "current", "task", "stopped", "pending_error",
         "write_paused", "drain_waiter", "pauses", "tunnel", "linger_until", "deadline",
-        "on_deadline", "send_timer", "client_eof",
+        "on_deadline", "send_deadline", "client_eof",
     )
 
     def __init__(self, ctx: ListenerContext) -> None:
@@ -208,8 +215,9 @@ class HttpConnection(asyncio.Protocol):
         self.tunnel: Any = None
         #: lingering close: the loop time reading stops at; 0.0 while not lingering
         self.linger_until = 0.0
-        #: armed while the client takes nothing of what we write (see _watch_send)
-        self.send_timer: asyncio.TimerHandle | None = None
+        #: the clock() time by which the client must have taken some of what we wrote; 0.0
+        #: while nothing waits to be taken (see _watch_send)
+        self.send_deadline = 0.0
         #: the client has sent its FIN: there is nothing left to linger for
         self.client_eof = False
 
@@ -231,9 +239,7 @@ class HttpConnection(asyncio.Protocol):
         if self.ctx.gate is not None:
             self.ctx.gate.closed()
         self._disarm()
-        if self.send_timer is not None:
-            self.send_timer.cancel()
-            self.send_timer = None
+        self.send_deadline = 0.0
         if self.task is not None:
             self.task.cancel()  # the client is gone: stop waiting on the backend
         self.queue.clear()
@@ -250,9 +256,8 @@ class HttpConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         self._resume(PAUSED_WRITE)
-        if self.send_timer is not None and not self.transport.is_closing():
-            self.send_timer.cancel()  # it reads again
-            self.send_timer = None
+        if self.send_deadline and not self.transport.is_closing():
+            self.send_deadline = 0.0  # it reads again
         waiter = self.drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -528,7 +533,7 @@ class HttpConnection(asyncio.Protocol):
             self._shut()
             return
         self.stopped = True
-        self.linger_until = asyncio.get_running_loop().time() + LINGER_TIME
+        self.linger_until = self.state.clock() + LINGER_TIME
         self.pauses = 0
         transport.resume_reading()
         if transport.can_write_eof():
@@ -536,7 +541,7 @@ class HttpConnection(asyncio.Protocol):
         self._arm(LINGER_TIMEOUT, HttpConnection._shut)
 
     def _linger_more(self) -> None:
-        if asyncio.get_running_loop().time() >= self.linger_until:
+        if self.state.clock() >= self.linger_until:
             self._disarm()
             self._shut()
         else:
@@ -554,12 +559,12 @@ class HttpConnection(asyncio.Protocol):
         nginx's send_timeout, 60 s between two successful writes, has no knob of its own
         here), or it is cut off: a client that asks and never reads must not hold the
         connection, its buffers and an upstream connection for ever."""
-        if self.send_timer is None:
-            self.send_timer = asyncio.get_running_loop().call_later(
-                self.ctx.listener.client_body_timeout, self._send_timeout)
+        if not self.send_deadline:
+            self.send_deadline = self.state.clock() + self.ctx.listener.client_body_timeout
+            self.state.watch()
 
     def _send_timeout(self) -> None:
-        self.send_timer = None
+        self.send_deadline = 0.0
         error_log.info("%s:%s took nothing for %ss: connection aborted", self.client_ip,
                        self.client_port, self.ctx.listener.client_body_timeout)
         self.transport.abort()
@@ -581,7 +586,7 @@ class HttpConnection(asyncio.Protocol):
     def _arm(self, seconds: float, callback: Callable[[HttpConnection], None]) -> None:
         """``callback`` is an HttpConnection method taken from the class (called with the
         connection): a bound method would be one more object per idle connection."""
-        self.deadline = time.monotonic() + seconds
+        self.deadline = self.state.clock() + seconds
         self.on_deadline = callback
         self.state.watch()
 
@@ -589,8 +594,14 @@ class HttpConnection(asyncio.Protocol):
         self.deadline = 0.0
         self.on_deadline = None
 
-    def expire(self) -> None:
-        """The deadline passed (called by the sweep): run what was due."""
+    def expire(self, now: float) -> None:
+        """Called by the sweep: run what was due by ``now`` (the send timeout first: it
+        aborts, and nothing else matters then)."""
+        if 0.0 < self.send_deadline <= now:
+            self._send_timeout()
+            return
+        if not 0.0 < self.deadline <= now:
+            return  # an earlier connection's callback may have changed it
         callback = self.on_deadline
         self.deadline = 0.0
         self.on_deadline = None
