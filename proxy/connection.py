@@ -14,11 +14,15 @@ send timeout for a client that stops reading (``client_body_timeout``, as nginx'
 send_timeout); lingering close after an error with input still arriving; and a 101 hand-over
 to a tunnel (WebSocket).
 
-It stays on protocol callbacks; the only task is the one per request that waits on the router.
-Client timeouts are deadlines checked by one sweep per ``ServerState`` (SWEEP_INTERVAL), not a
-timer handle per connection: an idle keep-alive connection costs a few hundred bytes less.
-It knows nothing about rules or backends: the router is read from the shared ``ServerState``
-at dispatch time, so a reload applies to the next request.
+It stays on protocol callbacks, with no task or future per request: a request is handed to
+the router's ``dispatch`` with ``_respond`` as the callback, which the router calls once, at
+once (a 404, a redirect) or from the backend's own callback (a CVM answer is written from the
+upstream's ``data_received``). Only a streamed response body gets a task, to pump it. Client
+timeouts are deadlines checked by one sweep per ``ServerState`` (SWEEP_INTERVAL), not a timer
+handle per connection: an idle keep-alive connection costs a few hundred bytes less. What is
+recorded of an answered request (metrics, access log) is recording.py's. It knows nothing
+about rules or backends: the router is read from the shared ``ServerState`` at dispatch time,
+so a reload applies to the next request.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from . import writer
 from .errors import ProxyError, RequestTimeout
 from .http1 import Limits, RequestHead, make_parser
 from .messages import Outcome, Request, Response
+from .recording import Recorder
 from .streams import RequestBody
 
 if TYPE_CHECKING:
@@ -66,20 +71,30 @@ IDLE, HEAD, BODY = 0, 1, 2
 
 
 class ServerState:
-    """What connections share: the live router (anything with ``async handle(Request) ->
-    Outcome``), the access log, the metrics, the open connections."""
+    """What connections share: the live router (``dispatch(request, reply) -> cancel``, as
+    router.Router has, or only ``async handle(Request) -> Outcome``), the recorder of answered
+    requests (metrics and access log), the clock of every deadline, the open connections."""
 
     def __init__(self, router: Router, access_log: AccessLog,
                  metrics: ProxyMetrics | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        self._router: Any = None
         self.router = router
         #: monotonic seconds for every deadline of every connection (a fake one in tests)
         self.clock = clock
-        self.access_log = access_log
-        self.metrics = metrics
+        self.recorder = Recorder(access_log, metrics)
         self.connections: set[HttpConnection] = set()
         self.draining = False
         self._sweeper: asyncio.TimerHandle | None = None
+
+    @property
+    def router(self) -> Any:
+        return self._router
+
+    @router.setter
+    def router(self, router: Any) -> None:
+        """Swapped by a reload: the next request dispatched uses the new one."""
+        self._router = router if hasattr(router, "dispatch") else _OnTask(router)
 
     def watch(self) -> None:
         """A connection armed a deadline: make sure the sweep runs."""
@@ -102,55 +117,37 @@ class ServerState:
                      or 0.0 < c.send_deadline <= now]:
             conn.expire(now)
 
-    def log_access(self, request: Request, outcome: Outcome, nbytes: int,
-                   duration: float) -> None:
-        route = outcome.route
-        metrics = self.metrics
-        if metrics is not None:
-            rule = f"{route.domain}{route.url}" if route else ""
-            target = route.target if route else ""
-            stream = request.stream
-            metrics.observe_request(request.listener, rule, target, outcome.response.status,
-                                    duration, nbytes,
-                                    stream.received if stream is not None else len(request.body))
-            if target.startswith("SCF:"):
-                metrics.observe_invocation(target[4:], outcome.cold_start,
-                                           outcome.error or "ok",
-                                           outcome.function_ms / 1000.0 if not outcome.error
-                                           else None)
-            elif outcome.error and target.startswith("CVM:"):
-                metrics.observe_upstream_error(target[4:], outcome.error)
-        if not self.access_log.enabled:
-            return
-        self.access_log.write({
-            "time": request.received_at,
-            "client": request.client_ip,
-            "method": request.method,
-            "host": request.header("host") or "",
-            "path": request.path,
-            "status": outcome.response.status,
-            "bytes": nbytes,
-            "duration_ms": round(duration * 1000, 3),
-            "listener": request.listener,
-            "rule": f"{route.domain}{route.url}" if route else "",
-            "location_id": route.location_id if route else "",
-            "target": route.target if route else "",
-            "function_request_id": outcome.function_request_id,
-            "cold_start": outcome.cold_start,
-        })
+    @property
+    def access_log(self) -> AccessLog:
+        return self.recorder.access_log
 
-    def log_error_response(self, conn: HttpConnection, exc: ProxyError, nbytes: int) -> None:
-        if self.metrics is not None:
-            self.metrics.observe_request(conn.ctx.listener.name, "", "", exc.status_hint, 0.0,
-                                         nbytes)
-        if not self.access_log.enabled:
-            return
-        self.access_log.write({
-            "time": time.time(), "client": conn.client_ip, "method": "", "host": "",
-            "path": "", "status": exc.status_hint, "bytes": nbytes, "duration_ms": 0.0,
-            "listener": conn.ctx.listener.name, "rule": "", "location_id": "", "target": "",
-            "function_request_id": "", "cold_start": False, "error": str(exc),
-        })
+
+class _OnTask:
+    """A router with only ``async handle(Request) -> Outcome`` (the admin API, a test's fake)
+    given ``dispatch``: each request is handled on a task of its own."""
+
+    __slots__ = ("handle",)
+
+    def __init__(self, router: Any) -> None:
+        self.handle = router.handle
+
+    def dispatch(self, request: Request, reply: Callable[[Outcome], None]
+                 ) -> Callable[[], None]:
+        task = asyncio.get_running_loop().create_task(self.handle(request))
+
+        def finished(task: asyncio.Task[Outcome]) -> None:
+            if task.cancelled():
+                return
+            exc = task.exception()
+            if exc is None:
+                reply(task.result())
+            else:
+                error_log.error("internal error serving %s %s", request.method, request.path,
+                                exc_info=exc)
+                reply(Outcome(writer.error_response(ProxyError(str(exc)))))
+
+        task.add_done_callback(finished)
+        return task.cancel
 
 
 class ListenerContext:
@@ -180,7 +177,7 @@ class ListenerContext:
 class HttpConnection(asyncio.Protocol):
     __slots__ = (
         "ctx", "state", "transport", "parser", "client_ip", "client_port", "phase", "body",
-        "received_at", "queue", "current", "task", "stopped", "pending_error",
+        "received_at", "queue", "current", "cancel", "started", "stopped", "pending_error",
         "write_paused", "drain_waiter", "pauses", "tunnel", "linger_until", "deadline",
         "on_deadline", "send_deadline", "client_eof",
     )
@@ -198,10 +195,13 @@ class HttpConnection(asyncio.Protocol):
         self.received_at = 0.0
         #: requests whose heads arrived, waiting for the one in flight to be answered
         self.queue: list[Request] = []  # at most MAX_QUEUED: a list is smaller than a deque
-        #: the request in flight
+        #: the request in flight: dispatched, its response not all written yet
         self.current: Request | None = None
-        self.task: asyncio.Task[None] | None = None
-        #: the time.monotonic() at which ``on_deadline`` is due (0.0: nothing is), see _arm
+        #: stops the request in flight (its backend call, or the task writing its body)
+        self.cancel: Callable[[], None] | None = None
+        #: clock() when the request in flight was dispatched
+        self.started = 0.0
+        #: the clock() time at which ``on_deadline`` is due (0.0: nothing is), see _arm
         self.deadline = 0.0
         self.on_deadline: Any = None
         #: no further request is accepted (Connection: close seen, error, EOF, upgrade)
@@ -240,8 +240,9 @@ class HttpConnection(asyncio.Protocol):
             self.ctx.gate.closed()
         self._disarm()
         self.send_deadline = 0.0
-        if self.task is not None:
-            self.task.cancel()  # the client is gone: stop waiting on the backend
+        cancel, self.cancel = self.cancel, None
+        if cancel is not None:
+            cancel()  # the client is gone: stop waiting on the backend
         self.queue.clear()
         if self.drain_waiter is not None and not self.drain_waiter.done():
             self.drain_waiter.set_exception(ConnectionResetError("client closed"))
@@ -261,7 +262,8 @@ class HttpConnection(asyncio.Protocol):
         waiter = self.drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        elif self.task is None and self.queue and not self.linger_until and self.tunnel is None:
+        elif (self.current is None and self.queue and not self.linger_until
+              and self.tunnel is None):
             self._dispatch()  # the pipelined request held back by _after_response
 
     def eof_received(self) -> bool | None:
@@ -276,7 +278,7 @@ class HttpConnection(asyncio.Protocol):
         except ProxyError as exc:
             self._fail(exc)
             return True
-        if self.task is None and not self.queue:
+        if self.current is None and not self.queue:
             return None  # nothing owed to the client: let the transport close
         self.stopped = True
         return True  # half-close: answer what was asked, then close
@@ -315,7 +317,7 @@ class HttpConnection(asyncio.Protocol):
             self._fail(self.parser.error)
         elif self.phase == BODY and not self.pauses & PAUSED_BODY:
             self._arm(self.ctx.listener.client_body_timeout, HttpConnection._body_timeout)
-        if self.task is None and self.queue:
+        if self.current is None and self.queue:
             self._dispatch()
 
     # -- request assembly -------------------------------------------------------------------
@@ -372,23 +374,29 @@ class HttpConnection(asyncio.Protocol):
         self.current = request
         if len(self.queue) < MAX_QUEUED and (not self.stopped or self.phase == BODY):
             self._resume(PAUSED_QUEUE)
-        self.task = asyncio.get_running_loop().create_task(self._serve(request))
-
-    async def _serve(self, request: Request) -> None:
-        started = time.monotonic()
+        self.started = self.state.clock()
         try:
-            outcome = await self.state.router.handle(request)
+            cancel = self.state.router.dispatch(request, self._respond)
         except Exception as exc:  # a bug must cost one 500, not a hung connection
             error_log.exception("internal error serving %s %s", request.method, request.path)
-            outcome = Outcome(writer.error_response(ProxyError(str(exc))))
+            self._respond(Outcome(writer.error_response(ProxyError(str(exc)))))
+            return
+        if self.current is request and self.cancel is None:  # else: answered already
+            self.cancel = cancel
+
+    def _respond(self, outcome: Outcome) -> None:
+        """The router's answer to the request in flight: write it (a streamed body on a task
+        of its own), then go on to the next request or close."""
+        request = self.current
+        transport = self.transport
+        if request is None or transport is None or transport.is_closing():
+            return
+        self.cancel = None
         response = outcome.response
         if self.ctx.extra_headers:
             response = Response(response.status, response.headers + self.ctx.extra_headers,
                                 response.body, response.stream, response.length,
                                 response.tunnel)
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
         unread = request.stream is not None and not request.stream.ended
         # The last response on this connection says so: the client asked to close, we are
         # draining, the body was left unread, or reading stopped with nothing else owed.
@@ -396,19 +404,23 @@ class HttpConnection(asyncio.Protocol):
                 or (self.stopped and not self.queue and self.pending_error is None))
         head_only = request.method == "HEAD"
         if response.tunnel is not None and response.status == 101:
-            nbytes = self._start_tunnel(response)
+            self._answered(request, outcome, self._start_tunnel(response), last, unread)
         elif response.stream is None:
             data = writer.serialize(response, not last, head_only)
             transport.write(data)
-            nbytes = len(data)
+            self._answered(request, outcome, len(data), last, unread)
         else:
-            nbytes = await self._write_stream(response, not last, head_only, request)
-            if nbytes < 0:
-                return
-        self.state.log_access(request, outcome, nbytes, time.monotonic() - started)
-        self.task = None
+            pump = asyncio.get_running_loop().create_task(
+                self._write_stream(request, outcome, response, last, unread, head_only))
+            self.cancel = pump.cancel
+
+    def _answered(self, request: Request, outcome: Outcome, nbytes: int, last: bool,
+                  unread: bool) -> None:
+        self.state.recorder.answered(request, outcome, nbytes,
+                                     self.state.clock() - self.started)
         self.current = None
-        if self.tunnel is not None or self.linger_until or transport.is_closing():
+        self.cancel = None
+        if self.tunnel is not None or self.linger_until or self.transport.is_closing():
             return
         if last:
             # Linger too when the client sent more after its last request (pipelined after
@@ -418,9 +430,10 @@ class HttpConnection(asyncio.Protocol):
         else:
             self._after_response()
 
-    async def _write_stream(self, response: Response, keep_alive: bool, head_only: bool,
-                            request: Request) -> int:
-        """Write a streamed response; -1 when it broke off (the connection is aborted)."""
+    async def _write_stream(self, request: Request, outcome: Outcome, response: Response,
+                            last: bool, unread: bool, head_only: bool) -> None:
+        """Write a streamed response; a backend that breaks off aborts the connection."""
+        keep_alive = not last
         if response.status in writer.NO_BODY_STATUSES:
             head_only = True  # 204/304 never carry a body, whatever the backend sent
             chunked = False
@@ -449,14 +462,14 @@ class HttpConnection(asyncio.Protocol):
             # truncated one that looks complete (RFC 9112 §6.3).
             if not transport.is_closing():
                 transport.abort()
-            self.task = None
+            self.cancel = None
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            return -1
-        if not keep_alive:
-            self._close(linger=(request.stream is not None and not request.stream.ended)
-                        or bool(self.parser.trailing))
-        return total
+            return
+        if not keep_alive and not last:
+            last = True
+            unread = unread or (request.stream is not None and not request.stream.ended)
+        self._answered(request, outcome, total, last, unread)
 
     async def _drained(self) -> None:
         self.drain_waiter = asyncio.get_running_loop().create_future()
@@ -509,7 +522,7 @@ class HttpConnection(asyncio.Protocol):
             # of a message that cannot be whole (RFC 9112 §6.3); the error takes its place.
             self.queue.pop()
             self.body = None
-        if self.task is None and not self.queue:
+        if self.current is None and not self.queue:
             self._write_error(exc)
         else:
             self.pending_error = exc
@@ -520,7 +533,7 @@ class HttpConnection(asyncio.Protocol):
             return
         data = writer.serialize(writer.error_response(exc), False)
         transport.write(data)
-        self.state.log_error_response(self, exc, len(data))
+        self.state.recorder.refused(self.ctx.listener.name, self.client_ip, exc, len(data))
         # The request that broke may still be arriving: let the client read the answer.
         self._close(linger=True)
 
@@ -576,7 +589,7 @@ class HttpConnection(asyncio.Protocol):
         self._fail(RequestTimeout("client body timeout"))
 
     def _idle_timeout(self) -> None:
-        if self.task is None and not self.queue and self.phase == IDLE:
+        if self.current is None and not self.queue and self.phase == IDLE:
             self._shut()
 
     # No timer handle per connection (one costs ~600 bytes, a lot for an idle keep-alive
@@ -623,7 +636,7 @@ class HttpConnection(asyncio.Protocol):
 
     def close_if_idle(self) -> bool:
         """Graceful drain: close now if nothing is owed; returns whether it closed."""
-        if self.task is None and not self.queue and self.phase == IDLE and self.tunnel is None:
+        if self.current is None and not self.queue and self.phase == IDLE and self.tunnel is None:
             self._shut()
             return True
         return False

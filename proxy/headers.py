@@ -13,15 +13,8 @@ import ipaddress
 from collections.abc import Iterable
 
 from .messages import Headers, Request
+from .vocabulary import HOP_BY_HOP
 
-#: Connection-specific fields never forwarded (RFC 9110 §7.6.1; RFC 9112 §7.1 for TE/Trailer
-#: as framing; Proxy-Connection and Keep-Alive are the common non-standard spellings), plus
-#: ``HTTP2-Settings``, which only means something with an ``Upgrade: h2c`` (RFC 7540 §3.2.1)
-#: that we never forward.
-HOP_BY_HOP: frozenset[str] = frozenset({
-    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
-    "upgrade", "proxy-authenticate", "proxy-authorization", "http2-settings",
-})
 
 #: The headers CLB adds, in the event and to CVM requests (SPEC §5), canonical spelling.
 CLB_HEADERS: tuple[str, ...] = (

@@ -1,9 +1,13 @@
-"""The frozen, slotted values passed between layers.
+"""The slotted values passed between layers.
 
 ``Request`` is what the connection hands to the router once a request is complete; ``Response``
 is what a backend hands back. Headers are tuples of ``(name, value)`` str pairs, names as the
 client sent them (latin-1 decoded, as RFC 9110 §5.5 allows only visible ASCII plus obs-text).
 Nothing here does I/O or knows about asyncio.
+
+They are treated as immutable (``dataclasses.replace`` makes a changed copy) but not declared
+frozen: a frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``, which
+made building a ``Request`` three times dearer, once per request on the hot path.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ if TYPE_CHECKING:
 Headers = tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Request:
     method: str
     #: the request-target path as sent, before ``?`` (still percent-encoded)
@@ -54,7 +58,7 @@ class Request:
         return None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Response:
     status: int
     headers: Headers = ()
@@ -68,7 +72,7 @@ class Response:
     tunnel: Any = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Route:
     """What the router decided for one request: which rule and which target serve it."""
 
@@ -79,9 +83,11 @@ class Route:
     location_id: str
     #: a label for logs and metrics: "SCF:namespace/function" or "CVM:host:port"
     target: str
+    #: this route's metric series, resolved when the router was built (metrics.RouteMeter)
+    meter: Any = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Invocation:
     """One finished function invocation: its raw JSON result and how it ran."""
 
@@ -95,7 +101,7 @@ class Invocation:
     duration_ms: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     """What the router hands back to the connection: the response and what served it."""
 

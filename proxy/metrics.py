@@ -355,28 +355,22 @@ class ProxyMetrics:
                                           "connections.", ("listener",))
         self.reloads = r.counter("clbscf_config_reloads_total", "Config reloads by result.",
                                  ("result",))
-        # per route: (histogram child, bytes sent, bytes received, {status: counter child})
-        self._routes: dict[tuple[str, str, str],
-                           tuple[HistogramChild, CounterChild, CounterChild,
-                                 dict[int, CounterChild]]] = {}
+        self._meters: dict[tuple[str, str, str], RouteMeter] = {}
+
+    def route_meter(self, listener: str, rule: str, target: str, kind: str = "") -> RouteMeter:
+        """The series of one route, resolved once (the router calls this when it is built, so
+        a request only adds to them); ``kind`` is the target's type ("SCF", "CVM" or "")."""
+        key = (listener, rule, target)
+        meter = self._meters.get(key)
+        if meter is None:
+            meter = self._meters[key] = METERS[kind](self, key)
+        return meter
 
     def observe_request(self, listener: str, rule: str, target: str, status: int,
                         duration_s: float, bytes_sent: int, bytes_received: int = 0) -> None:
-        """One answered request (call it where the access log line is written)."""
-        key = (listener, rule, target)
-        route = self._routes.get(key)
-        if route is None:
-            route = self._routes[key] = (self.duration.labels(*key), self.bytes_sent.labels(*key),
-                                         self.bytes_received.labels(*key), {})
-        hist, sent, received, by_status = route
-        hist.observe(duration_s)
-        sent.inc(bytes_sent)
-        if bytes_received:
-            received.inc(bytes_received)
-        counter = by_status.get(status)
-        if counter is None:
-            counter = by_status[status] = self.requests.labels(*key, str(status))
-        counter.inc()
+        """One answered request on a route not resolved beforehand."""
+        self.route_meter(listener, rule, target).observe(status, duration_s, bytes_sent,
+                                                         bytes_received)
 
     def observe_invocation(self, function: str, cold_start: bool, outcome: str,
                            duration_s: float | None = None) -> None:
@@ -424,3 +418,72 @@ class ProxyMetrics:
 
     def render(self) -> bytes:
         return self.registry.render()
+
+
+class RouteMeter:
+    """The series of one route (listener, rule, target), resolved once: a request adds to
+    counters it already holds; label text exists only per series. The series are made at the
+    route's first request, so a route nobody used shows none."""
+
+    __slots__ = ("_metrics", "key", "_duration", "_sent", "_received", "_by_status")
+
+    def __init__(self, metrics: ProxyMetrics, key: tuple[str, str, str]) -> None:
+        self._metrics = metrics
+        self.key = key
+        self._duration: HistogramChild | None = None
+        self._sent = self._received = CounterChild("")
+        self._by_status: dict[int, CounterChild] = {}
+
+    def observe(self, status: int, duration_s: float, bytes_sent: int,
+                bytes_received: int = 0) -> None:
+        """One answered request."""
+        if self._duration is None:
+            metrics, key = self._metrics, self.key
+            self._duration = metrics.duration.labels(*key)
+            self._sent = metrics.bytes_sent.labels(*key)
+            self._received = metrics.bytes_received.labels(*key)
+        self._duration.observe(duration_s)
+        self._sent.value += bytes_sent
+        if bytes_received:
+            self._received.value += bytes_received
+        counter = self._by_status.get(status)
+        if counter is None:
+            counter = self._by_status[status] = self._metrics.requests.labels(*self.key,
+                                                                               str(status))
+        counter.value += 1
+
+    def observe_target(self, error: str, cold_start: bool, function_ms: float) -> None:
+        """What the target's kind counts besides the request (nothing for no target)."""
+
+
+class FunctionMeter(RouteMeter):
+    """A route to a function: each request is also an invocation."""
+
+    __slots__ = ("_function",)
+
+    def __init__(self, metrics: ProxyMetrics, key: tuple[str, str, str]) -> None:
+        super().__init__(metrics, key)
+        self._function = key[2].partition(":")[2]
+
+    def observe_target(self, error: str, cold_start: bool, function_ms: float) -> None:
+        self._metrics.observe_invocation(self._function, cold_start, error or "ok",
+                                         function_ms / 1000.0 if not error else None)
+
+
+class UpstreamMeter(RouteMeter):
+    """A route to a CVM upstream: its failures count by kind."""
+
+    __slots__ = ("_upstream",)
+
+    def __init__(self, metrics: ProxyMetrics, key: tuple[str, str, str]) -> None:
+        super().__init__(metrics, key)
+        self._upstream = key[2].partition(":")[2]
+
+    def observe_target(self, error: str, cold_start: bool, function_ms: float) -> None:
+        if error:
+            self._metrics.observe_upstream_error(self._upstream, error)
+
+
+#: the meter of each target kind (config.Target.type; "" for a route without a target)
+METERS: dict[str, type[RouteMeter]] = {"": RouteMeter, "SCF": FunctionMeter,
+                                       "CVM": UpstreamMeter}

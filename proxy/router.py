@@ -17,9 +17,11 @@ responses by writer.py here, where the matched route is still known for the acce
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from . import writer
 from .balancer import Balancer
@@ -27,16 +29,43 @@ from .config import Config, Listener, Rule, Target
 from .errors import ConfigError, NoTargetAvailable, NotFound, ProxyError, UpstreamError
 from .headers import TrustedProxies
 from .messages import Outcome, Request, Route
+from .metrics import ProxyMetrics, RouteMeter
 from .rules import RuleTable, normalize_path
 from .scf.backend import FunctionTarget, Invoker
 from .scf.local import LocalFunctions
 
 error_log = logging.getLogger("proxy.error")
 
-#: a bound target: serves one request that the router sent to it
-Backend = Callable[[Request, Route], Awaitable[Outcome]]
+#: what a target hands back, once: an Outcome, or the exception that ended the request
+Done = Callable[[Any], None]
+#: stops a request in flight (the client went away); done is not called after it
+Cancel = Callable[[], None]
+#: a bound target: starts one request, calls ``done`` when it is answered (now or later)
+Start = Callable[[Request, Route, Done], Cancel | None]
+#: an async target (a coroutine function), run on a task of its own by ``on_task``
+AsyncBackend = Callable[[Request, Route], Awaitable[Outcome]]
 #: tells whether a target may take new requests now (health state); None = always
 Usable = Callable[[], bool]
+
+
+def on_task(backend: AsyncBackend) -> Start:
+    """A ``Start`` for an async target: the request runs on a task of its own."""
+    def start(request: Request, route: Route, done: Done) -> Cancel:
+        task = asyncio.get_running_loop().create_task(backend(request, route))
+
+        def finished(task: asyncio.Task[Outcome]) -> None:
+            if not task.cancelled():
+                exc = task.exception()
+                done(task.result() if exc is None else exc)
+
+        task.add_done_callback(finished)
+        return task.cancel
+    return start
+
+
+def _starter(bound: object) -> Start:
+    start = getattr(bound, "start", None)
+    return start if start is not None else on_task(bound)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -48,12 +77,13 @@ class Backends:
     remote: Callable[[Target, bytes, str], Awaitable[object]] | None = None
     #: the invoke_url client: async (url, event, request_id) -> Invocation
     invoke_url: Callable[[str, bytes, str], Awaitable[object]] | None = None
-    #: binds a CVM target: (listener, rule, target) -> (backend, usable)
-    cvm: Callable[[Listener, Rule, Target], tuple[Backend, Usable | None]] | None = None
+    #: binds a CVM target: (listener, rule, target) -> (backend, usable); the backend has a
+    #: ``start`` (a Start) or is an async callable
+    cvm: Callable[[Listener, Rule, Target], tuple[object, Usable | None]] | None = None
 
 
 def _bind_scf(backends: Backends, listener: Listener, rule: Rule,
-              target: Target) -> tuple[Backend, Usable | None]:
+              target: Target) -> tuple[object, Usable | None]:
     trusted = TrustedProxies(listener.trusted_proxies)
     local = backends.local.get(target.namespace, target.function)
     invoker: Invoker
@@ -78,7 +108,7 @@ def _bind_scf(backends: Backends, listener: Listener, rule: Rule,
 
 
 def _bind_cvm(backends: Backends, listener: Listener, rule: Rule,
-              target: Target) -> tuple[Backend, Usable | None]:
+              target: Target) -> tuple[object, Usable | None]:
     if backends.cvm is None:
         raise ConfigError(f"{target.label}: CVM targets are not available")
     return backends.cvm(listener, rule, target)
@@ -88,24 +118,33 @@ TARGET_BINDERS = {"SCF": _bind_scf, "CVM": _bind_cvm}
 
 
 class _BoundRule:
-    __slots__ = ("rule", "balancer", "backends", "usable", "routes")
+    __slots__ = ("rule", "balancer", "starts", "usable", "routes", "no_target")
 
-    def __init__(self, listener: Listener, rule: Rule, backends: Backends) -> None:
+    def __init__(self, listener: Listener, rule: Rule, backends: Backends,
+                 metrics: ProxyMetrics | None) -> None:
         self.rule = rule
         self.balancer = Balancer(rule.scheduler, [t.weight for t in rule.targets])
         bound = [TARGET_BINDERS[t.type](backends, listener, rule, t) for t in rule.targets]
-        self.backends = tuple(b for b, _ in bound)
+        self.starts = tuple(_starter(b) for b, _ in bound)
         checks = tuple(u for _, u in bound)
         self.usable = checks if any(u is not None for u in checks) else None
-        self.routes = tuple(
-            Route(listener.name, rule.domain, rule.url, rule.location_id, t.label)
-            for t in rule.targets
-        )
+        self.routes = tuple(_route(listener, rule, t.label, t.type, metrics)
+                            for t in rule.targets)
+        #: the route of a request this rule matched but no target could take (or a redirect)
+        self.no_target = _route(listener, rule, "", "", metrics)
 
     def usable_mask(self) -> list[bool] | None:
         if self.usable is None:
             return None
         return [u is None or u() for u in self.usable]
+
+
+def _route(listener: Listener, rule: Rule, label: str, kind: str,
+           metrics: ProxyMetrics | None) -> Route:
+    """A route with its metric series resolved now, once, not per request."""
+    meter = metrics.route_meter(listener.name, f"{rule.domain}{rule.url}", label, kind) \
+        if metrics is not None else None
+    return Route(listener.name, rule.domain, rule.url, rule.location_id, label, meter)
 
 
 def _https_location(request: Request, port: int) -> str:
@@ -122,71 +161,162 @@ def _https_location(request: Request, port: int) -> str:
 
 
 class _BoundListener:
-    __slots__ = ("listener", "table", "rules", "https_port")
+    __slots__ = ("listener", "table", "rules", "https_port", "unrouted")
 
-    def __init__(self, listener: Listener, backends: Backends) -> None:
+    def __init__(self, listener: Listener, backends: Backends,
+                 metrics: ProxyMetrics | None) -> None:
         self.listener = listener
         self.https_port = listener.redirect_https_port
         self.table = RuleTable(listener)
-        self.rules = tuple(_BoundRule(listener, r, backends) for r in listener.rules)
+        self.rules = tuple(_BoundRule(listener, r, backends, metrics) for r in listener.rules)
+        #: the route of a request no rule matched (404) or that was redirected to HTTPS
+        meter = metrics.route_meter(listener.name, "", "", "") if metrics is not None else None
+        self.unrouted = Route(listener.name, "", "", "", "", meter)
+
+
+def _error_outcome(request: Request, exc: ProxyError, route: Route | None) -> Outcome:
+    if exc.status_hint >= 500 and not exc.logged:
+        error_log.warning(
+            "%s %s %s -> %d %s%s", request.listener, request.method, request.path,
+            exc.status_hint, type(exc).__name__,
+            f": {exc.log_detail}" if exc.log_detail else f": {exc}",
+        )
+    return Outcome(writer.error_response(exc), route, error=type(exc).__name__)
+
+
+class _Call:
+    """One request at one rule's targets: the pick, the retry on another target for what the
+    backend marked replayable (RFC 9110 §9.2.2), the balancer's in-flight count."""
+
+    __slots__ = ("brule", "request", "reply", "pick", "tried", "cancel_target", "attempt",
+                 "live")
+
+    def __init__(self, brule: _BoundRule, request: Request, reply: Done, pick: int) -> None:
+        self.brule = brule
+        self.request = request
+        self.reply = reply
+        self.pick = pick
+        self.tried: set[int] | None = None
+        self.cancel_target: Cancel | None = None
+        self.attempt = 0
+        #: a target holds the request (its done has not come yet)
+        self.live = False
+
+    def start(self) -> Cancel:
+        pick = self.pick
+        brule = self.brule
+        self.attempt += 1
+        attempt = self.attempt
+        self.live = True
+        try:
+            cancel = brule.starts[pick](self.request, brule.routes[pick], self.done)
+        except Exception as exc:  # a backend that fails to start answers as one that failed
+            self.done(exc)
+            return self.cancel
+        if self.live and self.attempt == attempt:  # done may have come already, and a retry
+            self.cancel_target = cancel
+        return self.cancel
+
+    def cancel(self) -> None:
+        if not self.live:
+            return
+        self.live = False
+        self.brule.balancer.release(self.pick)
+        cancel, self.cancel_target = self.cancel_target, None
+        if cancel is not None:
+            cancel()
+
+    def done(self, result: Any) -> None:
+        if not self.live:
+            return  # cancelled: nobody waits for it
+        self.live = False
+        self.cancel_target = None
+        brule = self.brule
+        pick = self.pick
+        brule.balancer.release(pick)
+        if isinstance(result, Outcome):
+            self.reply(result)
+            return
+        route = brule.routes[pick]
+        if isinstance(result, UpstreamError):
+            tried = self.tried = (self.tried or set()) | {pick}
+            retry = -1
+            if result.retryable:
+                mask = brule.usable_mask() or [True] * len(brule.routes)
+                retry = brule.balancer.pick(
+                    self.request.client_ip, [ok and i not in tried for i, ok in enumerate(mask)])
+            if retry >= 0:
+                request = self.request
+                error_log.warning("%s %s %s: %s failed (%s), retrying on %s", request.listener,
+                                  request.method, request.path, route.target,
+                                  result.log_detail or result, brule.routes[retry].target)
+                self.pick = retry
+                self.start()
+                return
+        self.reply(_answer_error(self.request, result, route))
+
+
+def _answer_error(request: Request, exc: BaseException, route: Route | None) -> Outcome:
+    """A failure as the client's Outcome: a ProxyError's page, or a 500 for a bug."""
+    if not isinstance(exc, ProxyError):
+        error_log.error("internal error serving %s %s", request.method, request.path,
+                        exc_info=exc)
+        exc = ProxyError(str(exc))
+    return _error_outcome(request, exc, route)
 
 
 class Router:
     """Routes requests for every listener of one config."""
 
-    def __init__(self, config: Config, backends: Backends) -> None:
+    def __init__(self, config: Config, backends: Backends,
+                 metrics: ProxyMetrics | None = None) -> None:
         self.config = config
-        self._listeners = {l.name: _BoundListener(l, backends) for l in config.listeners}
+        self._listeners = {l.name: _BoundListener(l, backends, metrics)
+                           for l in config.listeners}
 
-    async def handle(self, request: Request) -> Outcome:
+    def dispatch(self, request: Request, reply: Done) -> Cancel | None:
+        """Route ``request``; ``reply`` gets its Outcome once, now or when the target answers
+        (errors included, as error pages). Returns what cancels it while in flight."""
         bound = self._listeners[request.listener]
         if bound.https_port:
-            return Outcome(writer.redirect_response(_https_location(request, bound.https_port)))
-        route: Route | None = None
+            reply(Outcome(writer.redirect_response(
+                _https_location(request, bound.https_port)), bound.unrouted))
+            return None
+        route = bound.unrouted
         try:
             path = normalize_path(request.path)
             index, redirect = bound.table.match(request.header("host") or "", path)
             if index < 0:
                 raise NotFound()
             brule = bound.rules[index]
+            route = brule.no_target
             if redirect:
                 query = "?" + request.query if request.query else ""
-                return Outcome(writer.redirect_response(request.path + "/" + query),
-                               Route(bound.listener.name, brule.rule.domain, brule.rule.url,
-                                     brule.rule.location_id, ""))
+                reply(Outcome(writer.redirect_response(request.path + "/" + query), route))
+                return None
             pick = brule.balancer.pick(request.client_ip, brule.usable_mask())
             if pick < 0:
-                route = Route(bound.listener.name, brule.rule.domain, brule.rule.url,
-                              brule.rule.location_id, "")
                 raise NoTargetAvailable()
-            tried: set[int] = set()
-            while True:
-                route = brule.routes[pick]
-                try:
-                    return await brule.backends[pick](request, route)
-                except UpstreamError as exc:
-                    # RFC 9110 §9.2.2: another target only for what the backend marked
-                    # replayable (nothing of it was sent, or idempotent without a body).
-                    tried.add(pick)
-                    retry = -1
-                    if exc.retryable:
-                        mask = brule.usable_mask() or [True] * len(brule.routes)
-                        retry = brule.balancer.pick(
-                            request.client_ip, [ok and i not in tried for i, ok in enumerate(mask)])
-                    if retry < 0:
-                        raise
-                    error_log.warning("%s %s %s: %s failed (%s), retrying on %s",
-                                      request.listener, request.method, request.path,
-                                      route.target, exc.log_detail or exc,
-                                      brule.routes[retry].target)
-                finally:
-                    brule.balancer.release(pick)
-                pick = retry
         except ProxyError as exc:
-            if exc.status_hint >= 500 and not exc.logged:
-                error_log.warning(
-                    "%s %s %s -> %d %s%s", request.listener, request.method, request.path,
-                    exc.status_hint, type(exc).__name__,
-                    f": {exc.log_detail}" if exc.log_detail else f": {exc}",
-                )
-            return Outcome(writer.error_response(exc), route, error=type(exc).__name__)
+            reply(_error_outcome(request, exc, route))
+            return None
+        return _Call(brule, request, reply, pick).start()
+
+    async def handle(self, request: Request) -> Outcome:
+        """``dispatch`` awaited, for callers that have a task anyway (tests, tools)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        box: list[Outcome] = []  # not the future's result: the loop may hold a done future
+
+        def reply(outcome: Outcome) -> None:
+            if not future.done():
+                box.append(outcome)
+                future.set_result(None)
+
+        cancel = self.dispatch(request, reply)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if cancel is not None:
+                cancel()
+            raise
+        return box.pop()

@@ -74,8 +74,8 @@ class ProxyServer:
         self._closing: list[Any] = []  # clients replaced by a reload, closed at stop
         self._sync_remote(config)
         self.metrics = ProxyMetrics()
-        self.state = ServerState(Router(config, self.backends), access_log or AccessLog(),
-                                 self.metrics)
+        self.state = ServerState(Router(config, self.backends, self.metrics),
+                                 access_log or AccessLog(), self.metrics)
         self._track()
         self._gates: list[AcceptGate] = []
         self._announce = False
@@ -197,7 +197,7 @@ class ProxyServer:
         }
         self._sync_remote(config)
         await self.backends.local.update(config.functions)
-        router = Router(config, self.backends)
+        router = Router(config, self.backends, self.metrics)
         for name, loaded in certificates.items():
             self._tls[name].reload(loaded)
         self.state.router = router

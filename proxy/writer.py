@@ -16,6 +16,7 @@ import orjson
 
 from .errors import BadFunctionResponse, FunctionError, ProxyError
 from .messages import Response
+from .vocabulary import NO_BODY_STATUSES
 
 SERVER_NAME = "clbscf-proxy"
 
@@ -28,8 +29,6 @@ STATUS_LINES: dict[int, bytes] = {
 _SERVER_HEADER = f"Server: {SERVER_NAME}\r\n".encode("ascii")
 _KEEP_ALIVE = b"Connection: keep-alive\r\n"
 _CLOSE = b"Connection: close\r\n"
-#: statuses whose responses never carry a body or a Content-Length of one (RFC 9110 §6.4.1)
-NO_BODY_STATUSES = frozenset({204, 304}) | frozenset(range(100, 200))
 
 _date_second = 0
 _date_header = b""

@@ -43,30 +43,26 @@ Must not know routing, the client connection, or how the writer frames the respo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from ..config import Config, Listener, Rule, Target
 from ..errors import UpstreamError
-from ..headers import HOP_BY_HOP, TrustedProxies, forwarded_headers
+from ..headers import TrustedProxies, forwarded_headers
 from ..messages import Headers, Outcome, Request, Response, Route
 from ..streams import RequestBody
+from ..vocabulary import CONTENT_METHODS, IDEMPOTENT_METHODS, RESPONSE_DROPPED
 from .health import ActiveCheck, PassiveEjection
 from .tunnel import Tunnel
-from .upstream import DONE, HEAD, IDLE_TIMEOUT, MAX_IDLE, NO_BODY, Pool, UpstreamConnection
+from .upstream import DONE, HEAD, IDLE_TIMEOUT, MAX_IDLE, Pool, UpstreamConnection
 
-Backend = Callable[[Request, Route], Awaitable[Outcome]]
+#: what the exchange hands back, once: the outcome, or the exception that ended it
+Done = Callable[[Any], None]
+Cancel = Callable[[], None]
 Usable = Callable[[], bool]
 
-#: RFC 9110 §9.2.2
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-#: RFC 9110 §8.6: a request of these methods without a body still says Content-Length: 0
-_CONTENT_METHODS = frozenset({"POST", "PUT", "PATCH"})
 #: request fields we set ourselves (framing) or answer ourselves (Expect)
 _REQUEST_OWN = frozenset({"content-length", "transfer-encoding", "expect"})
-#: response fields never passed on: hop-by-hop (RFC 9110 §7.6.1), framing (the writer frames),
-#: Date and Server (ours replace them)
-_RESPONSE_DROP = HOP_BY_HOP | {"content-length", "date", "server"}
 
 
 def request_head(request: Request, trusted: TrustedProxies, address: str,
@@ -91,7 +87,7 @@ def request_head(request: Request, trusted: TrustedProxies, address: str,
         length = stream.declared_length
         parts.append("Transfer-Encoding: chunked\r\n" if length is None
                      else f"Content-Length: {length}\r\n")
-    elif request.body or request.method in _CONTENT_METHODS:
+    elif request.body or request.method in CONTENT_METHODS:
         parts.append(f"Content-Length: {len(request.body)}\r\n")
     parts.append("\r\n")
     return "".join(parts).encode("latin-1")
@@ -100,10 +96,18 @@ def request_head(request: Request, trusted: TrustedProxies, address: str,
 def response_headers(raw: list[tuple[str, str]]) -> Headers:
     """The upstream's end-to-end response fields: hop-by-hop ones, those named in Connection
     (RFC 9110 §7.6.1), framing, Date and Server removed."""
-    named = {token.strip().lower() for name, value in raw if name.lower() == "connection"
-             for token in value.split(",")}
-    return tuple(field for field in raw
-                 if (lname := field[0].lower()) not in _RESPONSE_DROP and lname not in named)
+    named: set[str] = set()
+    out = []
+    for field in raw:
+        lname = field[0].lower()
+        if lname in RESPONSE_DROPPED:
+            if lname == "connection":
+                named.update(token.strip().lower() for token in field[1].split(","))
+            continue
+        out.append(field)
+    if named:
+        return tuple(field for field in out if field[0].lower() not in named)
+    return tuple(out)
 
 
 def _header(raw: list[tuple[str, str]], name: str) -> str | None:
@@ -169,7 +173,7 @@ class ResponseBody:
                 if conn.complete:
                     self._end(True)
                     raise StopAsyncIteration
-                await conn.wait(self._target.read_timeout)
+                await conn.wait()
         except StopAsyncIteration:
             raise
         except BaseException:
@@ -197,8 +201,136 @@ class _NoBody:
         raise StopAsyncIteration
 
 
+class _Exchange:
+    """One request's exchange with one CVM target, driven by callbacks: the connection (taken
+    from the pool, or connected for it), the request written, then ``done`` called once, from
+    the upstream's ``data_received``, with the Outcome, or with the UpstreamError that ended it
+    (after the keep-alive race retry, see the module docstring)."""
+
+    __slots__ = ("target", "request", "route", "done", "head", "upgrade", "replayable",
+                 "conn", "reused", "sender", "connecting", "over")
+
+    def __init__(self, target: CvmTarget, request: Request, route: Route, done: Done) -> None:
+        self.target = target
+        self.request = request
+        self.route = route
+        self.done = done
+        self.upgrade = "websocket" in request.upgrade.lower()
+        self.head = request_head(request, target.trusted, target.pool.address, self.upgrade)
+        # Nothing of a bodiless idempotent request can be lost by sending it again.
+        self.replayable = request.stream is None and request.method in IDEMPOTENT_METHODS
+        self.conn: UpstreamConnection | None = None
+        self.reused = False
+        self.sender: asyncio.Task[None] | None = None
+        self.connecting: asyncio.Task[UpstreamConnection] | None = None
+        self.over = False
+
+    def start(self) -> None:
+        conn = self.target.pool.take()
+        if conn is None:
+            self._connect()
+        else:
+            self._send(conn, True)
+
+    def cancel(self) -> None:
+        """The client went away: stop, and drop the connection (it may hold half a reply)."""
+        if self.over:
+            return
+        self.over = True
+        if self.connecting is not None:
+            self.connecting.cancel()
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            _stop(self.sender)
+            self.target.pool.release(conn, False)
+
+    def _connect(self) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self.target.pool.connect(self.target.connect_timeout))
+        task.add_done_callback(self._connected)
+        self.connecting = task
+
+    def _connected(self, task: asyncio.Task[UpstreamConnection]) -> None:
+        self.connecting = None
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if self.over:  # cancelled while connecting: nobody wants it
+            if exc is None:
+                self.target.pool.release(task.result(), False)
+            return
+        if exc is not None:
+            self.target.passive.failure()
+            self._end(exc)
+            return
+        self._send(task.result(), False)
+
+    def _send(self, conn: UpstreamConnection, reused: bool) -> None:
+        self.conn = conn
+        self.reused = reused
+        request = self.request
+        target = self.target
+        conn.begin(request.method == "HEAD", self.upgrade)
+        conn.read_timeout = target.read_timeout
+        conn.notify = self._news
+        stream = request.stream
+        if stream is not None:
+            conn.transport.write(self.head)
+            sender = self.sender = asyncio.get_running_loop().create_task(
+                send_body(conn, stream, stream.declared_length is None, target.read_timeout))
+            sender.add_done_callback(self._sent)
+            return
+        conn.transport.write(self.head + request.body if request.body else self.head)
+        conn.body_sent = True
+        conn.arm(target.read_timeout)
+
+    def _sent(self, sender: asyncio.Task[None]) -> None:
+        """The body went up (or failed): a client error fails the request; otherwise the read
+        timeout starts now (nginx starts proxy_read_timeout once the request is sent)."""
+        _consume(sender)
+        conn = self.conn
+        if self.over or conn is None or self.sender is not sender:
+            return
+        failed = sender.exception() if not sender.cancelled() else None
+        if failed is not None:
+            self._failed(failed)
+        elif conn.phase == HEAD and not conn.closed:
+            conn.arm(self.target.read_timeout)
+
+    def _news(self) -> None:
+        conn = self.conn
+        if conn is None or self.over:
+            return
+        if conn.error is not None:
+            self._failed(conn.error)
+        elif conn.phase != HEAD:
+            self.over = True
+            self.conn = None
+            conn.notify = None
+            self.target.passive.success()
+            self.done(Outcome(self.target.response(conn, self.sender), self.route))
+
+    def _failed(self, exc: BaseException) -> None:
+        conn = self.conn
+        assert conn is not None
+        self.conn = None
+        _stop(self.sender)
+        self.sender = None
+        self.target.pool.release(conn, False)
+        if isinstance(exc, UpstreamError) and not conn.got_bytes:
+            if self.reused and self.replayable:
+                self._connect()  # the keep-alive race: once more, on a fresh connection
+                return
+            exc.retryable = self.replayable
+        self._end(exc)
+
+    def _end(self, result: BaseException) -> None:
+        self.over = True
+        self.done(result)
+
+
 class CvmTarget:
-    """One CVM target of one rule: the backend callable the router holds for it."""
+    """One CVM target of one rule: what the router starts requests on."""
 
     __slots__ = ("pool", "passive", "check", "trusted", "connect_timeout", "read_timeout")
 
@@ -218,84 +350,64 @@ class CvmTarget:
             check.start()  # lazily: the router asks from inside the running loop
         return check.healthy and not self.passive.ejected
 
+    def start(self, request: Request, route: Route, done: Done) -> Cancel:
+        """Send ``request``; ``done`` gets the Outcome or the UpstreamError, once (never
+        after the returned cancel was called)."""
+        exchange = _Exchange(self, request, route, done)
+        exchange.start()
+        return exchange.cancel
+
     async def __call__(self, request: Request, route: Route) -> Outcome:
-        upgrade = "websocket" in request.upgrade.lower()
-        head = request_head(request, self.trusted, self.pool.address, upgrade)
-        # Nothing of a bodiless idempotent request can be lost by sending it again.
-        replayable = request.stream is None and request.method in IDEMPOTENT
-        conn = self.pool.take()
-        while True:
-            reused = conn is not None
-            if conn is None:
-                try:
-                    conn = await self.pool.connect(self.connect_timeout)
-                except UpstreamError:
-                    self.passive.failure()
-                    raise
-            try:
-                return await self._exchange(conn, request, route, head, upgrade)
-            except UpstreamError as exc:
-                if conn.got_bytes:
-                    raise  # it answered, badly: the request reached it (not retryable)
-                if reused and replayable:
-                    conn = None  # the keep-alive race: once more, on a fresh connection
-                    continue
-                exc.retryable = replayable
-                raise
+        """``start`` awaited: the same exchange, for callers that have a task anyway."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        box: list[Any] = []  # not the future's result: the loop may hold a done future a while
 
-    async def _exchange(self, conn: UpstreamConnection, request: Request, route: Route,
-                        head: bytes, upgrade: bool) -> Outcome:
-        conn.begin(request.method == "HEAD", upgrade)
-        stream = request.stream
-        sender = None
-        if stream is not None:
-            conn.transport.write(head)
-            sender = asyncio.get_running_loop().create_task(
-                send_body(conn, stream, stream.declared_length is None, self.read_timeout))
-            sender.add_done_callback(_consume)
-        else:
-            conn.transport.write(head + request.body if request.body else head)
-            conn.body_sent = True
+        def done(result: Any) -> None:
+            if not future.done():
+                box.append(result)
+                future.set_result(None)
+
+        cancel = self.start(request, route, done)
         try:
-            while conn.phase == HEAD and conn.error is None:
-                await conn.wait(self.read_timeout, sender)
-            if conn.error is not None:
-                raise conn.error
-        except BaseException:
-            _stop(sender)
-            self.pool.release(conn, False)
+            await future
+        except asyncio.CancelledError:
+            cancel()
             raise
-        self.passive.success()
-        return Outcome(self._response(conn, sender), route)
+        result = box.pop()
+        if isinstance(result, BaseException):
+            raise result
+        return result  # type: ignore[no-any-return]
 
-    def _response(self, conn: UpstreamConnection, sender: asyncio.Task[None] | None
-                  ) -> Response:
+    def response(self, conn: UpstreamConnection, sender: asyncio.Task[None] | None
+                 ) -> Response:
+        """The client's Response from the upstream's head (and body, when it came whole)."""
         status, raw = conn.status, conn.raw_headers
         headers = response_headers(raw)
         if status == 101:
             _stop(sender)
             self.pool.detach()
-            tunnel = Tunnel(conn.transport, bytes(conn.buf), self.read_timeout)
-            conn.buf.clear()
+            tunnel = Tunnel(conn.transport, conn.buf, self.read_timeout)
+            conn.buf = b""
             conn.tunnel = tunnel
             if conn.closed:  # it said its piece and left: the client gets it, then the close
                 tunnel.upstream_lost(None)
             upgrade = _header(raw, "upgrade") or "websocket"
             return Response(101, headers + (("Connection", "upgrade"), ("Upgrade", upgrade)),
                             tunnel=tunnel)
-        length = _header(raw, "content-length")
         if conn.phase == DONE:  # HEAD, 204, 304: the head was all of it
             self.finish(conn, sender, True)
-            if status in NO_BODY:
+            if status == 204 or status == 304:
                 return Response(status, headers)
+            length = _header(raw, "content-length")
             return Response(status, headers, stream=_NoBody(),
                             length=int(length) if length is not None else None)
         if conn.complete and conn.error is None:
             # The whole body came with the head (most small answers): a plain body, so the
             # client gets head and body in one write.
-            body = conn.take_all()
+            body = conn.take_all() if conn.chunks else b""
             self.finish(conn, sender, True)
             return Response(status, headers, body)
+        length = _header(raw, "content-length")
         return Response(status, headers, stream=ResponseBody(self, conn, sender),
                         length=int(length) if length is not None else None)
 
@@ -332,7 +444,7 @@ class CvmUpstreams:
         self._passive: dict[str, PassiveEjection] = {}
         self._checks: dict[tuple[str, str, str], ActiveCheck] = {}
 
-    def bind(self, listener: Listener, rule: Rule, target: Target) -> tuple[Backend, Usable]:
+    def bind(self, listener: Listener, rule: Rule, target: Target) -> tuple[CvmTarget, Usable]:
         address = target.address
         pool = self._pools.get(address)
         if pool is None:

@@ -45,18 +45,13 @@ import httptools
 
 from ..errors import UpstreamError, UpstreamTimeout
 from ..messages import Headers
+from ..vocabulary import CONTENT_METHODS, FRAMING, HOP_BY_HOP, IDEMPOTENT_METHODS, TOKEN
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
-#: RFC 9110 §9.2.2: methods whose repetition has the same intended effect
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-#: RFC 9110 §8.6: methods that define a meaning for content get a Content-Length even when empty
-_CONTENT_METHODS = frozenset({"POST", "PUT", "PATCH"})
 #: framing and connection headers are this client's to decide (RFC 9112 §6, §9.6); a caller's
 #: copies are dropped
-_MANAGED_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive",
-                              "upgrade", "te", "trailer", "proxy-connection"})
-#: RFC 9110 §5.1 field-name = token; §5.5 field values carry no CR, LF or NUL
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_MANAGED_HEADERS = HOP_BY_HOP | FRAMING
+#: RFC 9110 §5.5 field values carry no CR, LF or NUL
 _BAD_VALUE = re.compile(r"[\r\n\x00]")
 _HEAD_END = b"\r\n\r\n"
 #: stop reading from the socket while this much is buffered and not yet consumed
@@ -106,7 +101,7 @@ def serialize_request(method: str, target: str, host_header: str,
     lines = [f"{method} {target} HTTP/1.1"]
     has_host = False
     for name, value in headers:
-        if not _TOKEN.match(name) or _BAD_VALUE.search(value):
+        if not TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
             raise ValueError(f"invalid header field {name!r}")
         lname = name.lower()
         if lname in _MANAGED_HEADERS:
@@ -115,7 +110,7 @@ def serialize_request(method: str, target: str, host_header: str,
         lines.append(f"{name}: {value}")
     if not has_host:
         lines.insert(1, f"Host: {host_header}")
-    if body or method in _CONTENT_METHODS:
+    if body or method in CONTENT_METHODS:
         lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 

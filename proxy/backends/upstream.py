@@ -1,17 +1,25 @@
-"""One HTTP/1.1 connection to a CVM upstream, and the keep-alive pool of them per address.
+"""One HTTP/1.1 connection to an upstream, and the keep-alive pool of them per address.
 
-Owns the wire side of an exchange: the response head cut at its CRLFCRLF and parsed alone by
-llhttp (httptools), so answers llhttp cannot frame without knowing the request (HEAD, RFC 9110
-§9.3.2) end exactly at the head; the body fed to the same parser; chunks queued until the
-reader takes them, with reading paused past ``HIGH_WATER`` unread bytes (a 1 GB download in
+Owns the wire side of an exchange: the response head found at its CRLFCRLF and parsed by llhttp
+(httptools) on its own, so answers llhttp cannot frame without knowing the request (HEAD,
+RFC 9110 §9.3.2) end exactly at the head; the body fed to the same parser; chunks queued until
+the reader takes them, with reading paused past ``HIGH_WATER`` unread bytes (a 1 GB download in
 constant memory); write flow control (``drain``); the read timeout (the longest wait for the
 next piece of the response, nginx's proxy_read_timeout); and the verdict on reuse: ``dirty``
 when anything arrived that is not part of the one response asked for. In the TUNNEL phase
 (after a 101) every transport event is forwarded to the ``Tunnel``.
 
+Strategy (the hot path): callbacks, no future and no timer per exchange. Whoever waits for
+news sets ``notify`` (the CVM exchange while it waits for the head) or awaits ``wait()`` (a
+streamed body's reader); both are told once per ``data_received``, after llhttp has returned,
+never from inside a parser callback, so a listener may release and reuse this connection on
+the spot. Timeouts are deadlines: an armed connection's ``deadline`` is checked by its pool's
+sweep (``SWEEP_INTERVAL``), and an idle pooled connection retires after ``idle_timeout`` by the
+same sweep, so neither a read nor a release makes a timer handle.
+
 ``Pool`` keeps idle connections per address, LIFO (the warmest first, so the upstream's own
-idle timer rarely beats us), at most ``max_idle``, each closed after ``idle_timeout`` idle.
-Connections it hands out are *busy* until ``release`` (pooled again or closed) or ``detach``.
+idle timer rarely beats us), at most ``max_idle``. Connections it hands out are *busy* until
+``release`` (pooled again or closed) or ``detach``.
 
 Decisions (ours): interim 1xx answers other than 101 are skipped (they are not forwarded); a
 head over ``MAX_HEAD`` bytes or one llhttp rejects is an UpstreamError (502, RFC 9112 §6.3:
@@ -24,26 +32,32 @@ Must not know requests' meaning, routing, health, or the client side.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import httptools
 
 from ..errors import ProxyError, UpstreamError, UpstreamTimeout
+from ..vocabulary import NO_BODY_STATUSES
 
 if TYPE_CHECKING:
     from .tunnel import Tunnel
 
-#: statuses without a body whatever their headers say (RFC 9110 §6.4.1)
-NO_BODY = frozenset({204, 304})
 MAX_HEAD = 64 * 1024
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 MAX_IDLE = 64
 IDLE_TIMEOUT = 15.0
+#: how often a pool checks its deadlines (read timeouts, idle retirement): a timeout fires up
+#: to this much late
+SWEEP_INTERVAL = 0.1
 
 # exchange phases of an upstream connection
 IDLE, HEAD, BODY, DONE, TUNNEL = range(5)
+
+clock = time.monotonic
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -55,16 +69,32 @@ def split_address(address: str) -> tuple[str, int]:
 class UpstreamConnection(asyncio.Protocol):
     """One HTTP/1.1 connection to an upstream; one exchange at a time, no pipelining."""
 
+    __slots__ = (
+        "pool", "transport", "closed", "phase", "tunnel", "write_paused", "drain_waiter",
+        "waiter", "notify", "deadline", "read_timeout", "idle_since", "head_only", "upgrade",
+        "buf", "parser", "messages", "raw_headers", "status", "keep_alive", "close_delimited",
+        "got_bytes", "checked", "complete", "dirty", "body_sent", "error", "chunks",
+        "buffered", "read_paused", "news",
+    )
+
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
         self.transport: Any = None
         self.closed = False
         self.phase = IDLE
-        self.idle_timer: asyncio.TimerHandle | None = None
         self.tunnel: Tunnel | None = None
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
+        #: the streamed body's reader waits on this
         self.waiter: asyncio.Future[None] | None = None
+        #: called (once per read, after parsing) while someone waits for the head
+        self.notify: Callable[[], None] | None = None
+        #: clock() by which the next piece of the response must come (0.0: not armed)
+        self.deadline = 0.0
+        self.read_timeout = 0.0
+        #: clock() at which it went back to the pool
+        self.idle_since = 0.0
+        self.chunks: deque[bytes] = deque()
         self.begin(False, False)
         self.phase = IDLE  # until the first request
 
@@ -73,7 +103,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.phase = HEAD
         self.head_only = head_only
         self.upgrade = upgrade
-        self.buf = bytearray()
+        self.buf = b""
         self.parser: Any = None
         self.messages = 0
         self.raw_headers: list[tuple[str, str]] = []
@@ -86,9 +116,29 @@ class UpstreamConnection(asyncio.Protocol):
         self.dirty = False
         self.body_sent = False
         self.error: ProxyError | None = None
-        self.chunks: deque[bytes] = deque()
         self.buffered = 0
         self.read_paused = False
+        self.news = False
+        if self.chunks:
+            self.chunks.clear()
+
+    def arm(self, timeout: float) -> None:
+        """Start the read timeout: the response must make progress every ``timeout`` s."""
+        self.read_timeout = timeout
+        self.deadline = clock() + timeout
+        self.pool.armed.add(self)
+        self.pool.watch()
+
+    def disarm(self) -> None:
+        self.deadline = 0.0
+        self.pool.armed.discard(self)
+
+    def expire(self) -> None:
+        """The read deadline passed (called by the pool's sweep)."""
+        self.deadline = 0.0
+        self.pool.armed.discard(self)
+        if self.error is None and not self.complete:
+            self._fail(UpstreamTimeout("upstream read timeout", log_detail=self.pool.address))
 
     # -- asyncio callbacks ------------------------------------------------------------------
 
@@ -98,19 +148,26 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         phase = self.phase
         if phase == BODY:
+            if self.deadline:
+                self.deadline = clock() + self.read_timeout
             self._feed_body(data)
         elif phase == HEAD:
+            if self.deadline:
+                self.deadline = clock() + self.read_timeout
             self.got_bytes = True
-            self.buf += data
-            self._parse_head()
+            self._parse_head(self.buf + data if self.buf else data)
         elif phase == TUNNEL:
             if self.tunnel is not None:
                 self.tunnel.upstream_data(data)
             else:
                 self.buf += data  # before the Tunnel exists: the first bytes for the client
+            return
         else:  # bytes nobody asked for: this connection cannot be trusted for another request
             self.dirty = True
             self.transport.close()
+            return
+        if self.news:
+            self._wake()
 
     def eof_received(self) -> bool | None:
         if self.phase == TUNNEL and self.tunnel is not None:
@@ -150,7 +207,7 @@ class UpstreamConnection(asyncio.Protocol):
         if drain is not None and not drain.done():
             drain.set_result(None)
 
-    # -- llhttp callbacks ---------------------------------------------------------------------
+    # -- llhttp callbacks (they only record: listeners are told after feed_data returns) ---
 
     def on_message_begin(self) -> None:
         self.messages += 1
@@ -171,65 +228,66 @@ class UpstreamConnection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
         self.buffered += len(body)
+        self.news = True
         if self.buffered > HIGH_WATER and not self.read_paused:
             self.read_paused = True
             self.transport.pause_reading()
-        self._wake()
+            if self.deadline:
+                self.disarm()  # we stopped reading: silence is ours, not the upstream's
 
     def on_message_complete(self) -> None:
         self.complete = True
-        self._wake()
+        self.news = True
 
     # -- response parsing ---------------------------------------------------------------------
 
-    def _parse_head(self) -> None:
-        buf = self.buf
+    def _parse_head(self, buf: bytes) -> None:
         while True:
             end = buf.find(b"\r\n\r\n")
             if end < 0 and len(buf) <= MAX_HEAD:
+                self.buf = buf
                 if not self.checked:
-                    self._check_partial(bytes(buf))
+                    self._check_partial(buf)
                 return
             if end < 0 or end + 4 > MAX_HEAD:  # whether it came whole or in pieces
                 self._fail(UpstreamError("upstream response head too large"))
                 return
-            head = bytes(buf[:end + 4])
-            del buf[:end + 4]
-            self.parser = httptools.HttpResponseParser(self)
+            self.parser = parser = httptools.HttpResponseParser(self)
             self.raw_headers = []
             self.messages = 0
             self.complete = False
             try:
-                self.parser.feed_data(head)
+                parser.feed_data(buf[:end + 4] if end + 4 < len(buf) else buf)
             except httptools.HttpParserUpgrade:
                 pass  # a 101: llhttp stops at the end of the head, as we want
             except httptools.HttpParserError as exc:
                 self._fail(UpstreamError("invalid upstream response head",
                                          log_detail=f"{self.pool.address}: {exc}"))
                 return
-            status = self.parser.get_status_code()
+            buf = buf[end + 4:]
+            status = parser.get_status_code()
             if status >= 200 or status == 101:
                 break  # 1xx interim answers are skipped (RFC 9110 §15.2)
         self.status = status
-        rest = bytes(buf)
-        buf.clear()
+        self.buf = b""
+        self.news = True
         if status == 101:
             if not self.upgrade:
                 self._fail(UpstreamError("upstream switched protocols unasked"))
                 return
             self.phase = TUNNEL
-            buf += rest
-        elif self.head_only or status in NO_BODY:
+            self.buf = buf
+        elif self.head_only or status in NO_BODY_STATUSES:
             self.phase = DONE
             self.complete = True
-            self.dirty = bool(rest)
+            self.dirty = bool(buf)
         else:
-            names = {name.lower() for name, _ in self.raw_headers}
-            self.close_delimited = not names & {"content-length", "transfer-encoding"}
+            self.close_delimited = not any(
+                name.lower() in ("content-length", "transfer-encoding")
+                for name, _ in self.raw_headers)
             self.phase = BODY
-            if rest:
-                self._feed_body(rest)
-        self._wake()
+            if buf:
+                self._feed_body(buf)
 
     def _check_partial(self, data: bytes) -> None:
         """A head still incomplete: fail now if what came so far is already invalid (once per
@@ -256,36 +314,30 @@ class UpstreamConnection(asyncio.Protocol):
     def _fail(self, error: ProxyError) -> None:
         self.error = error
         self.dirty = True
+        self.news = True
         self.transport.close()
-        self._wake()
 
-    # -- waiting ------------------------------------------------------------------------------
+    # -- telling whoever waits ------------------------------------------------------------------
 
     def _wake(self) -> None:
+        self.news = False
+        if self.complete or self.error is not None:
+            self.disarm()
+        notify = self.notify
+        if notify is not None:
+            notify()
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def wait(self, timeout: float, sender: asyncio.Task[None] | None = None) -> None:
-        """Until the protocol has news for the reader; UpstreamTimeout after ``timeout`` s.
-
-        While ``sender`` still sends the request body there is no read timeout (nginx starts
-        proxy_read_timeout once the request is sent); its own error, if any, is raised.
-        """
-        loop = asyncio.get_running_loop()
-        waiter = self.waiter = loop.create_future()
+    async def wait(self) -> None:
+        """Until the protocol has news for the reader; the read deadline runs meanwhile and
+        turns a silent upstream into an UpstreamTimeout in ``error``."""
+        if not self.deadline and self.read_timeout:
+            self.arm(self.read_timeout)
+        waiter = self.waiter = asyncio.get_running_loop().create_future()
         try:
-            if sender is not None and not sender.done():
-                await asyncio.wait((waiter, sender), return_when=asyncio.FIRST_COMPLETED)
-                failed = sender.exception() if sender.done() and not sender.cancelled() else None
-                if failed is not None:
-                    raise failed
-                return
-            timer = loop.call_later(timeout, _expire, waiter, self.pool.address)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
+            await waiter
         finally:
             self.waiter = None
 
@@ -302,21 +354,26 @@ class UpstreamConnection(asyncio.Protocol):
             self.drain_waiter = None
 
     def take_all(self) -> bytes:
-        body = b"".join(self.chunks)
-        self.chunks.clear()
+        chunks = self.chunks
+        body = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
         self.buffered = 0
         if self.read_paused:
-            self.read_paused = False
-            self.transport.resume_reading()
+            self._resume()
         return body
 
     def take_chunk(self) -> bytes:
         chunk = self.chunks.popleft()
         self.buffered -= len(chunk)
         if self.read_paused and self.buffered < LOW_WATER:
-            self.read_paused = False
-            self.transport.resume_reading()
+            self._resume()
         return chunk
+
+    def _resume(self) -> None:
+        self.read_paused = False
+        self.transport.resume_reading()
+        if self.read_timeout and not self.complete:
+            self.arm(self.read_timeout)
 
 
 _NO_CALLBACKS = object()  # a parser protocol without callbacks: llhttp only validates
@@ -328,7 +385,7 @@ class _ExtraMessage(Exception):
 
 def _expire(waiter: asyncio.Future[None], address: str) -> None:
     if not waiter.done():
-        waiter.set_exception(UpstreamTimeout("upstream read timeout", log_detail=address))
+        waiter.set_exception(UpstreamTimeout("upstream send timeout", log_detail=address))
 
 
 class Pool:
@@ -341,9 +398,12 @@ class Pool:
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.idle: deque[UpstreamConnection] = deque()
+        #: busy connections whose read deadline is armed
+        self.armed: set[UpstreamConnection] = set()
         self.busy = 0
         self.connects = 0
         self.retired = False
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def connect(self, timeout: float) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
@@ -360,11 +420,9 @@ class Pool:
         return conn
 
     def take(self) -> UpstreamConnection | None:
-        while self.idle:
-            conn = self.idle.pop()
-            if conn.idle_timer is not None:
-                conn.idle_timer.cancel()
-                conn.idle_timer = None
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
             if not conn.closed and not conn.transport.is_closing():
                 self.busy += 1
                 return conn
@@ -372,13 +430,17 @@ class Pool:
 
     def release(self, conn: UpstreamConnection, reusable: bool) -> None:
         self.busy -= 1
+        conn.notify = None
+        if conn.deadline:
+            conn.disarm()
         if not reusable or self.retired or conn.closed or len(self.idle) >= self.max_idle:
             conn.transport.close()
             return
         conn.phase = IDLE
-        conn.idle_timer = asyncio.get_running_loop().call_later(
-            self.idle_timeout, conn.transport.close)
+        conn.idle_since = clock()
         self.idle.append(conn)
+        if self._sweeper is None:
+            self.watch()
 
     def detach(self) -> None:
         """A connection leaves the pool's accounting for good (a tunnel took it)."""
@@ -387,8 +449,6 @@ class Pool:
     def lost(self, conn: UpstreamConnection) -> None:
         if conn.phase == IDLE and conn in self.idle:
             self.idle.remove(conn)
-            if conn.idle_timer is not None:
-                conn.idle_timer.cancel()
 
     def retire(self) -> None:
         """No target uses this address any more: close idle ones, don't keep busy ones."""
@@ -399,4 +459,22 @@ class Pool:
     def state(self) -> dict[str, int]:
         return {"idle": len(self.idle), "busy": self.busy, "connects": self.connects}
 
+    # -- deadlines ------------------------------------------------------------------------
 
+    def watch(self) -> None:
+        """Something has a deadline now: make sure the sweep runs."""
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        now = clock()
+        for conn in [c for c in self.armed if c.deadline <= now]:
+            conn.expire()
+            conn._wake()
+        idle = self.idle
+        cutoff = now - self.idle_timeout
+        while idle and idle[0].idle_since <= cutoff:  # the oldest are at the left
+            idle.popleft().transport.close()
+        if self.armed or idle:
+            self.watch()

@@ -37,12 +37,12 @@ import orjson
 
 from .. import _native
 from ..errors import BadFunctionResponse, FunctionResponseTooLarge, PayloadTooLarge
-from ..headers import HOP_BY_HOP
 from ..messages import Headers, Request, Response, Route
+from ..vocabulary import RESPONSE_DROPPED, SCF_PAYLOAD_LIMIT, TOKEN
 
 #: SCF quota for a synchronous invocation's event and result (clb-scf-facts.md §2.2).
-MAX_EVENT_BYTES = 6 * 1024 * 1024
-MAX_RESPONSE_BYTES = 6 * 1024 * 1024
+MAX_EVENT_BYTES = SCF_PAYLOAD_LIMIT
+MAX_RESPONSE_BYTES = SCF_PAYLOAD_LIMIT
 
 #: Content types CLB passes through untranscoded (clb-scf-facts.md §1.2); ``text/*`` as prefix.
 _TEXT_TYPES = frozenset({"application/json", "application/javascript", "application/xml"})
@@ -51,11 +51,6 @@ _JSON_TYPE = "application/json"
 #: is "; " (RFC 6265 §5.4).
 _JOINERS = {"cookie": "; "}
 
-#: Response fields the function may not set: hop-by-hop ones (RFC 9110 §7.6.1), the framing
-#: the writer computes (RFC 9110 §8.6), and the writer's own singletons.
-_DROPPED_RESPONSE = HOP_BY_HOP | {"content-length", "date", "server"}
-#: field-name = token (RFC 9110 §5.1, §5.6.2)
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: CTLs other than HTAB are invalid in a field value (RFC 9110 §5.5); CR/LF/NUL would let a
 #: function inject header lines or split the response.
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -228,9 +223,9 @@ def _name_kept(name: str) -> bool:
     Verdicts are cached: functions return the same few names on every response."""
     kept = _NAME_VERDICTS.get(name)
     if kept is None:
-        if not _TOKEN.fullmatch(name):
+        if not TOKEN.fullmatch(name):
             raise _invalid(f"header name {name!r:.60} is not a token")
-        kept = name.lower() not in _DROPPED_RESPONSE
+        kept = name.lower() not in RESPONSE_DROPPED
         if len(_NAME_VERDICTS) >= _NAME_CACHE_MAX:  # bounded: names are the function's choice
             _NAME_VERDICTS.clear()
         _NAME_VERDICTS[name] = kept

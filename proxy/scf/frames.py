@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import struct
 
+from ..vocabulary import SCF_PAYLOAD_LIMIT
+
 #: 4-byte big-endian unsigned length in front of every payload
 LENGTH = struct.Struct(">I")
-#: SCF quota for a synchronous event and result (clb-scf-facts.md §2.2: 6 MB each way); the
-#: worker checks the result against it before sending (SCF status 407)
-MAX_RESULT_BYTES = 6 * 1024 * 1024
-MAX_EVENT_BYTES = 6 * 1024 * 1024
+#: the worker checks the result against SCF's quota before sending (SCF status 407)
+MAX_RESULT_BYTES = SCF_PAYLOAD_LIMIT
+MAX_EVENT_BYTES = SCF_PAYLOAD_LIMIT
 #: room for the JSON header frames and an event right at the quota
 FRAME_OVERHEAD = 64 * 1024
 MAX_FRAME_BYTES = max(MAX_RESULT_BYTES, MAX_EVENT_BYTES) + FRAME_OVERHEAD
