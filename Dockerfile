@@ -17,8 +17,12 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-# setup.py prints "native build" or "pure build"; a failed compile gives a pure wheel (by
-# design), so the runtime stage prints which one it installed (clbscf-proxy --version).
+# PROXY_REQUIRE_NATIVE=1 (the default here): this image is built with a compiler, so a failed
+# compile fails the build (setup.py) rather than giving a pure wheel, and the runtime stage's
+# `clbscf-proxy --version` fails if a native module is missing or stale. For a pure image:
+# `docker build --build-arg PROXY_REQUIRE_NATIVE=0 .` (or PROXY_NO_NATIVE=1, which wins).
+ARG PROXY_REQUIRE_NATIVE=1
+ARG PROXY_NO_NATIVE=
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 # --------------------------------------------------------------------------- runtime
@@ -27,6 +31,10 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     CLBSCF_PROXY_STATE=/var/lib/clbscf-proxy
 
+# the build arguments apply to these RUN steps only, not to the image's environment: the
+# server itself falls back to the pure twins like any install
+ARG PROXY_REQUIRE_NATIVE=1
+ARG PROXY_NO_NATIVE=
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links /wheels clbscf-proxy \
  && clbscf-proxy --version

@@ -6,30 +6,45 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test check bench clean
+PIP    := $(PY) -m pip install -q --disable-pip-version-check
 
-# proxy/scf/event.py is also compiled as it is (setup.py COMPILED_AS_IS): an edit rebuilds it
-$(STAMP): pyproject.toml setup.py $(wildcard native/*.pyx native/*.pxd) proxy/scf/event.py
+.PHONY: run test native lint check bench clean
+
+# a new native/*.pyx (or .pxd) is a new module: the install builds it
+$(STAMP): pyproject.toml setup.py $(wildcard native/*.pyx native/*.pxd)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel Cython
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(PIP) --upgrade pip setuptools wheel Cython
+	$(PIP) -e '.[test]'
 	touch $@
 
-run: $(STAMP)
+# Rebuild the native modules in place when one is stale: `python -m proxy._native` compares
+# each with the SHA-256 of its sources that the build recorded (setup.py native_sources() is
+# the table of them, so nothing is listed here twice). The rebuild ignores PROXY_NO_NATIVE:
+# it brings the built files up to date (the parity tests use them); which twin runs is decided
+# at run time.
+native: $(STAMP)
+	@$(PY) -m proxy._native -q || env -u PROXY_NO_NATIVE $(PIP) --no-deps --no-build-isolation -e .
+
+run: native
 	$(VENV)/bin/clbscf-proxy --listen :8080
 
-test: $(STAMP)
+test: native
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# Static types (mypy --strict over proxy/); mypy is a tool, not a dependency.
-check: $(STAMP)
-	$(PY) -m pip install -q --disable-pip-version-check mypy
+# ruff (rules in pyproject.toml) and mypy --strict over proxy/; both are tools, not
+# dependencies, so the target installs them itself. `check` is the older name.
+lint: $(STAMP)
+	$(PIP) ruff mypy
+	$(PY) -m ruff check proxy tests benchmarks
 	$(PY) -m mypy
+
+check: lint
 
 # The benchmark harness installs what it needs (nginx, wrk, uvicorn) itself.
 BENCH_ARGS ?=
-bench: $(STAMP)
+bench: native
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info proxy/_speedups/*.so native/*.c
+	rm -rf $(VENV) build *.egg-info proxy/_speedups/*.so proxy/_speedups/*.sha256 native/*.c \
+	       proxy/scf/*.c

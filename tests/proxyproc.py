@@ -168,7 +168,7 @@ def raw_exchange(port: int, data: bytes, *, timeout: float = 5.0, host: str = "1
         while time.monotonic() < deadline:
             try:
                 chunk = s.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 break
             if not chunk:
                 break

@@ -175,7 +175,7 @@ async def normal_client(port: int, seconds: float, out: Latencies) -> None:
             if not head.startswith(b"HTTP/1.1 200") or body != b"W":
                 out.failures.append(repr(head[:40] + body))
             await asyncio.sleep(0.02)
-    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+    except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
         out.failures.append(repr(exc))
     finally:
         writer.close()
@@ -234,7 +234,7 @@ def test_slow_clients_are_cut_off_while_a_normal_client_is_served(
                 ended = True
             except ConnectionResetError:
                 ended = True
-            except socket.timeout:
+            except TimeoutError:
                 pass
             assert ended, "a client that never read is still connected"
     finally:

@@ -161,7 +161,7 @@ def read_until(s: socket.socket, expect: int | None, timeout: float = 5.0) -> Ex
         s.settimeout(max(0.01, deadline - time.monotonic()))
         try:
             chunk = s.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             break
         except ConnectionResetError:
             end = RESET
@@ -182,7 +182,7 @@ def wait_closed(s: socket.socket, timeout: float = 5.0) -> str:
         try:
             if not s.recv(65536):
                 return EOF
-        except socket.timeout:
+        except TimeoutError:
             break
         except ConnectionResetError:
             return RESET

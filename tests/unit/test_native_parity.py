@@ -38,9 +38,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def built(name: str) -> types.ModuleType | None:
-    """The compiled module ``proxy._speedups.<name>`` if it was built, active or not."""
+    """The compiled module ``proxy._speedups.<name>`` if it was built from the sources as they
+    are (not stale: test_native_build.py), active or not."""
     qualified = f"proxy._speedups.{name}"
-    if importlib.util.find_spec(qualified) is None:
+    spec = importlib.util.find_spec(qualified)
+    if spec is None or spec.origin is None or _native.stale(spec.origin) is not None:
         return None
     return importlib.import_module(qualified)
 
@@ -148,6 +150,7 @@ def test_request_path_binds_the_active_twins_everywhere() -> None:
 
 
 def test_module_that_is_not_built_leaves_the_pure_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_native, "REQUIRED", False)  # as CI's native pass sets it
     monkeypatch.setitem(_native.SWAPS, "nosuch", ("proxy.nosuch", {"f": "f"}))
     monkeypatch.setitem(_native.ACTIVE, "nosuch", False)
     namespace: dict[str, Any] = {"f": "pure"}
@@ -158,7 +161,22 @@ def test_module_that_is_not_built_leaves_the_pure_names(monkeypatch: pytest.Monk
     assert _native.REASONS.pop("nosuch") == expected
 
 
+def test_module_that_is_not_built_is_an_error_when_native_is_required(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_native, "DISABLED", False)
+    monkeypatch.setattr(_native, "REQUIRED", True)
+    monkeypatch.setitem(_native.SWAPS, "nosuch", ("proxy.nosuch", {"f": "f"}))
+    monkeypatch.setitem(_native.ACTIVE, "nosuch", False)
+    namespace: dict[str, Any] = {"f": "pure"}
+    with pytest.raises(_native.NativeRequiredError,
+                       match=r"proxy\._speedups\.nosuch is not built; rebuild it with `make`"):
+        _native.install("nosuch", namespace)
+    assert namespace == {"f": "pure"} and not _native.ACTIVE["nosuch"]
+    _native.REASONS.pop("nosuch")
+
+
 def test_stale_build_missing_a_name_swaps_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_native, "REQUIRED", False)
     stale = types.ModuleType("proxy._speedups.stale")
     stale.f = lambda: "native"  # type: ignore[attr-defined]  # but no "g"
     monkeypatch.setitem(_native.SWAPS, "stale", ("proxy.stale", {"f": "f", "C.g": "g"}))

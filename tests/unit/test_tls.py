@@ -21,7 +21,7 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -37,7 +37,7 @@ from proxy import tls
 from proxy.config import Certificate
 from proxy.errors import ConfigError
 
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
 CURL = "/usr/bin/curl"
 
@@ -624,7 +624,8 @@ def test_chain_with_a_same_named_impostor_issuer_fails_the_signature_check(
         tls.load_certificate(cert)
 
 
-@pytest.mark.parametrize("content", [b"", b"not a certificate\n", b"-----BEGIN CERTIFICATE-----\nAA"])
+@pytest.mark.parametrize("content", [b"", b"not a certificate\n",
+                                     b"-----BEGIN CERTIFICATE-----\nAA"])
 def test_unparsable_certificate_file_is_a_config_error_naming_it(tmp_path: Path, ca: trustme.CA,
                                                                 content: bytes) -> None:
     cert = write_leaf(tmp_path, "bad", ca.issue_cert("bad.test"))
@@ -742,7 +743,7 @@ def test_dev_certificate_is_reused_on_the_next_call(
 
 def test_dev_certificate_with_14_days_or_less_left_is_replaced(tmp_path: Path) -> None:
     pem = tls.ensure_dev_certificate(tmp_path).cert.read_bytes()
-    later = datetime.now(timezone.utc) + timedelta(days=80)  # 10 days left
+    later = datetime.now(UTC) + timedelta(days=80)  # 10 days left
     again = tls.ensure_dev_certificate(tmp_path, now=later)
     assert again.cert.read_bytes() != pem
     assert tls.load_certificate(again, now=later).not_after > later + timedelta(days=89)

@@ -1,5 +1,4 @@
 # Returns each kind of malformed integration response, chosen by the query parameter "kind".
-import base64
 
 RESPONSES = {
     "not_json": None,  # handled below: a value JSON cannot hold
