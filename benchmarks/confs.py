@@ -2,15 +2,18 @@
 clbscf-proxy (CVM, SCF, HTTPS listeners).
 
 Strategy: one nginx skeleton (single process, everything under the run's temporary prefix, no
-access log, keep-alive effectively unlimited so neither side pays reconnects the other does
-not) with the ``server`` blocks slotted in; the proxy's TOML is written from the same few
-values. Both proxies forward the same CLB headers (SPEC §5) so they do the same work per request.
+access log unless a server asks for the JSON one, keep-alive effectively unlimited so neither
+side pays reconnects the other does not) with the ``server`` blocks slotted in; the proxy's
+TOML is written from the same few values. Both proxies forward the same CLB headers (SPEC §5)
+so they do the same work per request.
 Pure: returns strings; knows nothing of processes or ports beyond the numbers it is given.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from proxy.logs import FLUSH_BYTES, FLUSH_INTERVAL
 
 HELLO_PAGE = "<html><body><h1>Hello CLB</h1></body></html>"
 ORIGIN_BODY = "hello"
@@ -58,6 +61,16 @@ _CLB_HEADERS = """\
 """
 
 
+#: nginx's JSON access log, the fields of ours (SPEC §10) that nginx knows; ``log_format``
+#: belongs in ``http``, which the skeleton's ``{body}`` is part of
+JSON_LOG = "benchjson"
+JSON_LOG_FORMAT = (
+    f"    log_format {JSON_LOG} escape=json '{{\"time\":$msec,\"client\":\"$remote_addr\","
+    "\"method\":\"$request_method\",\"host\":\"$host\",\"path\":\"$uri\","
+    "\"status\":$status,\"bytes\":$body_bytes_sent,\"duration\":$request_time,"
+    "\"listener\":\"$server_port\",\"target\":\"$upstream_addr\"}';")
+
+
 def nginx_conf(prefix: Path, body: str, *, worker_connections: int = 4096,
                nofile: int = 8192) -> str:
     return _NGINX_MAIN.format(prefix=prefix, body=body, nofile=nofile,
@@ -84,8 +97,13 @@ def upstream(name: str, port: int) -> str:
     }}"""
 
 
-def proxy_server(port: int, upstream_name: str, *, tls: tuple[Path, Path] | None = None) -> str:
-    """nginx as the reverse proxy under test: ``proxy_pass`` to a keep-alive upstream."""
+def proxy_server(port: int, upstream_name: str, *, tls: tuple[Path, Path] | None = None,
+                 access_log: Path | None = None) -> str:
+    """nginx as the reverse proxy under test: ``proxy_pass`` to a keep-alive upstream.
+
+    ``access_log``: JSON lines (``JSON_LOG_FORMAT``, which the ``http`` block must then hold)
+    to that file, buffered as our proxy buffers its own (proxy/logs.py).
+    """
     if tls is None:
         listen = f"listen 127.0.0.1:{port} backlog=4096;"
         ssl = ""
@@ -96,10 +114,13 @@ def proxy_server(port: int, upstream_name: str, *, tls: tuple[Path, Path] | None
         ssl = (f"        ssl_certificate {cert};\n        ssl_certificate_key {key};\n"
                "        ssl_protocols TLSv1.2 TLSv1.3;\n"
                "        ssl_session_cache shared:SSL:10m;\n")
+    log = "" if access_log is None else (
+        f"        access_log {access_log} {JSON_LOG} buffer={FLUSH_BYTES // 1024}k "
+        f"flush={round(FLUSH_INTERVAL * 1000)}ms;\n")
     return f"""\
     server {{
         {listen}
-{ssl}        location / {{
+{ssl}{log}        location / {{
 {_CLB_HEADERS}            proxy_pass http://{upstream_name};
         }}
     }}"""

@@ -1,11 +1,12 @@
 """The shared machinery of the scenarios: the run's settings, its origin, and "start this
 server, check it answers correctly, load it with wrk, stop it" as one call.
 
-Owns ``Bench`` (settings, the temporary directory, CPU pinning, the origin nginx shared by
-every CVM path, the certificate for both HTTPS servers) and ``compare``, which runs the same
-loads on both sides in alternating rounds and turns any failure into that row's ``error``
-instead of stopping the run (fail soft: a scenario whose server is not finished yet reports
-why, the others go on).
+Owns ``Bench`` (settings, the temporary directory, CPU pinning, which proxy code runs, the
+origin nginx shared by every CVM path, the certificate for every HTTPS server, the CPU time of
+each server's processes around each measured wrk run) and ``compare``, which runs the same
+loads on each side (ours, the peer, and the floor relay where a row asks for it) in
+alternating rounds and turns any failure into that row's ``error`` instead of stopping the run
+(fail soft: a scenario whose server is not finished yet reports why, the others go on).
 Knows nothing of particular scenarios.
 """
 
@@ -18,11 +19,13 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks import confs, procs, wrk
+from benchmarks import confs, procs, proctree, wrk
+from benchmarks.checkout import ProxyCode, this_checkout
 from benchmarks.report import Row, Side
 
-#: the two sides of a row
-OURS, PEER = "ours", "peer"
+#: the servers of a comparison: the two sides of a row, and the floor relay (which fills the
+#: ours side of a row of its own, beside the same peer measurement)
+OURS, PEER, FLOOR = "ours", "peer", "floor"
 ERROR_TEXT_LIMIT = 2000
 
 
@@ -36,6 +39,33 @@ class Load:
     host: str = confs.BENCH_DOMAIN
     scheme: str = "http"
     closing: bool = False  # Connection: close, a new connection (TLS handshake) per request
+    #: the row the floor relay fills (its ours side; its peer side is ``row.peer``, the same
+    #: measurement); None: the floor relay does not run this load
+    floor: Row | None = None
+
+    def targets(self, which: str) -> list[tuple[Row, str]]:
+        """(row, "ours" | "peer") that a run of server ``which`` fills; [] for none."""
+        floor = [] if self.floor is None else [self.floor]
+        return {OURS: [(self.row, OURS)], PEER: [(row, PEER) for row in [self.row, *floor]],
+                FLOOR: [(row, OURS) for row in floor]}[which]
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One measured wrk run and the CPU time spent in it."""
+
+    wrk: wrk.WrkResult
+    cpu: list[proctree.ProcCpu]  # the server's processes (its tree and its companions')
+    origin_cpu_us: float | None  # the shared origin's, per request (None: not involved)
+
+    def fill(self, side: Side) -> None:
+        result = self.wrk
+        side.value, side.p50_ms, side.p99_ms = result.rps, result.p50_ms, result.p99_ms
+        side.notes = result.notes()
+        side.cpu_us_per_request = round(proctree.total(self.cpu), 2)
+        side.cpu_processes = [p.as_json() for p in self.cpu]
+        side.origin_cpu_us_per_request = (None if self.origin_cpu_us is None
+                                          else round(self.origin_cpu_us, 2))
 
 
 @dataclass
@@ -49,6 +79,7 @@ class Bench:
     idle_connections: int
     rounds: int = 1  # each side is measured this many times, alternating; the best is kept
     log: Callable[[str], None] = print
+    code: ProxyCode = field(default_factory=this_checkout)  # the proxy measured as "ours"
     stack: ExitStack = field(default_factory=ExitStack)
     _origin: procs.Server | None = None
     _cert: tuple[Path, Path] | None = None
@@ -57,14 +88,17 @@ class Bench:
     def warmup(self) -> float:
         return min(2.0, max(1.0, self.duration / 5))
 
-    def origin_port(self) -> int:
+    def origin(self) -> procs.Server:
         """The origin nginx of every CVM path, started once per run (on the load CPUs)."""
         if self._origin is None:
             port = procs.free_port()
             conf = confs.nginx_conf(self.workdir / "origin", confs.origin_server(port))
             self._origin = procs.start_nginx("origin", conf, port, self.workdir, self.load_cpus)
             self.stack.callback(self._origin.stop)
-        return self._origin.port
+        return self._origin
+
+    def origin_port(self) -> int:
+        return self.origin().port
 
     def certificate(self) -> tuple[Path, Path]:
         """One ECDSA P-256 certificate (trustme) for both HTTPS servers."""
@@ -80,15 +114,24 @@ class Bench:
 
     # -- starting servers ----------------------------------------------------------------------
 
-    def proxy(self, name: str, toml_text: str) -> procs.Server:
-        return procs.start_proxy(name, toml_text, self.workdir, self.sut_cpus)
+    def proxy(self, name: str, toml_text: str, *, access_log: bool = False) -> procs.Server:
+        return procs.start_proxy(name, toml_text, self.workdir, self.sut_cpus, self.code,
+                                 access_log=access_log)
+
+    def floor(self, name: str, *, tls: bool = False) -> procs.Server:
+        """The floor relay (benchmarks/floor_relay.py) in front of the origin."""
+        return procs.start_floor(name, self.origin_port(), self.workdir, self.sut_cpus,
+                                 self.certificate() if tls else None)
 
     def nginx_proxy(self, name: str, upstream_port: int, *, tls: bool = False,
-                    worker_connections: int = 4096) -> procs.Server:
-        """nginx as a reverse proxy to ``upstream_port`` (keep-alive pool), like our CVM path."""
+                    worker_connections: int = 4096, access_log: bool = False) -> procs.Server:
+        """nginx as a reverse proxy to ``upstream_port`` (keep-alive pool), like our CVM path;
+        ``access_log``: JSON lines to ``access.log`` in its prefix."""
         port = procs.free_port()
-        body = "\n".join([confs.upstream("backend", upstream_port),
-                          confs.proxy_server(port, "backend",
+        log = self.workdir / name / "access.log" if access_log else None
+        body = "\n".join([*([confs.JSON_LOG_FORMAT] if log else []),
+                          confs.upstream("backend", upstream_port),
+                          confs.proxy_server(port, "backend", access_log=log,
                                              tls=self.certificate() if tls else None)])
         conf = confs.nginx_conf(self.workdir / name, body,
                                 worker_connections=worker_connections,
@@ -100,9 +143,10 @@ class Bench:
 
     # -- load ----------------------------------------------------------------------------------
 
-    def load(self, port: int, load: Load, *, first: bool = True) -> wrk.WrkResult:
-        """Check one answer and warm up (the first time), then the measured wrk run."""
-        url = f"{load.scheme}://127.0.0.1:{port}{load.path}"
+    def load(self, server: procs.Server, load: Load, *, first: bool = True) -> Measured:
+        """Check one answer and warm up (the first time), then the measured wrk run, with the
+        CPU time of ``server``'s processes (and the origin's) read right before and after."""
+        url = f"{load.scheme}://127.0.0.1:{server.port}{load.path}"
         headers = [f"Host: {load.host}"] + (["Connection: close"] if load.closing else [])
 
         def run(duration: float) -> wrk.WrkResult:
@@ -110,9 +154,16 @@ class Bench:
                            headers=headers, cpus=self.load_cpus, closing=load.closing)
 
         if first:
-            preflight(load, port)
+            preflight(load, server.port)
             run(self.warmup)  # pools filled, instances warm, caches hot: not measured
-        return run(self.duration)
+        watched = server.roots()
+        origin = self._origin.roots() if self._origin not in (None, server) else []
+        before = proctree.snapshot(watched), proctree.snapshot(origin)
+        result = run(self.duration)
+        after = proctree.snapshot(watched), proctree.snapshot(origin)
+        origin_cpu = proctree.per_request(before[1], after[1], result.requests)
+        return Measured(result, proctree.per_request(before[0], after[0], result.requests),
+                        proctree.total(origin_cpu) if origin else None)
 
 
 def preflight(load: Load, port: int, timeout: float = 30.0) -> None:
@@ -138,10 +189,6 @@ def preflight(load: Load, port: int, timeout: float = 30.0) -> None:
                             f"{body[:200]!r}, expected 200 with {load.expect!r}")
 
 
-def _side(row: Row, which: str) -> Side:
-    return {OURS: row.ours, PEER: row.peer}[which]
-
-
 def fail(rows: Sequence[Row], which: str, exc: BaseException,
          server: procs.Server | None = None) -> None:
     """Record why ``which`` side of ``rows`` has no number; the server's log goes to the JSON."""
@@ -156,7 +203,8 @@ def fail(rows: Sequence[Row], which: str, exc: BaseException,
 
 def compare(bench: Bench, loads: Sequence[Load],
             starters: Mapping[str, Callable[[], procs.Server]]) -> None:
-    """Start both sides, run every load on each in turn, ``bench.rounds`` times, stop both.
+    """Start every server (OURS, PEER, FLOOR), run each load it fills on each in turn,
+    ``bench.rounds`` times, stop them all.
 
     Each side keeps its best round (highest requests/s): on a shared two-core machine a
     neighbour's burst only ever slows a run down, so the best of alternating rounds is the
@@ -167,16 +215,17 @@ def compare(bench: Bench, loads: Sequence[Load],
     servers: dict[str, procs.Server] = {}
     try:
         for which, start in starters.items():
-            bench.log(f"  {which}: {_side(loads[0].row, which).label}")
+            row, side = next(t for load in loads for t in load.targets(which))
+            bench.log(f"  {which}: {getattr(row, side).label}")
             try:
                 servers[which] = start()
             except Exception as exc:  # noqa: BLE001 - any failure becomes the rows' error
-                fail([load.row for load in loads], which, exc)
+                fail(_rows(loads, which), which, exc)
         failed: set[tuple[str, int]] = set()
         for round_no in range(bench.rounds):
             for which, server in servers.items():
                 for i, load in enumerate(loads):
-                    if (which, i) not in failed:
+                    if load.targets(which) and (which, i) not in failed:
                         if not _run_one(bench, which, server, load, round_no):
                             failed.add((which, i))
     finally:
@@ -184,17 +233,26 @@ def compare(bench: Bench, loads: Sequence[Load],
             server.stop()
 
 
+def _rows(loads: Sequence[Load], which: str) -> list[Row]:
+    return [row for load in loads for row, _ in load.targets(which)]
+
+
 def _run_one(bench: Bench, which: str, server: procs.Server, load: Load, round_no: int) -> bool:
     try:
-        result = bench.load(server.port, load, first=round_no == 0)
+        measured = bench.load(server, load, first=round_no == 0)
     except Exception as exc:  # noqa: BLE001
-        fail([load.row], which, exc, server)
+        fail(_rows([load], which), which, exc, server)
         return False
-    load.row.extra.setdefault("rounds", {}).setdefault(which, []).append(round(result.rps))
-    side = _side(load.row, which)
-    if side.value is None or result.rps > side.value:
-        side.value, side.p50_ms, side.p99_ms = result.rps, result.p50_ms, result.p99_ms
-        side.notes = result.notes()
-    bench.log(f"    {load.row.scenario} round {round_no + 1}: {result.rps:,.0f} req/s, p50 "
-              f"{result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms")
+    result = measured.wrk
+    for row, side_name in load.targets(which):
+        rounds = row.extra.setdefault("rounds", {})
+        rounds.setdefault(side_name, []).append(round(result.rps))
+        row.extra.setdefault("cpu_rounds", {}).setdefault(side_name, []).append(
+            round(proctree.total(measured.cpu), 2))
+        side: Side = getattr(row, side_name)
+        if side.value is None or result.rps > side.value:
+            measured.fill(side)
+    bench.log(f"    {load.row.scenario} {which} round {round_no + 1}: {result.rps:,.0f} req/s, "
+              f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms, CPU "
+              f"{proctree.total(measured.cpu):.1f} µs/req")
     return True

@@ -1,4 +1,5 @@
-"""What a run needs on the machine, installed when missing: nginx, wrk, trustme, uvicorn.
+"""What a run needs on the machine, installed when missing: nginx, wrk, trustme, uvicorn;
+py-spy for the profiles.
 
 Strategy: a table of tools -> (how to tell it is there, how to install it). System tools come
 from Debian's packages (``apt-get install``; ``apt-get update`` once first if that fails, since a
@@ -14,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 
 class InstallError(Exception):
@@ -51,6 +53,19 @@ def _module(name: str) -> Callable[[], bool]:
     return lambda: importlib.util.find_spec(name) is not None
 
 
+def _py_spy() -> str | None:
+    """py-spy's program: pip puts it next to this interpreter, which may not be on PATH."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+def py_spy() -> str:
+    found = _py_spy()
+    if found is None:
+        raise InstallError("py-spy is not installed (pip install py-spy)")
+    return found
+
+
 #: tool -> (present?, install); nginx-light is Debian's small build (a transitional name for
 #: "nginx" on recent releases), plain "nginx" where it is gone
 TOOLS: dict[str, tuple[Callable[[], bool], Callable[[], None]]] = {
@@ -58,7 +73,10 @@ TOOLS: dict[str, tuple[Callable[[], bool], Callable[[], None]]] = {
     "wrk": (_program("wrk"), _apt("wrk")),
     "uvicorn": (_module("uvicorn"), _pip("uvicorn")),
     "trustme": (_module("trustme"), _pip("trustme")),
+    "py-spy": (lambda: _py_spy() is not None, _pip("py-spy")),
 }
+#: what run.py needs (profile.py needs these and py-spy)
+RUN_TOOLS = ("nginx", "wrk", "uvicorn", "trustme")
 _FALLBACKS: dict[str, Callable[[], None]] = {"nginx": _apt("nginx")}
 
 

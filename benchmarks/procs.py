@@ -1,10 +1,11 @@
-"""The servers of a run as child processes: nginx, clbscf-proxy and uvicorn.
+"""The servers of a run as child processes: nginx, clbscf-proxy, the floor relay, uvicorn.
 
 Owns starting a server (pinned to its CPUs, with a raised open-file limit, output to a log file
-in the run's directory), knowing when it is ready (nginx/uvicorn: the port accepts; the proxy:
-its ``listening on`` and ``ready`` lines), its memory (VmRSS of the process and its children,
-from /proc) and stopping it (SIGTERM, then SIGKILL). Every process started here is stopped by
-its own id. Knows nothing of what the servers are configured to do.
+in the run's directory; the proxy's access log, on stdout, to a file of its own), knowing when
+it is ready (nginx/uvicorn/floor relay: the port accepts; the proxy: its ``listening on`` and
+``ready`` lines), its processes (its own tree and its companions'), its memory (VmRSS of the
+process and its children, from /proc) and stopping it (SIGTERM, then SIGKILL). Every process
+started here is stopped by its own id. Knows nothing of what the servers are configured to do.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmarks import proctree
+from benchmarks.checkout import ProxyCode
 
 ROOT = Path(__file__).resolve().parent.parent
 #: open files a server may hold: 10,000 idle clients plus upstream sockets and margin
@@ -71,10 +75,12 @@ class Server:
     answers), ``stop()`` ends it and its companions."""
 
     def __init__(self, name: str, argv: list[str], log: Path, *, cpus: set[int] | None = None,
-                 env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+                 env: dict[str, str] | None = None, cwd: Path | None = None,
+                 stdout: Path | None = None) -> None:
         self.name = name
         self.argv = argv
         self.log = log
+        self.stdout = stdout  # None: stdout goes to ``log`` with stderr
         self.cpus = cpus
         self.env = env
         self.cwd = cwd
@@ -89,8 +95,9 @@ class Server:
             os.sched_setaffinity(0, self.cpus)
 
     def start(self) -> Server:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
+        with self.log.open("ab") as err, (self.stdout or self.log).open("ab") as out:
+            # a file, never a pipe: a pipe nobody drains would stall a server that writes
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=err,
                                          stdin=subprocess.DEVNULL, env=self.env, cwd=self.cwd,
                                          preexec_fn=self._child_setup)
         return self
@@ -111,9 +118,14 @@ class Server:
         except OSError:
             return ""
 
+    def roots(self) -> list[tuple[str, int]]:
+        """(name, pid) of this process and of its companions': the trees doing its work."""
+        found = [(self.name, self.pid)] if self.proc is not None else []
+        return found + [root for companion in self.companions for root in companion.roots()]
+
     def rss_bytes(self) -> int:
         """Resident memory of the process and all its descendants (worker processes too)."""
-        return sum(_rss(pid) for pid in [self.pid, *_descendants(self.pid)])
+        return sum(_rss(pid) for pid in [self.pid, *proctree.descendants(self.pid)])
 
     def stop(self, timeout: float = 10.0) -> None:
         proc = self.proc
@@ -143,26 +155,7 @@ def _rss(pid: int) -> int:
     return int(match.group(1)) * 1024 if match else 0
 
 
-def _descendants(root: int) -> list[int]:
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            # the command name may hold spaces and parentheses: the ppid follows the last ")"
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        parents.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        children = parents.get(todo.pop(), [])
-        found += children
-        todo += children
-    return found
-
-
-# --- the three kinds of server ----------------------------------------------------------------
+# --- the kinds of server ----------------------------------------------------------------
 
 
 def start_nginx(name: str, conf_text: str, port: int, workdir: Path,
@@ -184,12 +177,6 @@ def start_nginx(name: str, conf_text: str, port: int, workdir: Path,
     return server
 
 
-def proxy_command() -> list[str]:
-    """The installed entry point next to this interpreter, else the module."""
-    script = Path(sys.executable).with_name("clbscf-proxy")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "proxy.cli"]
-
-
 class ProxyServer(Server):
     """clbscf-proxy with a generated config; ``port`` is the one it reports for listener 0."""
 
@@ -206,19 +193,40 @@ class ProxyServer(Server):
         raise StartError(f"{self.name}: not ready after {timeout:.0f}s", self.log_tail())
 
 
-def start_proxy(name: str, toml_text: str, workdir: Path, cpus: set[int] | None) -> ProxyServer:
+def start_proxy(name: str, toml_text: str, workdir: Path, cpus: set[int] | None,
+                code: ProxyCode, *, access_log: bool = False) -> ProxyServer:
+    """``code``'s proxy; with ``access_log`` its JSON lines go to ``<name>-access.log``."""
     conf = workdir / f"{name}.toml"
     conf.write_text(toml_text)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    argv = [*proxy_command(), "--config", str(conf), "--no-access-log", "--log-level", "warning",
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **code.env}
+    argv = [*code.argv, "--config", str(conf), "--log-level", "warning",
             "--state-dir", str(workdir / f"{name}-state")]
-    server = ProxyServer(name, argv, workdir / f"{name}.log", cpus=cpus, env=env, cwd=ROOT)
+    argv += [] if access_log else ["--no-access-log"]
+    server = ProxyServer(name, argv, workdir / f"{name}.log", cpus=cpus, env=env, cwd=code.root,
+                         stdout=workdir / f"{name}-access.log" if access_log else None)
     server.start()
     try:
         return server.wait_ready()
     except BaseException:
         server.stop()
         raise
+
+
+def start_floor(name: str, upstream_port: int, workdir: Path, cpus: set[int] | None,
+                tls: tuple[Path, Path] | None = None) -> Server:
+    """benchmarks/floor_relay.py in front of ``upstream_port`` (HTTPS with ``tls``)."""
+    port = free_port()
+    argv = [sys.executable, str(ROOT / "benchmarks" / "floor_relay.py"),
+            "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{upstream_port}"]
+    argv += ["--tls", str(tls[0]), str(tls[1])] if tls else []
+    server = Server(name, argv, workdir / f"{name}.log", cpus=cpus).start()
+    server.port = port
+    try:
+        wait_port(port, 30, server)
+    except BaseException:
+        server.stop()
+        raise
+    return server
 
 
 def start_uvicorn(port: int, workdir: Path, cpus: set[int] | None, workers: int = 1) -> Server:

@@ -1,9 +1,10 @@
 """The result table: one ``Row`` per scenario, its targets, and how it is printed and saved.
 
-Owns the value model (``Side`` = one measured system, ``Row`` = ours vs a peer with the
-issue's targets), the verdicts (ratio against target, tables of operators and metrics rather
-than branches), the plain-text and Markdown renderings and the JSON file. Knows nothing of
-processes, wrk or nginx: scenarios fill rows in, this module only judges and shows them.
+Owns the value model (``Side`` = one measured system, its CPU time per request included,
+``Row`` = ours vs a peer with the issue's targets), the verdicts (ratio against target, tables
+of operators and metrics rather than branches), the plain-text and Markdown renderings and the
+JSON file. Knows nothing of processes, wrk or nginx: scenarios fill rows in, this module only
+judges and shows them.
 """
 
 from __future__ import annotations
@@ -26,11 +27,17 @@ class Side:
     p99_ms: float | None = None
     #: what went wrong for the load generator (socket errors, non-2xx) when it was tolerable
     notes: str = ""
+    #: CPU time of all its processes per request served, in the run kept (the best round)
+    cpu_us_per_request: float | None = None
+    #: each process of that figure: {name, comm, pid, us_per_request}
+    cpu_processes: list[dict[str, object]] = field(default_factory=list)
+    #: the shared origin's CPU time per request in that run (in neither side's total)
+    origin_cpu_us_per_request: float | None = None
 
 
 @dataclass(frozen=True)
 class Check:
-    """A target from issue 8: ``metric`` ("value" or "p99") ratio ``op`` ``bound``."""
+    """A target from issue 12: ``metric`` ("value" or "p99") ratio ``op`` ``bound``."""
 
     metric: str
     op: str
@@ -45,7 +52,7 @@ class Check:
 class Row:
     scenario: str
     description: str
-    unit: str  # "req/s", "match/s" or "B/conn"
+    unit: str  # "req/s", "match/s", "B/conn", "µs/req" (CPU) or "ratio" (of two rows)
     ours: Side
     peer: Side
     checks: tuple[Check, ...] = ()
@@ -102,7 +109,7 @@ def _rounded(value: float | None, digits: int = 3) -> float | None:
 # --- rendering ------------------------------------------------------------------------------
 
 HEADERS = ("scenario", "unit", "ours", "peer", "ratio", "p50 ours/peer ms",
-           "p99 ours/peer ms", "target", "met")
+           "p99 ours/peer ms", "CPU µs/req ours / peer", "target", "met")
 _VERDICTS = {True: "yes", False: "NO", None: "-"}
 
 
@@ -127,6 +134,7 @@ def cells(row: Row) -> list[str]:
     ratio = "-" if row.ratio is None else f"{row.ratio:.2f}x"
     return [row.scenario, row.unit, ours, peer, ratio,
             _pair(row.ours.p50_ms, row.peer.p50_ms), _pair(row.ours.p99_ms, row.peer.p99_ms),
+            _pair(row.ours.cpu_us_per_request, row.peer.cpu_us_per_request),
             ", ".join(c.text() for c in row.checks) or "-", _VERDICTS[row.met]]
 
 

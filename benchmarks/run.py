@@ -1,8 +1,9 @@
-"""Run the side-by-side benchmarks of issue 8 and print/save one table.
+"""Run the side-by-side benchmarks (issue 12's targets) and print/save one table.
 
 ``python benchmarks/run.py [--duration S] [--connections N] [--only SCENARIO ...] [--out F]
-[--markdown]`` installs what it needs (nginx, wrk, uvicorn), starts an origin nginx, runs each
-scenario (ours and its peer in turn, the same wrk load for both), prints the table and writes
+[--markdown] [--proxy-root DIR]`` installs what it needs (nginx, wrk, uvicorn), starts an
+origin nginx, runs each scenario (ours, its peer and, where there is one, the floor relay in
+turn, the same wrk load for all), adds the rows derived from them, prints the table and writes
 it as JSON to ``benchmarks/results/<timestamp>.json`` and ``benchmarks/results/latest.json``.
 Owns the command line, the CPU plan and the run's metadata; the scenarios own the rest.
 """
@@ -22,13 +23,13 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` and ``proxy`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import install, procs  # noqa: E402
+from benchmarks import checkout, derived, install, procs  # noqa: E402
 from benchmarks.harness import Bench, Load  # noqa: E402
 from benchmarks.report import Row, Side, render_markdown, render_text, write_json  # noqa: E402
 from benchmarks.scenarios import ORIGIN, SCENARIOS  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ORIGIN_USERS = {"cvm", "https", "rules"}
+ORIGIN_USERS = {"cvm", "cvm-log", "https", "rules"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "them (default: a temporary directory, removed)")
     parser.add_argument("--no-install", action="store_true",
                         help="do not install missing tools (scenarios needing them fail)")
+    parser.add_argument("--proxy-root", type=Path, metavar="DIR",
+                        help="run the proxy from this other checkout of the repo (python -m "
+                             "proxy.cli, cwd and PYTHONPATH = DIR, this interpreter; its native "
+                             "modules are built in place when missing), for before/after tables")
     return parser
 
 
@@ -75,12 +80,14 @@ def origin_baseline(bench: Bench) -> dict[str, object]:
     """wrk straight at the origin: it must be far faster than any proxied path."""
     row = Row("origin", "", "req/s", Side("origin"), Side(""))
     try:
-        port = bench.origin_port()
-        result = bench.load(port, Load(row, ORIGIN))
+        measured = bench.load(bench.origin(), Load(row, ORIGIN))
     except Exception as exc:  # noqa: BLE001 - the run goes on; the JSON says why
         return {"error": str(exc)}
+    result = measured.wrk
     bench.log(f"origin direct: {result.rps:,.0f} req/s (wrk and origin on the same CPUs)")
-    return {"rps": result.rps, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms}
+    measured.fill(row.ours)
+    return {"rps": result.rps, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms,
+            "cpu_us_per_request": row.ours.cpu_us_per_request}
 
 
 def run_scenarios(bench: Bench, names: list[str]) -> tuple[dict[str, object], list[Row]]:
@@ -95,13 +102,19 @@ def run_scenarios(bench: Bench, names: list[str]) -> tuple[dict[str, object], li
             except Exception as exc:  # noqa: BLE001 - one broken scenario, not the run
                 rows.append(Row(name, "", "-", Side("clbscf-proxy"), Side("-"),
                                 error=f"{type(exc).__name__}: {exc}"))
-    return baseline, rows
+    return baseline, rows + derived.derive(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     names = args.only or list(SCENARIOS)
-    tools = {} if args.no_install else install.ensure()
+    tools = {} if args.no_install else install.ensure(list(install.RUN_TOOLS))
+    try:
+        code = (checkout.this_checkout() if args.proxy_root is None
+                else checkout.other_checkout(args.proxy_root, _log))
+    except (checkout.CheckoutError, OSError) as exc:
+        print(f"run.py: --proxy-root: {exc}", file=sys.stderr)
+        return 2
     procs.raise_nofile()  # the idle scenario holds 10,000 client sockets in this process
     sut, load = cpu_plan(args.no_pin)
     load_before = [round(x, 2) for x in os.getloadavg()]
@@ -111,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     with _workdir(args.keep) as workdir:
         bench = Bench(workdir, args.duration, args.connections, sut, load,
-                      args.idle_connections, max(1, args.rounds),
-                      log=lambda text: print(text, flush=True))
+                      args.idle_connections, max(1, args.rounds), log=_log, code=code)
         baseline, rows = run_scenarios(bench, names)
     meta = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
@@ -124,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                     "cpu": _cpu_model(), "load_average_at_start": load_before},
         "tools": {**install.versions(), **{f"install_{k}": v for k, v in tools.items()}},
+        "proxy": code.describe(),
         "origin_direct": baseline,
     }
     out = args.out or RESULTS / time.strftime("%Y%m%d-%H%M%S.json", time.localtime(started))
@@ -135,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + render_markdown(rows))
     print(f"\nwritten: {out} and {RESULTS / 'latest.json'}")
     return 0
+
+
+def _log(text: str) -> None:
+    print(text, flush=True)
 
 
 @contextmanager

@@ -46,7 +46,7 @@ from urllib.parse import urlsplit
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import procs  # noqa: E402
+from benchmarks import checkout, procs  # noqa: E402
 
 HEAD_LIMIT = 64 * 1024  # the longest response head read; a longer one is an error
 #: the clock of due times and latencies: uvloop's loop.time() counts whole milliseconds
@@ -447,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
         server: procs.ProxyServer | None = None
         url, pid = args.url, args.pid
         if args.start_proxy:
-            argv_proxy = [*procs.proxy_command(), "--listen", "127.0.0.1:0", "--no-access-log",
+            argv_proxy = [*checkout.this_checkout().argv, "--listen", "127.0.0.1:0",
+                          "--no-access-log",
                           "--log-level", "warning", "--state-dir", str(Path(tmp) / "state"),
                           *args.proxy_arg]
             server = procs.ProxyServer("clbscf-proxy", argv_proxy, Path(tmp) / "proxy.log",

@@ -8,8 +8,10 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from benchmarks.asgi_hello import app
+from benchmarks.checkout import this_checkout
 from benchmarks.confs import HELLO_PAGE
-from benchmarks.scenarios import HELLO_CODE
+
+HELLO_CODE = this_checkout().hello_code
 
 
 def call(scope: dict[str, Any], incoming: list[dict[str, Any]]) -> list[MutableMapping[str, Any]]:

@@ -10,8 +10,10 @@ import pytest
 import trustme
 
 from benchmarks import confs
-from benchmarks.scenarios import HELLO_CODE
+from benchmarks.checkout import this_checkout
 from proxy.config import load_config
+
+HELLO_CODE = this_checkout().hello_code
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +93,14 @@ def test_regex_domain_survives_toml_escaping(tmp_path: Path) -> None:
                                          default_domain=regex))
     (rule,) = load_config(path).listeners[0].rules
     assert (rule.domain, rule.url) == (regex, r"~^/v[0-9]+/x$")
+
+
+def test_json_access_log_conf_passes_nginx_test(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    body = "\n".join([confs.JSON_LOG_FORMAT, confs.upstream("backend", 18001),
+                      confs.proxy_server(18002, "backend", access_log=log)])
+    done = nginx_test(tmp_path, body)
+    assert done.returncode == 0, done.stderr
+    text = (tmp_path / "nginx.conf").read_text()
+    assert f"access_log {log} {confs.JSON_LOG} buffer=64k flush=200ms;" in text
+    assert "escape=json" in text and "access_log off;" in text  # off for every other server

@@ -1,9 +1,12 @@
-"""Starting, pinning, weighing and stopping servers; and ``measure`` filling a row or failing
-it softly (the row says why, the run goes on)."""
+"""Starting, pinning, weighing and stopping servers; ``compare`` filling rows (the floor
+relay's too, and the CPU time per request) or failing them softly (the row says why, the run
+goes on); the proxy's access log to a file."""
 
 from __future__ import annotations
 
+import http.client
 import http.server
+import json
 import os
 import signal
 import sys
@@ -15,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import confs, procs
-from benchmarks.harness import OURS, PEER, Bench, Load, compare
+from benchmarks import confs, procs, proctree
+from benchmarks.harness import FLOOR, OURS, PEER, Bench, Load, compare
 from benchmarks.report import Row, Side
 
 FAKE_PROXY = """\
@@ -83,7 +86,7 @@ def test_memory_counts_the_children_too(tmp_path: Path) -> None:
         assert own < 32 << 20
         assert server.rss_bytes() >= own + (60 << 20)
     finally:
-        children = procs._descendants(server.pid)
+        children = proctree.descendants(server.pid)
         server.stop()
         for pid in children:  # they exit by themselves once the parent is gone; make sure
             try:
@@ -173,3 +176,50 @@ def test_each_side_keeps_its_best_round_of_real_wrk_runs(tmp_path: Path) -> None
     assert r.peer.value is not None and round(r.peer.value) == max(rounds)
     assert r.peer.p50_ms is not None and r.peer.p99_ms is not None
     assert 0 < r.peer.p50_ms <= r.peer.p99_ms
+
+
+def test_floor_fills_its_row_beside_the_same_peer_runs_with_cpu_per_request(
+        tmp_path: Path) -> None:
+    b = bench(tmp_path)
+    main, floor = row(), Row("cvm-floor", "", "req/s", Side("floor relay"), Side("-"))
+    floor.peer = main.peer
+    with b.stack:
+        compare(b, [Load(main, confs.ORIGIN_BODY.encode(), floor=floor)],
+                {PEER: lambda: b.nginx_proxy("nginx-cvm", b.origin_port()),
+                 FLOOR: lambda: b.floor("floor-cvm")})
+    assert not main.error and not floor.error, (main.error, floor.error)
+    assert main.ours.value is None and floor.ours.value is not None and floor.ours.value > 100
+    assert floor.extra["rounds"].keys() == {"ours", "peer"}
+    assert main.extra["rounds"].keys() == {"peer"}
+    peer_cpu, floor_cpu = main.peer.cpu_processes, floor.ours.cpu_processes
+    assert [(p["name"], p["comm"]) for p in peer_cpu] == [("nginx-cvm", "nginx")]
+    assert floor_cpu[0]["name"] == "floor-cvm" and floor_cpu[0]["pid"] != peer_cpu[0]["pid"]
+    for side in (main.peer, floor.ours):
+        assert side.cpu_us_per_request is not None and side.cpu_us_per_request > 0
+        assert side.cpu_us_per_request == round(sum(
+            float(str(p["us_per_request"])) for p in side.cpu_processes), 2)
+        # the origin is in neither side's figure but measured in the same runs
+        assert side.origin_cpu_us_per_request is not None and side.origin_cpu_us_per_request > 0
+
+
+def test_proxy_access_log_goes_to_a_file_of_its_own(tmp_path: Path) -> None:
+    from benchmarks.scenarios import cvm_toml
+
+    b = bench(tmp_path)
+    with b.stack:
+        server = b.proxy("proxy-log", cvm_toml(b), access_log=True)
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            conn.request("GET", "/logged", headers={"Host": confs.BENCH_DOMAIN})
+            assert conn.getresponse().read() == confs.ORIGIN_BODY.encode()
+            conn.close()
+            access = tmp_path / "proxy-log-access.log"
+            deadline = time.monotonic() + 5
+            while not access.read_text() and time.monotonic() < deadline:
+                time.sleep(0.05)  # the proxy flushes its buffer within FLUSH_INTERVAL
+        finally:
+            server.stop()
+    (line,) = access.read_text().splitlines()
+    record = json.loads(line)
+    assert (record["path"], record["status"]) == ("/logged", 200)
+    assert "listening on" in server.log.read_text()  # stderr stays in the server's log

@@ -80,3 +80,20 @@ def test_json_holds_meta_rows_ratios_and_verdicts(tmp_path: Path) -> None:
     assert row["ratio"] == 1.2 and row["met"] is True
     assert row["checks"] == [">=1x", "p99 <=1.5x"]
     assert row["ours"]["value"] == 12000 and row["peer"]["label"] == "nginx"
+
+
+def test_cpu_per_request_column_and_json_fields(tmp_path: Path) -> None:
+    row = cvm_row(12000, 10000, 3.0, 2.5)
+    row.ours.cpu_us_per_request, row.peer.cpu_us_per_request = 61.5, 24.25
+    row.ours.cpu_processes = [{"name": "proxy-cvm", "comm": "clbscf-proxy", "pid": 7,
+                               "us_per_request": 61.5}]
+    row.peer.origin_cpu_us_per_request = 11.0
+    header, _, line = render_text([row]).splitlines()[:3]
+    assert "CPU µs/req ours / peer" in header and "61.5 / 24.2" in line
+    assert "| CPU µs/req ours / peer |" in render_markdown([row])
+    out = tmp_path / "run.json"
+    write_json(out, {}, [row])
+    (data,) = json.loads(out.read_text())["rows"]
+    assert data["ours"]["cpu_us_per_request"] == 61.5
+    assert data["ours"]["cpu_processes"][0]["comm"] == "clbscf-proxy"
+    assert data["peer"]["origin_cpu_us_per_request"] == 11.0

@@ -19,7 +19,8 @@ def test_defaults_are_the_issues_ten_seconds_fifty_connections() -> None:
 
 def test_only_takes_several_known_scenarios() -> None:
     assert build_parser().parse_args(["--only", "cvm", "idle"]).only == ["cvm", "idle"]
-    assert set(SCENARIOS) == {"cvm", "scf", "scf2", "https", "rules", "match", "idle"}
+    assert set(SCENARIOS) == {"cvm", "cvm-log", "scf", "scf2", "https", "rules", "match",
+                              "idle"}
 
 
 def test_unknown_scenario_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -37,3 +38,9 @@ def test_server_and_load_get_separate_cpus_unless_told_not_to() -> None:
     else:
         assert (sut, load) == (None, None)
     assert cpu_plan(no_pin=True) == (None, None)
+
+
+def test_proxy_root_is_a_directory_option() -> None:
+    args = build_parser().parse_args(["--proxy-root", "/work/base", "--only", "cvm-log"])
+    assert str(args.proxy_root) == "/work/base" and args.only == ["cvm-log"]
+    assert build_parser().parse_args([]).proxy_root is None
