@@ -84,11 +84,16 @@ def _connection_options(headers: Headers, lowers: list[str]) -> frozenset[str]:
     return frozenset(options - _NOT_NOMINABLE)
 
 
-def forwarded_headers(request: Request, trusted: TrustedProxies) -> Headers:
-    """The client's end-to-end headers, names as sent and in order, then the CLB headers."""
+def end_to_end(request: Request, trusted: TrustedProxies,
+               also_drop: frozenset[str] = frozenset()) -> tuple[list[tuple[str, str]], str]:
+    """The client's end-to-end fields, names as sent and in order, without hop-by-hop,
+    nominated and forged CLB fields (nor ``also_drop``, lower-case names); and the
+    ``X-Forwarded-For`` chain to send (a trusted peer's chain extended, anyone else's
+    replaced by the peer's address)."""
     headers = request.headers
     lowers = [name.lower() for name, _ in headers]
     nominated = _connection_options(headers, lowers) if "connection" in lowers else frozenset()
+    drop = _DROP | also_drop if also_drop else _DROP
     client_ip = request.client_ip
     keep_xff = client_ip in trusted
     incoming_xff: list[str] = []
@@ -98,25 +103,36 @@ def forwarded_headers(request: Request, trusted: TrustedProxies) -> Headers:
         # treated as hop-by-hop like any other nominated field.
         if lname in nominated:
             continue
-        if lname in _DROP:
+        if lname in drop:
             if keep_xff and lname == _XFF:
                 incoming_xff.append(field[1].strip())
             continue
         kept.append(field)
+    if not incoming_xff:
+        return kept, client_ip
+    return kept, ", ".join([v for v in incoming_xff if v] + [client_ip])
+
+
+def clb_values(request: Request, chain: str) -> tuple[str, str, str, str, str, str]:
+    """The values of the CLB headers for ``request``, in the order of ``CLB_HEADERS``."""
     scheme = request.scheme
-    chain = ", ".join([v for v in incoming_xff if v] + [client_ip])
-    kept += (
-        ("X-Stgw-Time", f"{request.received_at:.3f}"),
-        ("X-Client-Proto", scheme),
-        ("X-Forwarded-Proto", scheme),
-        ("X-Client-Proto-Ver", f"HTTP/{request.http_version}"),
-        # X-Real-IP stays the address we saw even behind a trusted proxy: that proxy vouches
-        # only for the entry it appended to X-Forwarded-For, not for the leftmost one a client
-        # may have written; backends wanting the chain read X-Forwarded-For.
-        ("X-Real-IP", client_ip),
-        ("X-Forwarded-For", chain),
-    )
+    # X-Real-IP stays the address we saw even behind a trusted proxy: that proxy vouches only
+    # for the entry it appended to X-Forwarded-For, not for the leftmost one a client may have
+    # written; backends wanting the chain read X-Forwarded-For.
+    return (f"{request.received_at:.3f}", scheme, scheme, f"HTTP/{request.http_version}",
+            request.client_ip, chain)
+
+
+#: the CLB header lines with their values left to fill in, as ``clb_values`` gives them
+CLB_LINES: str = "".join(f"{name}: {{}}\r\n" for name in CLB_HEADERS)
+
+
+def forwarded_headers(request: Request, trusted: TrustedProxies) -> Headers:
+    """The client's end-to-end headers, names as sent and in order, then the CLB headers."""
+    kept, chain = end_to_end(request, trusted)
+    kept += zip(CLB_HEADERS, clb_values(request, chain))
     return tuple(kept)
 
 
-__all__ = ["CLB_HEADERS", "HOP_BY_HOP", "TrustedProxies", "forwarded_headers"]
+__all__ = ["CLB_HEADERS", "CLB_LINES", "HOP_BY_HOP", "TrustedProxies", "clb_values",
+           "end_to_end", "forwarded_headers"]

@@ -48,7 +48,7 @@ from typing import Any
 
 from ..config import Config, Listener, Rule, Target
 from ..errors import UpstreamError
-from ..headers import TrustedProxies, forwarded_headers
+from ..headers import CLB_LINES, TrustedProxies, clb_values, end_to_end
 from ..messages import Headers, Outcome, Request, Response, Route
 from ..streams import RequestBody
 from ..vocabulary import CONTENT_METHODS, IDEMPOTENT_METHODS, RESPONSE_DROPPED
@@ -68,17 +68,15 @@ _REQUEST_OWN = frozenset({"content-length", "transfer-encoding", "expect"})
 def request_head(request: Request, trusted: TrustedProxies, address: str,
                  upgrade: bool) -> bytes:
     """The request line and header block sent upstream (HTTP/1.1 whatever the client spoke)."""
+    kept, chain = end_to_end(request, trusted, _REQUEST_OWN)
     query = request.query
-    parts = [f"{request.method} {request.path}{'?' + query if query else ''} HTTP/1.1\r\n"]
-    has_host = False
-    for name, value in forwarded_headers(request, trusted):
-        lname = name.lower()
-        if lname in _REQUEST_OWN:
-            continue
-        has_host = has_host or lname == "host"
-        parts.append(f"{name}: {value}\r\n")
-    if not has_host:  # an HTTP/1.0 client may send none; HTTP/1.1 requires one (RFC 9112 §3.2)
+    parts = [f"{request.method} {request.path}?{query} HTTP/1.1\r\n" if query
+             else f"{request.method} {request.path} HTTP/1.1\r\n"]
+    parts += [f"{name}: {value}\r\n" for name, value in kept]
+    if request.http_version == "1.0" and request.header("host") is None:
+        # an HTTP/1.0 client may send none; HTTP/1.1 requires one (RFC 9112 §3.2)
         parts.append(f"Host: {address}\r\n")
+    parts.append(CLB_LINES.format(*clb_values(request, chain)))
     if upgrade:  # hop-by-hop, so headers.py dropped them: a WebSocket handshake needs both;
         # only the websocket protocol is offered (never h2c, which would bypass us)
         parts.append("Connection: upgrade\r\nUpgrade: websocket\r\n")

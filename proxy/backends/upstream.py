@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import httptools
 
 from ..errors import ProxyError, UpstreamError, UpstreamTimeout
-from ..vocabulary import NO_BODY_STATUSES
+from ..vocabulary import FRAMING, NO_BODY_STATUSES
 
 if TYPE_CHECKING:
     from .tunnel import Tunnel
@@ -72,7 +72,7 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "pool", "transport", "closed", "phase", "tunnel", "write_paused", "drain_waiter",
         "waiter", "notify", "deadline", "read_timeout", "idle_since", "head_only", "upgrade",
-        "buf", "parser", "messages", "raw_headers", "status", "keep_alive", "close_delimited",
+        "buf", "parser", "messages", "raw_headers", "status", "keep_alive",
         "got_bytes", "checked", "complete", "dirty", "body_sent", "error", "chunks",
         "buffered", "read_paused", "news",
     )
@@ -109,7 +109,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.raw_headers: list[tuple[str, str]] = []
         self.status = 0
         self.keep_alive = False
-        self.close_delimited = False
         self.got_bytes = False
         self.checked = False
         self.complete = False
@@ -182,7 +181,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.error = UpstreamError("upstream closed the connection before the response",
                                        log_detail=f"{self.pool.address}: {exc or 'EOF'}")
         elif phase == BODY and not self.complete and self.error is None:
-            if self.close_delimited and exc is None:
+            if exc is None and self._close_delimited():
                 self.complete = True  # RFC 9112 §6.3 item 8: the close ends this body
             else:
                 self.error = UpstreamError("upstream closed mid-body",
@@ -282,12 +281,13 @@ class UpstreamConnection(asyncio.Protocol):
             self.complete = True
             self.dirty = bool(buf)
         else:
-            self.close_delimited = not any(
-                name.lower() in ("content-length", "transfer-encoding")
-                for name, _ in self.raw_headers)
             self.phase = BODY
             if buf:
                 self._feed_body(buf)
+
+    def _close_delimited(self) -> bool:
+        """The body has no framing of its own: the close ends it (RFC 9112 §6.3 item 8)."""
+        return not any(name.lower() in FRAMING for name, _ in self.raw_headers)
 
     def _check_partial(self, data: bytes) -> None:
         """A head still incomplete: fail now if what came so far is already invalid (once per
