@@ -4,11 +4,14 @@ This checkout runs through the ``clbscf-proxy`` entry point installed next to th
 interpreter. Another checkout (an older commit, for a before/after table in one harness) runs
 as ``python -m proxy.cli`` with this interpreter, its directory as cwd and PYTHONPATH; when it
 has no native modules built (``proxy/_speedups/*.so``, one per ``native/*.pyx`` at least, the
-names setup.py gives them), they are built in place first. Knows nothing of configs or load.
+names setup.py gives them), or one is stale (newer checkouts write a manifest of its sources'
+SHA-256 beside it, which the proxy checks), they are built in place first. Knows nothing of
+configs or load.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -18,6 +21,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD_TIMEOUT_S = 900
+#: the manifest setup.py writes beside ``<stem>.so`` (in checkouts that write one): a
+#: ``<sha256 or "absent">  <source path>`` line per source, ``#`` comments
+MANIFEST_SUFFIX = ".sha256"
 
 
 class CheckoutError(Exception):
@@ -40,7 +46,8 @@ class ProxyCode:
         commit = subprocess.run(["git", "-C", str(self.root), "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True)
         return {"root": str(self.root), "commit": commit.stdout.strip() or "unknown",
-                "native": sorted(native_built(self.root)), "command": " ".join(self.argv)}
+                "native": sorted(native_built(self.root)),
+                "native_stale": sorted(native_stale(self.root)), "command": " ".join(self.argv)}
 
 
 def native_built(root: Path) -> set[str]:
@@ -49,6 +56,22 @@ def native_built(root: Path) -> set[str]:
 
 def native_expected(root: Path) -> set[str]:
     return {pyx.stem for pyx in (root / "native").glob("*.pyx")}
+
+
+def native_stale(root: Path) -> set[str]:
+    """Built modules whose manifest no longer matches their sources (the proxy would not use
+    them); a checkout without manifests has none."""
+    stale = set()
+    for manifest in (root / "proxy" / "_speedups").glob("*" + MANIFEST_SUFFIX):
+        for line in manifest.read_text().splitlines():
+            digest, _, rel = line.partition("  ")
+            if line.startswith("#") or not rel:
+                continue
+            source = root / rel
+            found = hashlib.sha256(source.read_bytes()).hexdigest() if source.exists() else "absent"
+            if found != digest:
+                stale.add(manifest.name.split(".")[0])
+    return stale
 
 
 def this_checkout() -> ProxyCode:
@@ -64,7 +87,7 @@ def other_checkout(root: Path, log: Callable[[str], None] = print) -> ProxyCode:
         raise CheckoutError(f"{root}: no proxy/cli.py, not a checkout of this project")
     code = ProxyCode(root, [sys.executable, "-m", "proxy.cli"], {"PYTHONPATH": str(root)})
     built = native_built(root)
-    if not built or not native_expected(root) <= built:
+    if not built or not native_expected(root) <= built or native_stale(root):
         log(f"building native modules in {root} (setup.py build_ext --inplace) ...")
         done = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
                               cwd=root, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)

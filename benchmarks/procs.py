@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Self
 
 from benchmarks import proctree
 from benchmarks.checkout import ProxyCode
@@ -94,7 +95,7 @@ class Server:
         if self.cpus:
             os.sched_setaffinity(0, self.cpus)
 
-    def start(self) -> Server:
+    def start(self) -> Self:
         with self.log.open("ab") as err, (self.stdout or self.log).open("ab") as out:
             # a file, never a pipe: a pipe nobody drains would stall a server that writes
             self.proc = subprocess.Popen(self.argv, stdout=out, stderr=err,

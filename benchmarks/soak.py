@@ -40,7 +40,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
@@ -281,6 +281,7 @@ class Soak:
                     reader, writer = await asyncio.wait_for(asyncio.open_connection(
                         t.host, t.port, ssl=self.ssl, limit=HEAD_LIMIT),
                         deadline - now())
+                assert reader is not None and writer is not None
                 status, keep = await asyncio.wait_for(
                     exchange(reader, writer, t.request, head_only),
                     deadline - now())
@@ -331,7 +332,7 @@ class Soak:
                **{f"{k}_ms": v for k, v in window.percentiles_ms(50, 99).items()},
                "process": self._sample()}
         self.intervals.append(row)
-        proc = row["process"] or {}
+        proc = cast("dict[str, Any]", row["process"] or {})
         self.log(f"[{at:7.1f}s] {row['done']:7d} done  {row['rate']:9.1f} req/s  "
                  f"{row['errors']:5d} errors  p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms  "
                  f"rss {proc.get('rss_bytes', 0) / 2**20:.1f} MiB  fds {proc.get('fds', '-')}")

@@ -36,7 +36,7 @@ def server(status: bytes = b"200 OK", close: bool = False) -> Iterator[int]:
     """An HTTP server on port 0 in its own thread and loop; yields the port."""
     loop = asyncio.new_event_loop()
     started = threading.Event()
-    holder: dict[str, asyncio.AbstractServer] = {}
+    holder: dict[str, asyncio.Server] = {}
 
     async def serve() -> None:
         holder["server"] = await loop.create_server(lambda: _Answer(status, close),

@@ -44,3 +44,12 @@ def test_proxy_root_is_a_directory_option() -> None:
     args = build_parser().parse_args(["--proxy-root", "/work/base", "--only", "cvm-log"])
     assert str(args.proxy_root) == "/work/base" and args.only == ["cvm-log"]
     assert build_parser().parse_args([]).proxy_root is None
+
+
+def test_profile_defaults_cover_the_three_paths() -> None:
+    from benchmarks import profile
+
+    args = profile.build_parser().parse_args([])
+    assert (args.duration, args.connections, args.top) == (15.0, 50, 15)
+    assert args.paths == ["cvm", "scf", "https"] == list(profile.PATHS)
+    assert profile.PATHS["scf"][2] is True  # py-spy follows the function instances
