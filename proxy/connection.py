@@ -179,7 +179,7 @@ class HttpConnection(asyncio.Protocol):
         "ctx", "state", "transport", "parser", "client_ip", "client_port", "phase", "body",
         "received_at", "queue", "current", "cancel", "started", "stopped", "pending_error",
         "write_paused", "drain_waiter", "pauses", "tunnel", "linger_until", "deadline",
-        "on_deadline", "send_deadline", "client_eof",
+        "on_deadline", "send_deadline", "send_buffered", "client_eof",
     )
 
     def __init__(self, ctx: ListenerContext) -> None:
@@ -218,6 +218,8 @@ class HttpConnection(asyncio.Protocol):
         #: the clock() time by which the client must have taken some of what we wrote; 0.0
         #: while nothing waits to be taken (see _watch_send)
         self.send_deadline = 0.0
+        #: bytes waiting in the transport when the send deadline was last set
+        self.send_buffered = 0
         #: the client has sent its FIN: there is nothing left to linger for
         self.client_eof = False
 
@@ -316,7 +318,10 @@ class HttpConnection(asyncio.Protocol):
             # answered after them.
             self._fail(self.parser.error)
         elif self.phase == BODY and not self.pauses & PAUSED_BODY:
-            self._arm(self.ctx.listener.client_body_timeout, HttpConnection._body_timeout)
+            if self.body is not None and self.body.awaits_continue:
+                self._disarm()  # it waits for our 100 Continue: its timeout starts with that
+            else:
+                self._arm(self.ctx.listener.client_body_timeout, HttpConnection._body_timeout)
         if self.current is None and self.queue:
             self._dispatch()
 
@@ -357,6 +362,8 @@ class HttpConnection(asyncio.Protocol):
         body = self.current.stream if self.current is not None else None
         if body is not None and body.received == 0 and not body.ended:
             self.transport.write(writer.continue_response())
+            if self.phase == BODY and self.body is body:  # its body timeout starts now
+                self._arm(self.ctx.listener.client_body_timeout, HttpConnection._body_timeout)
 
     def _pause_for_body(self) -> None:
         self._pause(PAUSED_BODY)
@@ -571,12 +578,20 @@ class HttpConnection(asyncio.Protocol):
         """The client must take some of what we write within ``client_body_timeout`` (ours:
         nginx's send_timeout, 60 s between two successful writes, has no knob of its own
         here), or it is cut off: a client that asks and never reads must not hold the
-        connection, its buffers and an upstream connection for ever."""
+        connection, its buffers and an upstream connection for ever. Progress is judged by
+        the transport's write buffer shrinking, not by it draining to its low-water mark: a
+        slow reader of a large response keeps its connection as long as it keeps reading."""
         if not self.send_deadline:
             self.send_deadline = self.state.clock() + self.ctx.listener.client_body_timeout
+            self.send_buffered = self.transport.get_write_buffer_size()
             self.state.watch()
 
-    def _send_timeout(self) -> None:
+    def _send_timeout(self, now: float) -> None:
+        buffered = self.transport.get_write_buffer_size()
+        if buffered < self.send_buffered:  # it took some since: another window
+            self.send_buffered = buffered
+            self.send_deadline = now + self.ctx.listener.client_body_timeout
+            return
         self.send_deadline = 0.0
         error_log.info("%s:%s took nothing for %ss: connection aborted", self.client_ip,
                        self.client_port, self.ctx.listener.client_body_timeout)
@@ -611,8 +626,9 @@ class HttpConnection(asyncio.Protocol):
         """Called by the sweep: run what was due by ``now`` (the send timeout first: it
         aborts, and nothing else matters then)."""
         if 0.0 < self.send_deadline <= now:
-            self._send_timeout()
-            return
+            self._send_timeout(now)
+            if not self.send_deadline:
+                return
         if not 0.0 < self.deadline <= now:
             return  # an earlier connection's callback may have changed it
         callback = self.on_deadline

@@ -73,6 +73,12 @@ class RequestBody:
     def ended(self) -> bool:
         return self._ended
 
+    @property
+    def awaits_continue(self) -> bool:
+        """The client asked for ``100 Continue`` and waits for it: nobody read yet, nothing
+        came (RFC 9110 §10.1.1)."""
+        return self._on_first_read is not None and not self._read_started and not self.received
+
     # -- the backend's side ----------------------------------------------------------------
 
     async def read(self) -> bytes:

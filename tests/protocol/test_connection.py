@@ -306,11 +306,6 @@ async def test_send_timeout_restarts_whenever_the_client_drains(kind):
     assert c.transport.aborted
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "send timeout counts from pause_writing to resume_writing: a client that keeps taking a "
-    "large buffered response, but not down to the transport's low-water mark within "
-    "client_body_timeout, is aborted although it took some in every window (docstring: "
-    "'must have taken some of what we wrote'; nginx's send_timeout is between two writes)"))
 @async_test
 async def test_send_timeout_spares_a_slow_client_that_keeps_taking_data(kind):
     c = Client(kind)
@@ -489,11 +484,6 @@ async def test_100_continue_is_sent_only_when_the_backend_starts_reading_the_bod
     assert c.finals()[0].header("connection") == "keep-alive"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the body timeout runs from the head on, also while an Expect: 100-continue client waits "
-    "for our 100: when the backend starts reading later than client_body_timeout, the client "
-    "gets '100 Continue' and the body read fails with RequestTimeout at once (408), though it "
-    "did what RFC 9110 section 10.1.1 asks; nginx's client_body_timeout runs between reads"))
 @async_test
 async def test_body_timeout_does_not_run_while_the_client_waits_for_100_continue(kind):
     c = Client(kind)
