@@ -86,10 +86,10 @@ def _bind_scf(backends: Backends, listener: Listener, rule: Rule,
               target: Target) -> tuple[object, Usable | None]:
     trusted = TrustedProxies(listener.trusted_proxies)
     local = backends.local.get(target.namespace, target.function)
+    if local is not None:  # a local function can also be started without a task
+        return FunctionTarget(local.invoke, trusted, local.start), None
     invoker: Invoker
-    if local is not None:
-        invoker = local.invoke
-    elif target.invoke_url:
+    if target.invoke_url:
         client = backends.invoke_url
         if client is None:
             raise ConfigError(f"{target.label}: invoke_url targets are not available")

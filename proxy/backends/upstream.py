@@ -32,13 +32,13 @@ Must not know requests' meaning, routing, health, or the client side.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import httptools
 
+from ..deadlines import Deadlines, clock
 from ..errors import ProxyError, UpstreamError, UpstreamTimeout
 from ..vocabulary import FRAMING, NO_BODY_STATUSES
 
@@ -56,8 +56,6 @@ SWEEP_INTERVAL = 0.1
 
 # exchange phases of an upstream connection
 IDLE, HEAD, BODY, DONE, TUNNEL = range(5)
-
-clock = time.monotonic
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -124,20 +122,16 @@ class UpstreamConnection(asyncio.Protocol):
     def arm(self, timeout: float) -> None:
         """Start the read timeout: the response must make progress every ``timeout`` s."""
         self.read_timeout = timeout
-        self.deadline = clock() + timeout
-        self.pool.armed.add(self)
-        self.pool.watch()
+        self.pool.deadlines.arm(self, timeout)
 
     def disarm(self) -> None:
-        self.deadline = 0.0
-        self.pool.armed.discard(self)
+        self.pool.deadlines.disarm(self)
 
     def expire(self) -> None:
         """The read deadline passed (called by the pool's sweep)."""
-        self.deadline = 0.0
-        self.pool.armed.discard(self)
         if self.error is None and not self.complete:
             self._fail(UpstreamTimeout("upstream read timeout", log_detail=self.pool.address))
+            self._wake()
 
     # -- asyncio callbacks ------------------------------------------------------------------
 
@@ -398,12 +392,11 @@ class Pool:
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.idle: deque[UpstreamConnection] = deque()
-        #: busy connections whose read deadline is armed
-        self.armed: set[UpstreamConnection] = set()
+        #: the read deadlines of busy connections; each pass also retires idle ones
+        self.deadlines = Deadlines(SWEEP_INTERVAL, self._retire_idle)
         self.busy = 0
         self.connects = 0
         self.retired = False
-        self._sweeper: asyncio.TimerHandle | None = None
 
     async def connect(self, timeout: float) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
@@ -439,8 +432,7 @@ class Pool:
         conn.phase = IDLE
         conn.idle_since = clock()
         self.idle.append(conn)
-        if self._sweeper is None:
-            self.watch()
+        self.deadlines.watch()
 
     def detach(self) -> None:
         """A connection leaves the pool's accounting for good (a tunnel took it)."""
@@ -459,22 +451,11 @@ class Pool:
     def state(self) -> dict[str, int]:
         return {"idle": len(self.idle), "busy": self.busy, "connects": self.connects}
 
-    # -- deadlines ------------------------------------------------------------------------
-
-    def watch(self) -> None:
-        """Something has a deadline now: make sure the sweep runs."""
-        if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
-
-    def _sweep(self) -> None:
-        self._sweeper = None
-        now = clock()
-        for conn in [c for c in self.armed if c.deadline <= now]:
-            conn.expire()
-            conn._wake()
+    def _retire_idle(self, now: float) -> bool:
+        """Close the connections idle for ``idle_timeout`` (the oldest are at the left);
+        whether any is left to retire later."""
         idle = self.idle
         cutoff = now - self.idle_timeout
-        while idle and idle[0].idle_since <= cutoff:  # the oldest are at the left
+        while idle and idle[0].idle_since <= cutoff:
             idle.popleft().transport.close()
-        if self.armed or idle:
-            self.watch()
+        return bool(idle)

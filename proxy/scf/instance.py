@@ -5,9 +5,10 @@ end of a socketpair carries the frames of scf/frames.py; fd 1 and 2 are pipes), 
 invocation and taking its reply, logging what the handler prints, noticing the exit, killing.
 The pool (scf/local.py) owns the policy: which instance serves whom, and what a reply means.
 
-Strategy: callbacks only, no task or thread per instance or request. The channel is an
-``asyncio.Protocol``; the pipes and the exit (a pidfd, polled where the kernel has none) are
-``add_reader`` callbacks. Each instance is its own session, so a kill (SIGKILL to the process
+Strategy: callbacks only, no task, future, timer or thread per instance or request. The channel
+is an ``asyncio.Protocol``; the pipes and the exit (a pidfd, polled where the kernel has none)
+are ``add_reader`` callbacks; an invocation's reply goes to the callback ``run`` was given, and
+its timeout is a deadline in the owner's sweep (deadlines.py). Each instance is its own session, so a kill (SIGKILL to the process
 group) also takes the handler's subprocesses. The exit is the authority on death: the socket's
 EOF only starts a short grace for the exit to show, because a handler's forked child may hold
 the socket open. Output is attributed to the request the instance is running: the worker
@@ -27,6 +28,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
@@ -36,6 +38,10 @@ from . import frames, runtime
 
 if TYPE_CHECKING:
     from ..config import Function
+    from ..deadlines import Deadlines
+
+#: where an invocation's outcome goes: the result JSON, or the ProxyError that ended it
+Reply = Callable[[Any], None]
 
 function_log = logging.getLogger("proxy.function")
 
@@ -59,9 +65,11 @@ class Owner(Protocol):
     environment: dict[str, str]
     closed: bool
 
+    deadlines: Deadlines
+
     def spawned(self, instance: Instance) -> None: ...
     def release(self, instance: Instance) -> None: ...
-    def replied(self, instance: Instance, reply: asyncio.Future[bytes] | None, status: str,
+    def replied(self, instance: Instance, reply: Reply | None, status: str,
                 body: bytes) -> None: ...
     def gone(self, instance: Instance) -> None: ...
     def reaped(self, instance: Instance) -> None: ...
@@ -123,7 +131,10 @@ class Instance:
         #: resolves once the worker has imported (or failed to import) the handler
         self.started: asyncio.Future[None] = self.loop.create_future()
         self.exited: asyncio.Future[int] = self.loop.create_future()
-        self.reply: asyncio.Future[bytes] | None = None
+        #: the invocation running: where its outcome goes
+        self.reply: Reply | None = None
+        #: clock() by which the invocation running must answer (0.0: none runs)
+        self.deadline = 0.0
         self.reply_header: dict[str, Any] | None = None
         self.request_id = "-"
         self.last_used = self.loop.time()
@@ -240,20 +251,24 @@ class Instance:
         elif not self.started.done():
             self.started.set_result(None)
 
-    def run(self, header: bytes, event: bytes, request_id: str) -> asyncio.Future[bytes]:
-        """Send one invocation; the future gets the result (or a ProxyError) via the owner."""
+    def run(self, header: bytes, event: bytes, request_id: str, reply: Reply) -> None:
+        """Send one invocation; ``reply`` gets its outcome through the owner (``replied``), or
+        the ProxyError that ended it (timeout, crash)."""
         assert self.transport is not None
         self.request_id = request_id
-        self.reply = reply = self.loop.create_future()
+        self.reply = reply
         length = frames.LENGTH.pack
         self.transport.writelines((length(len(header)), header, length(len(event)), event))
-        self.timer = self.loop.call_later(self.owner.config.timeout, self._timed_out)
-        return reply
+        self.owner.deadlines.arm(self, self.owner.config.timeout)
+
+    def expire(self) -> None:
+        """The invocation's deadline passed (called by the owner's sweep)."""
+        if self.reply is not None and not self.dead:
+            self._timed_out()
 
     def _on_reply(self, status: str, body: bytes) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        if self.deadline:
+            self.owner.deadlines.disarm(self)
         self.drain_output()  # what it printed belongs to this request: log it first
         reply, self.reply = self.reply, None
         self.last_used = self.loop.time()
@@ -283,11 +298,15 @@ class Instance:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        for waiting in (self.started, self.reply):
-            if waiting is not None and not waiting.done():
-                waiting.set_exception(exc or FunctionCrashed("instance retired"))
-                waiting.exception()  # mark it retrieved: its caller may be gone
-        self.reply = None
+        if self.deadline:
+            self.owner.deadlines.disarm(self)
+        error = exc or FunctionCrashed("instance retired")
+        if not self.started.done():
+            self.started.set_exception(error)
+            self.started.exception()  # mark it retrieved: its caller may be gone
+        reply, self.reply = self.reply, None
+        if reply is not None:
+            reply(error)
         if self.returncode is None and self.pid:
             # Not reaped yet, so the pid cannot have been reused: safe to signal.
             try:

@@ -10,7 +10,9 @@ into FunctionTimeout (504) and FunctionCrashed (502), and the pool replaces the 
 
 Strategy: slots, not processes, are counted against ``concurrency``: a slot freed by a death is
 handed straight to the first waiting caller, who starts the replacement, so nobody overtakes the
-queue. Only futures and callbacks on the hot path: no process, thread or task per request.
+queue. The hot path is callbacks only: ``start`` with a warm instance free hands the event to
+it and its reply to the caller's callback, with no task, future or timer (invocation timeouts
+are deadlines in one sweep per function); queueing and cold starts run on a task (``invoke``).
 
 Decisions (ours):
 - A caller cancelled while its invocation runs (client gone) does not stop it: the instance
@@ -45,14 +47,19 @@ import orjson
 from ..config import Function
 from ..errors import (BadFunctionResponse, FunctionCrashed, FunctionError,
                       FunctionResponseTooLarge, Overloaded, PayloadTooLarge, ProxyError)
+from ..deadlines import Deadlines
 from ..messages import Invocation
 from . import frames, runtime
-from .instance import Instance, logged
+from .instance import Instance, Reply, logged
 
 function_log = logging.getLogger("proxy.function")
 
 #: at most this many import checks at once in start()
 CHECKS_AT_ONCE = max(2, os.cpu_count() or 2)
+#: how often invocation deadlines are checked: a timeout fires up to this much late
+TIMEOUT_SWEEP = 0.1
+#: what a started invocation hands back, once: an Invocation, or the ProxyError that ended it
+Done = Callable[[Any], None]
 
 
 # -- outcomes: reply status -> (result or error, keep the instance) ----------------------------
@@ -123,24 +130,69 @@ class LocalFunction:
         self._tasks: set[asyncio.Task[None]] = set()
         self.cold_starts = 0
         self.invocations = 0
+        #: the deadlines of the invocations running
+        self.deadlines = Deadlines(TIMEOUT_SWEEP)
         self.closed = False
         #: replaced by a reload: callers already holding it are served, then instances go
         self.retiring = False
 
+    def start(self, event: bytes, request_id: str, done: Done) -> Callable[[], None]:
+        """Run the function on ``event`` (JSON bytes); ``done`` gets the Invocation, or the
+        ProxyError, once. With a warm instance free this is all callbacks; otherwise the
+        wait for one runs on a task. Returns what drops the caller (the invocation itself
+        still runs to its end, see the module docstring)."""
+        idle = self._idle
+        if idle and not self.closed and len(event) <= frames.MAX_EVENT_BYTES:
+            instance = idle.pop()
+            if not instance.dead:
+                call = _Call(self, done, request_id, False)
+                self._run(instance, event, call)
+                return call.drop
+            idle.append(instance)  # dead: gone() will take it out; the slow path copes
+
+        task = asyncio.get_running_loop().create_task(self.invoke(event, request_id))
+
+        def finished(task: asyncio.Task[Invocation]) -> None:
+            if not task.cancelled():
+                exc = task.exception()
+                done(task.result() if exc is None else exc)
+
+        task.add_done_callback(finished)
+        return task.cancel
+
     async def invoke(self, event: bytes, request_id: str) -> Invocation:
-        """Run the function on ``event`` (JSON bytes); its return value as JSON bytes."""
+        """Run the function on ``event`` (JSON bytes) and wait for its Invocation."""
         if len(event) > frames.MAX_EVENT_BYTES:
             raise PayloadTooLarge(log_detail=f"{self.key}: event of {len(event)} bytes")
         while True:
             instance, cold = await self._acquire(request_id)
             if not instance.dead:  # one handed over can have died before we resumed
                 break
-        header = b'{"request_id":%b,"context":%b}' % (orjson.dumps(request_id), self._context)
-        began = time.perf_counter()
-        reply = instance.run(header, event, request_id)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        box: list[Any] = []  # not the future's result: the loop may hold a done future a while
+
+        def done(result: Any) -> None:
+            if not future.done():
+                box.append(result)
+                future.set_result(None)
+
+        call = _Call(self, done, request_id, cold)
+        self._run(instance, event, call)
+        try:
+            await future
+        except asyncio.CancelledError:
+            call.drop()  # the invocation runs on; its result is dropped
+            raise
+        result = box.pop()
+        if isinstance(result, BaseException):
+            raise result
+        return result  # type: ignore[no-any-return]
+
+    def _run(self, instance: Instance, event: bytes, call: _Call) -> None:
+        header = b'{"request_id":%b,"context":%b}' % (orjson.dumps(call.request_id),
+                                                      self._context)
         self.invocations += 1
-        result = await reply
-        return Invocation(result, request_id, cold, (time.perf_counter() - began) * 1000.0)
+        instance.run(header, event, call.request_id, call)
 
     def stats(self) -> dict[str, int]:
         """Counters for metrics: instances (total/busy/idle/starting), queue, starts, calls."""
@@ -255,22 +307,17 @@ class LocalFunction:
         while self._idle:
             self._idle.pop().kill(None)
 
-    def replied(self, instance: Instance, reply: asyncio.Future[bytes] | None, status: str,
+    def replied(self, instance: Instance, reply: Reply | None, status: str,
                 body: bytes) -> None:
-        """An instance answered: the caller gets the outcome; the instance goes back or goes."""
+        """An instance answered: the caller gets the outcome; the instance goes back or goes
+        (back first: the caller's callback may well start the next invocation on it)."""
         result, keep = _OUTCOMES[status](self, instance, body)
-        if reply is not None and not reply.done():
-            if isinstance(result, ProxyError):
-                reply.set_exception(result)
-            else:
-                reply.set_result(result)
-        elif reply is not None:
-            function_log.info("function=%s request_id=%s finished after its caller went away",
-                              self.key, instance.request_id)
         if keep:
             self.release(instance)
         else:
             instance.kill(None)
+        if reply is not None:
+            reply(result)
 
     def _free_slot(self) -> None:
         while self._waiters:
@@ -371,6 +418,37 @@ class LocalFunction:
         pending.extend(self._tasks)
         if pending:
             await asyncio.wait(pending, timeout=10.0)
+
+
+class _Call:
+    """One invocation's caller: turns the instance's reply into an Invocation for ``done``,
+    or drops it when the caller went away (the invocation is not stopped: SCF runs it)."""
+
+    __slots__ = ("fn", "done", "request_id", "cold", "began")
+
+    def __init__(self, fn: LocalFunction, done: Done | None, request_id: str,
+                 cold: bool) -> None:
+        self.fn = fn
+        self.done = done
+        self.request_id = request_id
+        self.cold = cold
+        self.began = time.perf_counter()
+
+    def drop(self) -> None:
+        self.done = None
+
+    def __call__(self, result: Any) -> None:
+        done = self.done
+        if done is None:
+            function_log.info("function=%s request_id=%s finished after its caller went away",
+                              self.fn.key, self.request_id)
+            return
+        self.done = None
+        if isinstance(result, BaseException):
+            done(result)
+        else:
+            done(Invocation(result, self.request_id, self.cold,
+                            (time.perf_counter() - self.began) * 1000.0))
 
 
 class LocalFunctions:
