@@ -36,10 +36,12 @@ from typing import TYPE_CHECKING, Any
 
 from . import writer
 from .errors import ProxyError, RequestTimeout
+from .handover import Cancel, on_task
 from .http1 import Limits, RequestHead, make_parser
 from .messages import Outcome, Request, Response
 from .recording import Recorder
 from .streams import RequestBody
+from .vocabulary import NO_BODY_STATUSES
 
 if TYPE_CHECKING:
     from .config import Listener
@@ -131,23 +133,15 @@ class _OnTask:
     def __init__(self, router: Any) -> None:
         self.handle = router.handle
 
-    def dispatch(self, request: Request, reply: Callable[[Outcome], None]
-                 ) -> Callable[[], None]:
-        task = asyncio.get_running_loop().create_task(self.handle(request))
-
-        def finished(task: asyncio.Task[Outcome]) -> None:
-            if task.cancelled():
-                return
-            exc = task.exception()
-            if exc is None:
-                reply(task.result())
-            else:
+    def dispatch(self, request: Request, reply: Callable[[Outcome], None]) -> Cancel:
+        def finished(result: Any) -> None:
+            if isinstance(result, BaseException):
                 error_log.error("internal error serving %s %s", request.method, request.path,
-                                exc_info=exc)
-                reply(Outcome(writer.error_response(ProxyError(str(exc)))))
+                                exc_info=result)
+                result = Outcome(writer.error_response(ProxyError(str(result))))
+            reply(result)
 
-        task.add_done_callback(finished)
-        return task.cancel
+        return on_task(self.handle(request), finished)
 
 
 class ListenerContext:
@@ -198,7 +192,7 @@ class HttpConnection(asyncio.Protocol):
         #: the request in flight: dispatched, its response not all written yet
         self.current: Request | None = None
         #: stops the request in flight (its backend call, or the task writing its body)
-        self.cancel: Callable[[], None] | None = None
+        self.cancel: Cancel | None = None
         #: clock() when the request in flight was dispatched
         self.started = 0.0
         #: the clock() time at which ``on_deadline`` is due (0.0: nothing is), see _arm
@@ -441,7 +435,7 @@ class HttpConnection(asyncio.Protocol):
                             last: bool, unread: bool, head_only: bool) -> None:
         """Write a streamed response; a backend that breaks off aborts the connection."""
         keep_alive = not last
-        if response.status in writer.NO_BODY_STATUSES:
+        if response.status in NO_BODY_STATUSES:
             head_only = True  # 204/304 never carry a body, whatever the backend sent
             chunked = False
         else:

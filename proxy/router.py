@@ -17,9 +17,8 @@ responses by writer.py here, where the matched route is still known for the acce
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,45 +26,35 @@ from . import writer
 from .balancer import Balancer
 from .config import Config, Listener, Rule, Target
 from .errors import ConfigError, NoTargetAvailable, NotFound, ProxyError, UpstreamError
+from .handover import Cancel, Done, awaited, on_task
 from .headers import TrustedProxies
 from .messages import Outcome, Request, Route
-from .metrics import ProxyMetrics, RouteMeter
+from .metrics import ProxyMetrics
 from .rules import RuleTable, normalize_path
 from .scf.backend import FunctionTarget, Invoker
 from .scf.local import LocalFunctions
 
 error_log = logging.getLogger("proxy.error")
 
-#: what a target hands back, once: an Outcome, or the exception that ended the request
-Done = Callable[[Any], None]
-#: stops a request in flight (the client went away); done is not called after it
-Cancel = Callable[[], None]
-#: a bound target: starts one request, calls ``done`` when it is answered (now or later)
+#: a bound target: starts one request; ``done`` gets its Outcome (or the exception that
+#: ended it) once, now or later
 Start = Callable[[Request, Route, Done], Cancel | None]
-#: an async target (a coroutine function), run on a task of its own by ``on_task``
-AsyncBackend = Callable[[Request, Route], Awaitable[Outcome]]
+#: an async target (a coroutine function): each request runs on a task of its own
+AsyncBackend = Callable[[Request, Route], Coroutine[Any, Any, Outcome]]
 #: tells whether a target may take new requests now (health state); None = always
 Usable = Callable[[], bool]
 
 
-def on_task(backend: AsyncBackend) -> Start:
-    """A ``Start`` for an async target: the request runs on a task of its own."""
-    def start(request: Request, route: Route, done: Done) -> Cancel:
-        task = asyncio.get_running_loop().create_task(backend(request, route))
+def _starter(bound: Any) -> Start:
+    """A bound target's ``start``; an async target gets one that runs it on a task."""
+    start: Start | None = getattr(bound, "start", None)
+    if start is not None:
+        return start
+    backend: AsyncBackend = bound
 
-        def finished(task: asyncio.Task[Outcome]) -> None:
-            if not task.cancelled():
-                exc = task.exception()
-                done(task.result() if exc is None else exc)
-
-        task.add_done_callback(finished)
-        return task.cancel
-    return start
-
-
-def _starter(bound: object) -> Start:
-    start = getattr(bound, "start", None)
-    return start if start is not None else on_task(bound)  # type: ignore[arg-type]
+    def on_its_task(request: Request, route: Route, done: Done) -> Cancel:
+        return on_task(backend(request, route), done)
+    return on_its_task
 
 
 @dataclass
@@ -304,19 +293,5 @@ class Router:
 
     async def handle(self, request: Request) -> Outcome:
         """``dispatch`` awaited, for callers that have a task anyway (tests, tools)."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        box: list[Outcome] = []  # not the future's result: the loop may hold a done future
-
-        def reply(outcome: Outcome) -> None:
-            if not future.done():
-                box.append(outcome)
-                future.set_result(None)
-
-        cancel = self.dispatch(request, reply)
-        try:
-            await future
-        except asyncio.CancelledError:
-            if cancel is not None:
-                cancel()
-            raise
-        return box.pop()
+        outcome: Outcome = await awaited(lambda reply: self.dispatch(request, reply))
+        return outcome

@@ -48,6 +48,7 @@ from typing import Any
 
 from ..config import Config, Listener, Rule, Target
 from ..errors import UpstreamError
+from ..handover import Cancel, Done, awaited
 from ..headers import CLB_LINES, TrustedProxies, clb_values, end_to_end
 from ..messages import Headers, Outcome, Request, Response, Route
 from ..streams import RequestBody
@@ -56,9 +57,6 @@ from .health import ActiveCheck, PassiveEjection
 from .tunnel import Tunnel
 from .upstream import DONE, HEAD, IDLE_TIMEOUT, MAX_IDLE, Pool, UpstreamConnection
 
-#: what the exchange hands back, once: the outcome, or the exception that ended it
-Done = Callable[[Any], None]
-Cancel = Callable[[], None]
 Usable = Callable[[], bool]
 
 #: request fields we set ourselves (framing) or answer ourselves (Expect)
@@ -357,24 +355,8 @@ class CvmTarget:
 
     async def __call__(self, request: Request, route: Route) -> Outcome:
         """``start`` awaited: the same exchange, for callers that have a task anyway."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        box: list[Any] = []  # not the future's result: the loop may hold a done future a while
-
-        def done(result: Any) -> None:
-            if not future.done():
-                box.append(result)
-                future.set_result(None)
-
-        cancel = self.start(request, route, done)
-        try:
-            await future
-        except asyncio.CancelledError:
-            cancel()
-            raise
-        result = box.pop()
-        if isinstance(result, BaseException):
-            raise result
-        return result  # type: ignore[no-any-return]
+        outcome: Outcome = await awaited(lambda done: self.start(request, route, done))
+        return outcome
 
     def response(self, conn: UpstreamConnection, sender: asyncio.Task[None] | None
                  ) -> Response:

@@ -14,13 +14,13 @@ per process and a counter, instead of ``uuid4()`` (a system random read) per req
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
+from ..handover import Cancel, Done, on_task
 from ..headers import TrustedProxies, forwarded_headers
 from ..messages import Invocation, Outcome, Request, Route
 from .event import MAX_EVENT_BYTES, decode_response, encode_event
@@ -28,8 +28,7 @@ from .event import MAX_EVENT_BYTES, decode_response, encode_event
 Invoker = Callable[[bytes, str], Awaitable[Invocation]]
 #: a local function's start: (event, request_id, done) -> drop; done gets an Invocation or
 #: the ProxyError
-Starter = Callable[[bytes, str, Callable[[Any], None]], Callable[[], None]]
-Done = Callable[[Any], None]
+Starter = Callable[[bytes, str, Done], Cancel]
 
 #: "xxxxxxxx-xxxx-4xxx-yxxx-": the random part of every id this process makes
 _ID_PREFIX = str(uuid.uuid4())[:24]
@@ -53,19 +52,11 @@ class FunctionTarget:
         self.trusted = trusted
         self.starter = starter
 
-    def start(self, request: Request, route: Route, done: Done) -> Callable[[], None]:
+    def start(self, request: Request, route: Route, done: Done) -> Cancel:
         """Serve ``request``; ``done`` gets the Outcome or the ProxyError, once."""
         starter = self.starter
         if starter is None or request.stream is not None:
-            task = asyncio.get_running_loop().create_task(self(request, route))
-
-            def finished(task: asyncio.Task[Outcome]) -> None:
-                if not task.cancelled():
-                    exc = task.exception()
-                    done(task.result() if exc is None else exc)
-
-            task.add_done_callback(finished)
-            return task.cancel
+            return on_task(self(request, route), done)
         request_id = new_request_id()
         event = encode_event(request, forwarded_headers(request, self.trusted), route, request_id)
 

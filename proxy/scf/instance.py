@@ -8,12 +8,13 @@ The pool (scf/local.py) owns the policy: which instance serves whom, and what a 
 Strategy: callbacks only, no task, future, timer or thread per instance or request. The channel
 is an ``asyncio.Protocol``; the pipes and the exit (a pidfd, polled where the kernel has none)
 are ``add_reader`` callbacks; an invocation's reply goes to the callback ``run`` was given, and
-its timeout is a deadline in the owner's sweep (deadlines.py). Each instance is its own session, so a kill (SIGKILL to the process
-group) also takes the handler's subprocesses. The exit is the authority on death: the socket's
-EOF only starts a short grace for the exit to show, because a handler's forked child may hold
-the socket open. Output is attributed to the request the instance is running: the worker
-flushes before replying and the pipes are drained before the reply is handed on, so what a
-request printed is logged under its id even though pipe and socket are read independently.
+its timeout is a deadline in the owner's sweep (deadlines.py). Each instance is its own
+session, so a kill (SIGKILL to the process group) also takes the handler's subprocesses. The
+exit is the authority on death: the socket's EOF only starts a short grace for the exit to
+show, because a handler's forked child may hold the socket open. Output is attributed to the
+request the instance is running: the worker flushes before replying and the pipes are drained
+before the reply is handed on, so what a request printed is logged under its id even though
+pipe and socket are read independently.
 
 Must not know: HTTP, the event's fields, the pool's queue, what a reply status means.
 """

@@ -48,6 +48,7 @@ from ..config import Function
 from ..errors import (BadFunctionResponse, FunctionCrashed, FunctionError,
                       FunctionResponseTooLarge, Overloaded, PayloadTooLarge, ProxyError)
 from ..deadlines import Deadlines
+from ..handover import Cancel, Done, awaited, on_task
 from ..messages import Invocation
 from . import frames, runtime
 from .instance import Instance, Reply, logged
@@ -58,8 +59,6 @@ function_log = logging.getLogger("proxy.function")
 CHECKS_AT_ONCE = max(2, os.cpu_count() or 2)
 #: how often invocation deadlines are checked: a timeout fires up to this much late
 TIMEOUT_SWEEP = 0.1
-#: what a started invocation hands back, once: an Invocation, or the ProxyError that ended it
-Done = Callable[[Any], None]
 
 
 # -- outcomes: reply status -> (result or error, keep the instance) ----------------------------
@@ -136,7 +135,7 @@ class LocalFunction:
         #: replaced by a reload: callers already holding it are served, then instances go
         self.retiring = False
 
-    def start(self, event: bytes, request_id: str, done: Done) -> Callable[[], None]:
+    def start(self, event: bytes, request_id: str, done: Done) -> Cancel:
         """Run the function on ``event`` (JSON bytes); ``done`` gets the Invocation, or the
         ProxyError, once. With a warm instance free this is all callbacks; otherwise the
         wait for one runs on a task. Returns what drops the caller (the invocation itself
@@ -149,16 +148,7 @@ class LocalFunction:
                 self._run(instance, event, call)
                 return call.drop
             idle.append(instance)  # dead: gone() will take it out; the slow path copes
-
-        task = asyncio.get_running_loop().create_task(self.invoke(event, request_id))
-
-        def finished(task: asyncio.Task[Invocation]) -> None:
-            if not task.cancelled():
-                exc = task.exception()
-                done(task.result() if exc is None else exc)
-
-        task.add_done_callback(finished)
-        return task.cancel
+        return on_task(self.invoke(event, request_id), done)
 
     async def invoke(self, event: bytes, request_id: str) -> Invocation:
         """Run the function on ``event`` (JSON bytes) and wait for its Invocation."""
@@ -168,25 +158,14 @@ class LocalFunction:
             instance, cold = await self._acquire(request_id)
             if not instance.dead:  # one handed over can have died before we resumed
                 break
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        box: list[Any] = []  # not the future's result: the loop may hold a done future a while
 
-        def done(result: Any) -> None:
-            if not future.done():
-                box.append(result)
-                future.set_result(None)
+        def start(done: Done) -> Cancel:
+            call = _Call(self, done, request_id, cold)
+            self._run(instance, event, call)
+            return call.drop  # cancelled: the invocation runs on, its result is dropped
 
-        call = _Call(self, done, request_id, cold)
-        self._run(instance, event, call)
-        try:
-            await future
-        except asyncio.CancelledError:
-            call.drop()  # the invocation runs on; its result is dropped
-            raise
-        result = box.pop()
-        if isinstance(result, BaseException):
-            raise result
-        return result  # type: ignore[no-any-return]
+        invocation: Invocation = await awaited(start)
+        return invocation
 
     def _run(self, instance: Instance, event: bytes, call: _Call) -> None:
         header = b'{"request_id":%b,"context":%b}' % (orjson.dumps(call.request_id),

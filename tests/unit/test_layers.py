@@ -13,7 +13,7 @@ from pathlib import Path
 PROXY = Path(__file__).resolve().parents[2] / "proxy"
 
 LEAVES = {"messages", "errors", "config", "headers", "streams", "_native", "logs", "builtin",
-          "metrics", "vocabulary", "recording", "deadlines",
+          "metrics", "vocabulary", "recording", "deadlines", "handover",
           "_speedups", "__init__"}
 # layer number per top-level module or package name; higher = later in the flow
 LAYERS = {
