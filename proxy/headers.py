@@ -24,7 +24,7 @@ CLB_HEADERS: tuple[str, ...] = (
 _CLB_LOWER = frozenset(name.lower() for name in CLB_HEADERS)
 _XFF = "x-forwarded-for"
 #: Removed from every client message before ours are added.
-_DROP = HOP_BY_HOP | _CLB_LOWER
+DROPPED: frozenset[str] = HOP_BY_HOP | _CLB_LOWER
 #: Fields a client may not nominate for removal in ``Connection``: the router chose the rule
 #: by Host and the backend frames the body by Content-Length; removing either would make the
 #: backend see a different request than the one we routed (RFC 9110 §7.6.1 forbids nominating
@@ -41,12 +41,14 @@ class TrustedProxies:
     ``ipaddress`` parsing costs more than the rest of the header pass.
     """
 
-    __slots__ = ("_networks", "_cache")
+    __slots__ = ("_networks", "_cache", "none")
 
     def __init__(self, cidrs: Iterable[str]) -> None:
         # strict=False: "10.0.0.1/8" means 10.0.0.0/8, as nginx's set_real_ip_from reads it.
         self._networks = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
         self._cache: dict[str, bool] = {}
+        #: no peer is trusted (the default): nothing to look up per request
+        self.none = not self._networks
 
     def __bool__(self) -> bool:
         return bool(self._networks)
@@ -85,17 +87,16 @@ def _connection_options(headers: Headers, lowers: list[str]) -> frozenset[str]:
 
 
 def end_to_end(request: Request, trusted: TrustedProxies,
-               also_drop: frozenset[str] = frozenset()) -> tuple[list[tuple[str, str]], str]:
+               drop: frozenset[str] = DROPPED) -> tuple[list[tuple[str, str]], str]:
     """The client's end-to-end fields, names as sent and in order, without hop-by-hop,
-    nominated and forged CLB fields (nor ``also_drop``, lower-case names); and the
-    ``X-Forwarded-For`` chain to send (a trusted peer's chain extended, anyone else's
+    nominated and forged CLB fields (``drop``: DROPPED, or a superset of it, lower-case); and
+    the ``X-Forwarded-For`` chain to send (a trusted peer's chain extended, anyone else's
     replaced by the peer's address)."""
     headers = request.headers
     lowers = [name.lower() for name, _ in headers]
     nominated = _connection_options(headers, lowers) if "connection" in lowers else frozenset()
-    drop = _DROP | also_drop if also_drop else _DROP
     client_ip = request.client_ip
-    keep_xff = client_ip in trusted
+    keep_xff = not trusted.none and client_ip in trusted
     incoming_xff: list[str] = []
     kept: list[tuple[str, str]] = []
     for field, lname in zip(headers, lowers):
@@ -113,13 +114,28 @@ def end_to_end(request: Request, trusted: TrustedProxies,
     return kept, ", ".join([v for v in incoming_xff if v] + [client_ip])
 
 
+_stgw_ms = -1
+_stgw_text = ""
+
+
+def _stgw_time(received_at: float) -> str:
+    """``X-Stgw-Time``: seconds with milliseconds; formatted once per millisecond."""
+    global _stgw_ms, _stgw_text
+    ms = round(received_at * 1000)
+    if ms != _stgw_ms:
+        _stgw_ms = ms
+        _stgw_text = f"{ms // 1000}.{ms % 1000:03d}"
+    return _stgw_text
+
+
 def clb_values(request: Request, chain: str) -> tuple[str, str, str, str, str, str]:
     """The values of the CLB headers for ``request``, in the order of ``CLB_HEADERS``."""
     scheme = request.scheme
     # X-Real-IP stays the address we saw even behind a trusted proxy: that proxy vouches only
     # for the entry it appended to X-Forwarded-For, not for the leftmost one a client may have
     # written; backends wanting the chain read X-Forwarded-For.
-    return (f"{request.received_at:.3f}", scheme, scheme, f"HTTP/{request.http_version}",
+    return (_stgw_time(request.received_at), scheme, scheme,
+            "HTTP/1.1" if request.http_version == "1.1" else f"HTTP/{request.http_version}",
             request.client_ip, chain)
 
 
@@ -134,5 +150,5 @@ def forwarded_headers(request: Request, trusted: TrustedProxies) -> Headers:
     return tuple(kept)
 
 
-__all__ = ["CLB_HEADERS", "CLB_LINES", "HOP_BY_HOP", "TrustedProxies", "clb_values",
+__all__ = ["CLB_HEADERS", "CLB_LINES", "DROPPED", "HOP_BY_HOP", "TrustedProxies", "clb_values",
            "end_to_end", "forwarded_headers"]

@@ -49,24 +49,25 @@ from typing import Any
 from ..config import Config, Listener, Rule, Target
 from ..errors import UpstreamError
 from ..handover import Cancel, Done, awaited
-from ..headers import CLB_LINES, TrustedProxies, clb_values, end_to_end
+from ..headers import CLB_LINES, DROPPED, TrustedProxies, clb_values, end_to_end
 from ..messages import Headers, Outcome, Request, Response, Route
 from ..streams import RequestBody
-from ..vocabulary import CONTENT_METHODS, IDEMPOTENT_METHODS, RESPONSE_DROPPED
+from ..vocabulary import CONTENT_METHODS, FRAMING, IDEMPOTENT_METHODS, RESPONSE_DROPPED
 from .health import ActiveCheck, PassiveEjection
 from .tunnel import Tunnel
 from .upstream import DONE, HEAD, IDLE_TIMEOUT, MAX_IDLE, Pool, UpstreamConnection
 
 Usable = Callable[[], bool]
 
-#: request fields we set ourselves (framing) or answer ourselves (Expect)
-_REQUEST_OWN = frozenset({"content-length", "transfer-encoding", "expect"})
+#: what a CVM request never carries of the client's fields: hop-by-hop and forged CLB ones
+#: (headers.py), and those we set ourselves (framing) or answer ourselves (Expect)
+_NOT_FORWARDED = DROPPED | FRAMING | {"expect"}
 
 
 def request_head(request: Request, trusted: TrustedProxies, address: str,
                  upgrade: bool) -> bytes:
     """The request line and header block sent upstream (HTTP/1.1 whatever the client spoke)."""
-    kept, chain = end_to_end(request, trusted, _REQUEST_OWN)
+    kept, chain = end_to_end(request, trusted, _NOT_FORWARDED)
     query = request.query
     parts = [f"{request.method} {request.path}?{query} HTTP/1.1\r\n" if query
              else f"{request.method} {request.path} HTTP/1.1\r\n"]
