@@ -291,7 +291,6 @@ class HttpConnection(asyncio.Protocol):
         if self.phase == IDLE:
             self.phase = HEAD
             self.received_at = time.time()
-            self._arm(self.ctx.listener.client_header_timeout, HttpConnection._header_timeout)
         try:
             events = self.parser.feed(data)
         except ProxyError as exc:
@@ -311,6 +310,13 @@ class HttpConnection(asyncio.Protocol):
             # The requests before the broken bytes were delivered above; the error is
             # answered after them.
             self._fail(self.parser.error)
+        elif self.phase == HEAD or (self.phase == IDLE and self.parser.partial_head):
+            # A head left incomplete (the first request's or a pipelined one's) must be done
+            # within client_header_timeout; a head that came whole needs no deadline at all.
+            self.phase = HEAD
+            if self.on_deadline is not HttpConnection._header_timeout:
+                self._arm(self.ctx.listener.client_header_timeout,
+                          HttpConnection._header_timeout)
         elif self.phase == BODY and not self.pauses & PAUSED_BODY:
             if self.body is not None and self.body.awaits_continue:
                 self._disarm()  # it waits for our 100 Continue: its timeout starts with that

@@ -189,6 +189,11 @@ class RequestParser(ABC):
         return self._error
 
     @property
+    def partial_head(self) -> bool:
+        """Bytes of a head that is not complete yet are waiting for more."""
+        return self._state == _HEAD and bool(self._buf)
+
+    @property
     def trailing(self) -> bytes:
         """Bytes received after the final request (Connection: close, HTTP/1.0 or Upgrade)."""
         return bytes(self._trailing)

@@ -90,18 +90,41 @@ def request_head(request: Request, trusted: TrustedProxies, address: str,
     return "".join(parts).encode("latin-1")
 
 
+#: response field name as sent -> _KEEP, _DROP or _CONNECTION (verdicts cached: an upstream
+#: sends the same few names on every response)
+_VERDICTS: dict[str, int] = {}
+_VERDICTS_MAX = 512
+_KEEP, _DROP, _CONNECTION = 0, 1, 2
+#: Connection options that name no field we would still forward
+_NOTHING_MORE = RESPONSE_DROPPED | {"close", ""}
+
+
+def _verdict(name: str) -> int:
+    lname = name.lower()
+    verdict = _CONNECTION if lname == "connection" else _DROP if lname in RESPONSE_DROPPED \
+        else _KEEP
+    if len(_VERDICTS) >= _VERDICTS_MAX:  # bounded: names are the upstream's choice
+        _VERDICTS.clear()
+    _VERDICTS[name] = verdict
+    return verdict
+
+
 def response_headers(raw: list[tuple[str, str]]) -> Headers:
     """The upstream's end-to-end response fields: hop-by-hop ones, those named in Connection
     (RFC 9110 §7.6.1), framing, Date and Server removed."""
-    named: set[str] = set()
+    named: set[str] | None = None
     out = []
+    verdicts = _VERDICTS
     for field in raw:
-        lname = field[0].lower()
-        if lname in RESPONSE_DROPPED:
-            if lname == "connection":
-                named.update(token.strip().lower() for token in field[1].split(","))
-            continue
-        out.append(field)
+        verdict = verdicts.get(field[0])
+        if verdict is None:
+            verdict = _verdict(field[0])
+        if verdict == _KEEP:
+            out.append(field)
+        elif verdict == _CONNECTION:
+            tokens = {token.strip().lower() for token in field[1].split(",")}
+            if not tokens <= _NOTHING_MORE:  # "keep-alive", "close": nothing more to drop
+                named = (named or set()) | tokens
     if named:
         return tuple(field for field in out if field[0].lower() not in named)
     return tuple(out)
@@ -343,7 +366,7 @@ class CvmTarget:
     def usable(self) -> bool:
         """Healthy by the active check and not ejected by real traffic."""
         check = self.check
-        if not check.running:
+        if not check.running and check.config.enabled:
             check.start()  # lazily: the router asks from inside the running loop
         return check.healthy and not self.passive.ejected
 

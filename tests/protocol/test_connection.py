@@ -214,6 +214,17 @@ async def test_header_timeout_counts_from_the_first_byte_however_slowly_the_head
 
 
 @async_test
+async def test_a_pipelined_head_left_incomplete_gets_the_header_timeout_too(kind):
+    c = Client(kind)
+    c.send(get("/a") + b"GET /b HTTP/1.1\r\nHost: exa")  # a whole request, then half a head
+    await c.until(lambda: c.finals())
+    c.advance(HEADER_TIMEOUT - 0.1)
+    assert c.statuses() == [200]
+    c.advance(0.2)  # a slow second head must not hold the connection open for ever
+    assert c.statuses() == [200, 408]
+
+
+@async_test
 async def test_connection_that_sends_nothing_is_closed_quietly_after_the_header_timeout(kind):
     c = Client(kind)
     c.advance(HEADER_TIMEOUT - 0.1)
