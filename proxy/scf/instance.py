@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -146,6 +147,8 @@ class Instance:
         self.timer: asyncio.TimerHandle | None = None
         self.pidfd = -1
         self.outputs: list[int] = []
+        #: the output pipes, to ask at once which of them holds something (drain_output)
+        self.output_poll = select.poll()
         self.partial = [bytearray(), bytearray()]
 
     # -- starting --------------------------------------------------------------------------
@@ -191,6 +194,7 @@ class Instance:
             os.set_blocking(read_end, False)
             self.loop.add_reader(read_end, self._read_output, index)
             self.outputs.append(read_end)
+            self.output_poll.register(read_end, select.POLLIN)
         self._watch_exit()
         self.timer = self.loop.call_later(INIT_TIMEOUT, self._init_timed_out)
 
@@ -346,6 +350,7 @@ class Instance:
         for fd in self.outputs:
             if fd >= 0:
                 self.loop.remove_reader(fd)
+                self.output_poll.unregister(fd)
                 os.close(fd)
         self.outputs = []
         self.owner.reaped(self)
@@ -375,6 +380,7 @@ class Instance:
         buf = self.partial[index]
         if not data:  # every writer closed it: the process and its children are gone
             self.loop.remove_reader(fd)
+            self.output_poll.unregister(fd)
             self.outputs[index] = -1
             os.close(fd)
             if buf:
@@ -394,9 +400,15 @@ class Instance:
                 return True
 
     def drain_output(self) -> None:
-        for index in range(len(self.outputs)):
-            while self._read_output(index):
-                pass
+        """Log what the pipes hold now: one poll says which (a handler that printed nothing,
+        the usual case, costs that one system call)."""
+        ready = {fd for fd, _ in self.output_poll.poll(0)}
+        if not ready:
+            return
+        for index, fd in enumerate(self.outputs):
+            if fd in ready:
+                while self._read_output(index):
+                    pass
 
     def _log_line(self, index: int, line: bytes) -> None:
         function_log.info("function=%s request_id=%s %s: %s", self.owner.key, self.request_id,

@@ -123,13 +123,14 @@ class LocalFunction:
         self._instances: set[Instance] = set()  # live: starting, idle or busy
         self._unreaped: set[Instance] = set()  # every process not waited for yet
         self._idle: list[Instance] = []  # LIFO: the end is the most recently used
-        self._waiters: deque[asyncio.Future[Instance | None]] = deque()
+        #: callers waiting for an instance, in order; each is handed one (or a free slot)
+        self._waiters: deque[_Waiter] = deque()
         #: live instances + slots handed to waiters that are starting one; <= concurrency
         self._slots = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self.cold_starts = 0
         self.invocations = 0
-        #: the deadlines of the invocations running
+        #: the deadlines of the invocations running and of the callers waiting in line
         self.deadlines = Deadlines(TIMEOUT_SWEEP)
         self.closed = False
         #: replaced by a reload: callers already holding it are served, then instances go
@@ -141,14 +142,21 @@ class LocalFunction:
         wait for one runs on a task. Returns what drops the caller (the invocation itself
         still runs to its end, see the module docstring)."""
         idle = self._idle
-        if idle and not self.closed and len(event) <= frames.MAX_EVENT_BYTES:
+        if self.closed or len(event) > frames.MAX_EVENT_BYTES or (
+                not idle and self._slots < self.config.concurrency):
+            return on_task(self.invoke(event, request_id), done)  # an error, or a cold start
+        if idle:
             instance = idle.pop()
             if not instance.dead:
                 call = _Call(self, done, request_id, False)
                 self._run(instance, event, call)
                 return call.drop
             idle.append(instance)  # dead: gone() will take it out; the slow path copes
-        return on_task(self.invoke(event, request_id), done)
+            return on_task(self.invoke(event, request_id), done)
+        # every instance busy: wait in line, handed the next free one directly
+        queued = _Queued(self, event, request_id, done)
+        queued.waiter = self._wait_in_line(queued.granted)
+        return queued.cancel
 
     async def invoke(self, event: bytes, request_id: str) -> Invocation:
         """Run the function on ``event`` (JSON bytes) and wait for its Invocation."""
@@ -199,37 +207,71 @@ class LocalFunction:
             return granted, False
         return await self._cold_start(request_id), True  # we were handed a free slot
 
-    async def _queue(self) -> Instance | None:
-        """Wait for an idle instance (returned) or a free slot (None)."""
+    def _wait_in_line(self, granted: Callable[[Any], None]) -> _Waiter:
+        """Queue a caller; ``granted`` gets an idle instance, None (a free slot: start one),
+        or the Overloaded error (queue full now, or no instance within queue_timeout)."""
         cfg = self.config
         if len(self._waiters) >= cfg.queue_size:
             raise Overloaded("all instances busy", log_detail=(
                 f"{self.key}: all {cfg.concurrency} instances busy and "
                 f"{len(self._waiters)} callers waiting"))
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[Instance | None] = loop.create_future()
+        waiter = _Waiter(self, granted)
         self._waiters.append(waiter)
-        expiry = loop.call_later(cfg.queue_timeout, self._expire, waiter)
-        try:
-            return await waiter
-        except asyncio.CancelledError:
-            # Handed something just as we were cancelled: pass it on, or it is lost.
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                granted = waiter.result()
-                if granted is None:
-                    self._free_slot()
-                else:
-                    self.release(granted)
-            raise
-        finally:
-            expiry.cancel()
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
+        self.deadlines.arm(waiter, cfg.queue_timeout)
+        return waiter
 
-    def _expire(self, waiter: asyncio.Future[Instance | None]) -> None:
-        if not waiter.done():
-            waiter.set_exception(Overloaded("waited too long for an instance", log_detail=(
-                f"{self.key}: no instance free within {self.config.queue_timeout:g}s")))
+    def _grant(self, value: Instance | None) -> bool:
+        """Hand ``value`` to the first caller in line; False when nobody waits."""
+        if not self._waiters:
+            return False
+        waiter = self._waiters.popleft()
+        self.deadlines.disarm(waiter)
+        if self._waited is not None:
+            self._waited(self.key, time.perf_counter() - waiter.began)
+        waiter.granted(value)
+        return True
+
+    async def _queue(self) -> Instance | None:
+        """Wait for an idle instance (returned) or a free slot (None)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        box: list[Any] = []
+
+        def granted(value: Any) -> None:
+            box.append(value)
+            future.set_result(None)
+
+        waiter = self._wait_in_line(granted)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if box:  # handed something just as we were cancelled: pass it on, or it is lost
+                self._pass_on(box.pop())
+            else:
+                waiter.withdraw()
+            raise
+        value = box.pop()
+        if isinstance(value, BaseException):
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    def _pass_on(self, value: Any) -> None:
+        """What a caller that went away was handed goes to the next one (or back)."""
+        if value is None:
+            self._free_slot()
+        elif isinstance(value, Instance):
+            self.release(value)
+
+    async def _cold_invoke(self, event: bytes, request_id: str) -> Invocation:
+        """A caller handed a free slot: start an instance in it and invoke it there."""
+        instance = await self._cold_start(request_id)
+
+        def start(done: Done) -> Cancel:
+            call = _Call(self, done, request_id, True)
+            self._run(instance, event, call)
+            return call.drop
+
+        invocation: Invocation = await awaited(start)
+        return invocation
 
     async def _cold_start(self, request_id: str) -> Instance:
         instance = await self._new_instance()
@@ -264,11 +306,8 @@ class LocalFunction:
         if self.closed:
             instance.kill(None)
             return
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(instance)
-                return
+        if self._grant(instance):
+            return
         if self.retiring:
             instance.kill(None)
             return
@@ -299,12 +338,8 @@ class LocalFunction:
             reply(result)
 
     def _free_slot(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # the slot passes to it: it starts an instance
-                return
-        self._slots -= 1
+        if not self._grant(None):  # the slot passes to the first in line: it starts one
+            self._slots -= 1
 
     def gone(self, instance: Instance) -> None:
         """An instance was killed or died: its slot is free (its process may still be dying)."""
@@ -384,10 +419,10 @@ class LocalFunction:
     async def close(self) -> None:
         """Fail the waiting callers, kill every instance and wait until all are reaped."""
         self.closed = True
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_exception(Overloaded("shutting down", log_detail=f"{self.key}: closed"))
-        self._waiters.clear()
+        waiters, self._waiters = self._waiters, deque()
+        for waiter in waiters:
+            self.deadlines.disarm(waiter)
+            waiter.granted(Overloaded("shutting down", log_detail=f"{self.key}: closed"))
         for task in list(self._tasks):
             task.cancel()
         for instance in list(self._instances):
@@ -428,6 +463,74 @@ class _Call:
         else:
             done(Invocation(result, self.request_id, self.cold,
                             (time.perf_counter() - self.began) * 1000.0))
+
+
+class _Waiter:
+    """A caller in line for an instance (see ``LocalFunction._wait_in_line``)."""
+
+    __slots__ = ("fn", "granted", "began", "deadline")
+
+    def __init__(self, fn: LocalFunction, granted: Callable[[Any], None]) -> None:
+        self.fn = fn
+        self.granted = granted
+        self.began = time.perf_counter()
+        self.deadline = 0.0
+
+    def expire(self) -> None:
+        """Waited queue_timeout (called by the function's sweep)."""
+        fn = self.fn
+        if self in fn._waiters:
+            fn._waiters.remove(self)
+            self.granted(Overloaded("waited too long for an instance", log_detail=(
+                f"{fn.key}: no instance free within {fn.config.queue_timeout:g}s")))
+
+    def withdraw(self) -> None:
+        """The caller went away before its turn."""
+        fn = self.fn
+        fn.deadlines.disarm(self)
+        if self in fn._waiters:
+            fn._waiters.remove(self)
+
+
+class _Queued:
+    """A caller of ``start`` that had to wait in line: runs the invocation on what it is
+    handed (an instance directly, or a slot to cold-start one on a task)."""
+
+    __slots__ = ("fn", "event", "request_id", "done", "waiter", "stop")
+
+    def __init__(self, fn: LocalFunction, event: bytes, request_id: str, done: Done) -> None:
+        self.fn = fn
+        self.event = event
+        self.request_id = request_id
+        self.done: Done | None = done
+        self.waiter: _Waiter | None = None
+        #: once granted: what drops the invocation (or cancels the cold start's task)
+        self.stop: Cancel | None = None
+
+    def granted(self, value: Any) -> None:
+        done = self.done
+        if done is None:  # went away meanwhile (only reachable through a race in close())
+            self.fn._pass_on(value)
+            return
+        if isinstance(value, BaseException):
+            self.done = None
+            done(value)
+        elif value is None:
+            self.stop = on_task(self.fn._cold_invoke(self.event, self.request_id), done)
+        else:
+            call = _Call(self.fn, done, self.request_id, False)
+            self.fn._run(value, self.event, call)
+            self.stop = call.drop
+
+    def cancel(self) -> None:
+        if self.stop is not None:
+            self.stop()
+            return
+        if self.done is not None:
+            self.done = None
+            waiter = self.waiter
+            if waiter is not None:
+                waiter.withdraw()
 
 
 class LocalFunctions:
