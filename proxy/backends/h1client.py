@@ -1,19 +1,23 @@
-"""A small asyncio HTTP/1.1 client for the calls the proxy makes itself.
+"""The buffered HTTP/1.1 client for the calls the proxy makes itself.
 
-Owns: outgoing requests with buffered bodies (the cloud API, invoke URLs, health checks), a
-bounded keep-alive pool per origin, connect and read timeouts, and the conversion of socket,
-TLS and framing failures into the error tree (UpstreamError 502, UpstreamTimeout 504).
+Owns the buffered API of the one outgoing layer (upstream.py's ``UpstreamConnection`` and
+``Pool``, which also carry the CVM targets' streamed exchanges): a request sent with its whole
+body and the whole response waited for, as a ``ClientResponse`` (the cloud API and invoke
+URLs through ``HTTPClient.request``, health checks through ``exchange`` on a connection of
+their own); the URL and the request bytes; the body size limit; which connection is reused;
+and the keep-alive-race retry. Framing (llhttp, HEAD, 1xx, close-delimited bodies), the read
+timeout, TLS, the pool bound and the conversion of socket, TLS and framing failures into the
+error tree (UpstreamError 502, UpstreamTimeout 504) are upstream.py's.
 
-Strategy: one ``asyncio.Protocol`` per connection keeps received bytes in a buffer that the
-request task consumes; one request at a time per connection, no pipelining. The response head
-is cut at the first CRLFCRLF and fed to httptools (llhttp) on its own, so the responses whose
-framing llhttp cannot know (a HEAD answer carries a Content-Length but no body, RFC 9110
-§9.3.2) end exactly where they should; the body is then fed until llhttp reports the message
-complete, or until EOF for a close-delimited body (RFC 9112 §6.3 item 8). A connection goes
-back to the pool only when its response ended cleanly: message complete, keep-alive per llhttp
-(RFC 9112 §9.3), no stray bytes after it, not closed by the peer. The read timeout is the
-longest wait between two reads (nginx's proxy_read_timeout), not a deadline for the whole
-response.
+Strategy: ``exchange`` writes the request and sets the connection's ``notify`` to a collector
+that takes the body chunks after each read and resolves one future when the response ended
+(complete by its framing, or failed), so a response costs one future, not one per read. The
+read timeout is the longest wait between two reads (nginx's proxy_read_timeout), not a
+deadline for the whole response. A connection goes back to the pool only when its response
+ended cleanly: complete, keep-alive per llhttp (RFC 9112 §9.3), no stray bytes after it, not
+closed by the peer. ``HTTPClient`` keeps one ``Pool`` per origin (scheme, host, port), at most
+``pool_size`` connections open; a request that finds them all busy waits for one up to
+``connect_timeout``.
 
 Retries: a request is retried once on a fresh connection only when it failed on a *reused*
 connection before any byte of the response arrived (the keep-alive race: the server closed an
@@ -35,17 +39,15 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import NamedTuple, cast
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
-import httptools
-
-from ..errors import UpstreamError, UpstreamTimeout
+from ..errors import UpstreamError
 from ..messages import Headers
 from ..vocabulary import CONTENT_METHODS, FRAMING, HOP_BY_HOP, IDEMPOTENT_METHODS, TOKEN
+from .upstream import Pool, UpstreamClosed, UpstreamConnection
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 #: framing and connection headers are this client's to decide (RFC 9112 §6, §9.6); a caller's
@@ -53,9 +55,6 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 _MANAGED_HEADERS = HOP_BY_HOP | FRAMING
 #: RFC 9110 §5.5 field values carry no CR, LF or NUL
 _BAD_VALUE = re.compile(r"[\r\n\x00]")
-_HEAD_END = b"\r\n\r\n"
-#: stop reading from the socket while this much is buffered and not yet consumed
-_HIGH_WATER = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,182 +114,68 @@ def serialize_request(method: str, target: str, host_header: str,
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-class _Closed(Exception):
-    """The peer closed (or reset) the connection before the expected bytes arrived."""
+class _Collector:
+    """The ``notify`` of one buffered exchange: takes the body as llhttp hands it over and
+    resolves ``done`` once the response is complete, failed, or over ``limit`` bytes."""
 
+    __slots__ = ("conn", "limit", "done", "body", "size", "too_large")
 
-class _HeadTooLarge(Exception):
-    pass
-
-
-class _Channel(asyncio.Protocol):
-    """One connection's bytes: a buffer the request task consumes, and the peer's EOF."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self._buf = bytearray()
-        self._eof = False
-        self._paused = False
-        self._waiter: asyncio.Future[None] | None = None
-        #: bytes received since the current request was sent
-        self.received = 0
-        #: set while the connection idles in a pool: called once when the peer sends bytes,
-        #: closes or resets, so a dead connection leaves the pool at once
-        self.on_idle_event: Callable[[], None] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        self._buf += data
-        self.received += len(data)
-        if len(self._buf) > _HIGH_WATER and not self._paused and self.transport is not None:
-            self._paused = True
-            self.transport.pause_reading()
-        self._wake()
-
-    def eof_received(self) -> None:
-        self._eof = True
-        self._wake()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._eof = True
-        self._wake()
-
-    def _wake(self) -> None:
-        if self.on_idle_event is not None:
-            callback, self.on_idle_event = self.on_idle_event, None
-            callback()
-            return
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def _wait(self, timeout: float) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            async with asyncio.timeout(timeout):
-                await self._waiter
-        finally:
-            self._waiter = None
-
-    def _take(self, n: int) -> bytes:
-        data = bytes(self._buf[:n])
-        del self._buf[:n]
-        if self._paused and len(self._buf) <= _HIGH_WATER // 2 and self.transport is not None:
-            self._paused = False
-            self.transport.resume_reading()
-        return data
-
-    @property
-    def reusable(self) -> bool:
-        """Open, not half-closed by the peer, and nothing unsolicited waiting in the buffer."""
-        t = self.transport
-        return t is not None and not t.is_closing() and not self._eof and not self._buf
-
-    async def read_head(self, limit: int, timeout: float) -> bytes:
-        """Bytes up to and including the first CRLFCRLF; each wait is at most ``timeout``."""
-        start = 0
-        while True:
-            idx = self._buf.find(_HEAD_END, start)
-            if idx >= 0:
-                return self._take(idx + len(_HEAD_END))
-            if len(self._buf) > limit:
-                raise _HeadTooLarge
-            if self._eof:
-                raise _Closed
-            start = max(0, len(self._buf) - len(_HEAD_END) + 1)
-            await self._wait(timeout)
-
-    async def read_some(self, timeout: float) -> bytes:
-        """Whatever is buffered (waiting at most ``timeout`` for it); b"" at EOF."""
-        while not self._buf:
-            if self._eof:
-                return b""
-            await self._wait(timeout)
-        return self._take(len(self._buf))
-
-    def write(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.received = 0
-        self.transport.write(data)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-class _Sink:
-    """httptools callbacks for one response message."""
-
-    __slots__ = ("headers", "body", "size", "limit", "complete", "messages", "too_large")
-
-    def __init__(self, limit: int) -> None:
-        self.headers: list[tuple[str, str]] = []
+    def __init__(self, conn: UpstreamConnection, limit: int, done: asyncio.Future[None]) -> None:
+        self.conn = conn
+        self.limit = limit
+        self.done = done
         self.body: list[bytes] = []
         self.size = 0
-        self.limit = limit
-        self.complete = False
-        self.messages = 0
         self.too_large = False
 
-    def on_message_begin(self) -> None:
-        self.messages += 1
+    def __call__(self) -> None:
+        conn = self.conn
+        if conn.chunks:
+            self.size += conn.buffered
+            if self.size > self.limit:
+                self.too_large = True
+                self._end()
+                return
+            self.body.append(conn.take_all())
+        if conn.complete or conn.error is not None:
+            self._end()
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self.messages == 1:  # a second message is stray bytes, not part of this answer
-            self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
-
-    def on_body(self, body: bytes) -> None:
-        if self.complete:
-            return
-        self.size += len(body)
-        if self.size > self.limit:
-            self.too_large = True
-            raise _BodyTooLarge
-        self.body.append(body)
-
-    def on_message_complete(self) -> None:
-        self.complete = True
-
-    @property
-    def framed(self) -> bool:
-        """The body has explicit framing (Content-Length or chunked), so EOF cuts it short."""
-        return any(k.lower() in ("content-length", "transfer-encoding") for k, _ in self.headers)
+    def _end(self) -> None:
+        self.conn.notify = None
+        if not self.done.done():
+            self.done.set_result(None)
 
 
-class _BodyTooLarge(Exception):
-    pass
+async def exchange(conn: UpstreamConnection, data: bytes, timeout: float, *,
+                   head_only: bool = False, max_body: int = 64 * 1024 * 1024) -> ClientResponse:
+    """Write ``data`` (a whole request) on the busy ``conn`` and wait for the whole response;
+    with ``head_only`` it ends at its head (the answer to HEAD, RFC 9110 §9.3.2, or a check
+    that wants the status only). Raises UpstreamClosed (the connection ended before the
+    response did), UpstreamError (malformed or over ``max_body``) or UpstreamTimeout (nothing
+    read for ``timeout``). The caller releases ``conn``, reusable when ``reusable(conn)``."""
+    done = asyncio.get_running_loop().create_future()
+    collector = _Collector(conn, max_body, done)
+    conn.begin(head_only, False)
+    conn.notify = collector
+    conn.transport.write(data)
+    conn.body_sent = True
+    conn.arm(timeout)
+    try:
+        await done
+    finally:
+        conn.notify = None
+    if collector.too_large:
+        raise UpstreamError("response too large",
+                            log_detail=f"{conn.pool.address}: body over {max_body} bytes")
+    if conn.error is not None:
+        raise conn.error
+    return ClientResponse(conn.status, tuple(conn.raw_headers), b"".join(collector.body))
 
 
-class _Connection:
-    __slots__ = ("channel", "origin", "idle_handle", "served")
-
-    def __init__(self, channel: _Channel, origin: Origin) -> None:
-        self.channel = channel
-        self.origin = origin
-        self.idle_handle: asyncio.TimerHandle | None = None
-        self.served = 0
-
-    def close(self) -> None:
-        self.stop_idling()
-        self.channel.close()
-
-    def stop_idling(self) -> None:
-        self.channel.on_idle_event = None
-        if self.idle_handle is not None:
-            self.idle_handle.cancel()
-            self.idle_handle = None
-
-
-class _Pool:
-    """The connections to one origin: at most ``size`` open, idle ones reused newest first."""
-
-    __slots__ = ("idle", "slots")
-
-    def __init__(self, size: int) -> None:
-        self.idle: deque[_Connection] = deque()
-        self.slots = asyncio.Semaphore(size)
+def reusable(conn: UpstreamConnection) -> bool:
+    """The response ended cleanly and nothing else came (RFC 9112 §9.3: keep-alive)."""
+    return (conn.complete and conn.error is None and conn.keep_alive and not conn.dirty
+            and not conn.closed and not conn.chunks)
 
 
 class HTTPClient:
@@ -314,7 +199,7 @@ class HTTPClient:
         self.idle_timeout = idle_timeout
         self.max_head_size = max_head_size
         self.max_body_size = max_body_size
-        self._pools: dict[Origin, _Pool] = {}
+        self._pools: dict[Origin, Pool] = {}
         self._closed = False
         #: connections opened so far (for metrics and tests)
         self.connections_opened = 0
@@ -322,6 +207,21 @@ class HTTPClient:
     @property
     def idle_connections(self) -> int:
         return sum(len(p.idle) for p in self._pools.values())
+
+    def _pool(self, origin: Origin) -> Pool:
+        pool = self._pools.get(origin)
+        if pool is None:
+            context: ssl.SSLContext | None = None
+            if origin.scheme == "https":
+                if self._ssl is None:
+                    self._ssl = ssl.create_default_context()  # verifying; built on first use
+                context = self._ssl
+            host = f"[{origin.host}]" if ":" in origin.host else origin.host
+            pool = self._pools[origin] = Pool(
+                f"{host}:{origin.port}", self.pool_size, self.idle_timeout, ssl_context=context,
+                server_hostname=origin.host, max_open=self.pool_size,
+                max_head=self.max_head_size)
+        return pool
 
     async def request(self, method: str, url: str, headers: Iterable[tuple[str, str]] = (),
                       body: bytes = b"", *, read_timeout: float | None = None,
@@ -335,178 +235,36 @@ class HTTPClient:
         if self._closed:
             raise UpstreamError("client closed")
         origin, target, host_header = parse_url(url)
-        data = serialize_request(method.upper(), target, host_header, headers, body)
+        method = method.upper()
+        data = serialize_request(method, target, host_header, headers, body)
         timeout = self.read_timeout if read_timeout is None else read_timeout
-        retry_allowed = method.upper() in IDEMPOTENT_METHODS if idempotent is None else idempotent
-        pool = self._pools.get(origin)
-        if pool is None:
-            pool = self._pools[origin] = _Pool(self.pool_size)
+        retry_allowed = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
+        pool = self._pool(origin)
         for attempt in (0, 1):
-            await self._take_slot(pool, origin)
-            conn: _Connection | None = None
+            conn, reused = await pool.acquire(self.connect_timeout)
+            if not reused:
+                self.connections_opened += 1
             keep = False
             try:
-                conn, reused = await self._checkout(pool, origin)
-                try:
-                    response, keep = await self._exchange(conn, method.upper(), data, timeout)
-                except _Closed as exc:
-                    if reused and conn.channel.received == 0 and retry_allowed and attempt == 0:
-                        continue  # the keep-alive race: try once more on a fresh connection
-                    raise UpstreamError(
-                        "connection closed before the response ended", retryable=retry_allowed,
-                        log_detail=f"{_show(origin)}: closed after {conn.channel.received} "
-                                   f"response bytes ({'reused' if reused else 'new'} "
-                                   f"connection)") from exc
+                response = await exchange(conn, data, timeout, head_only=method == "HEAD",
+                                          max_body=self.max_body_size)
+                keep = reusable(conn)
                 return response
+            except UpstreamClosed as exc:
+                if reused and not conn.got_bytes and retry_allowed and attempt == 0:
+                    continue  # the keep-alive race: try once more on a fresh connection
+                raise UpstreamError(
+                    "connection closed before the response ended", retryable=retry_allowed,
+                    log_detail=f"{exc.log_detail} ({'reused' if reused else 'new'} "
+                               f"connection)") from exc
             finally:
-                self._checkin(pool, conn, keep)
+                pool.release(conn, keep)
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
-
-    async def _take_slot(self, pool: _Pool, origin: Origin) -> None:
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                await pool.slots.acquire()
-        except TimeoutError:
-            raise UpstreamError("connection pool exhausted", retryable=True,
-                                log_detail=f"{_show(origin)}: all {self.pool_size} connections "
-                                           f"busy for {self.connect_timeout}s") from None
-
-    async def _checkout(self, pool: _Pool, origin: Origin) -> tuple[_Connection, bool]:
-        while pool.idle:
-            conn = pool.idle.pop()
-            conn.stop_idling()
-            if conn.channel.reusable:
-                return conn, True
-            conn.close()
-        return await self._connect(origin), False
-
-    def _checkin(self, pool: _Pool, conn: _Connection | None, keep: bool) -> None:
-        pool.slots.release()
-        if conn is None:
-            return
-        if not keep or self._closed or not conn.channel.reusable:
-            conn.close()
-            return
-        conn.served += 1
-        pool.idle.append(conn)
-        conn.idle_handle = asyncio.get_running_loop().call_later(
-            self.idle_timeout, self._retire, pool, conn)
-        conn.channel.on_idle_event = lambda: self._retire(pool, conn)
-
-    @staticmethod
-    def _retire(pool: _Pool, conn: _Connection) -> None:
-        """Drop an idle connection: its idle time is over, or the peer spoke or closed."""
-        try:
-            pool.idle.remove(conn)
-        except ValueError:
-            return
-        conn.close()
-
-    async def _connect(self, origin: Origin) -> _Connection:
-        loop = asyncio.get_running_loop()
-        context: ssl.SSLContext | None = None
-        if origin.scheme == "https":
-            if self._ssl is None:
-                self._ssl = ssl.create_default_context()  # verifying; built once, on first use
-            context = self._ssl
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                _, channel = await loop.create_connection(
-                    _Channel, origin.host, origin.port, ssl=context,
-                    server_hostname=origin.host if context is not None else None)
-        except TimeoutError:
-            raise UpstreamError("connect timed out", retryable=True,
-                                log_detail=f"{_show(origin)}: no connection within "
-                                           f"{self.connect_timeout}s") from None
-        except ssl.SSLCertVerificationError as exc:
-            raise UpstreamError("TLS certificate verification failed", retryable=True,
-                                log_detail=f"{_show(origin)}: TLS certificate verification "
-                                           f"failed: {exc.verify_message}") from exc
-        except ssl.SSLError as exc:
-            raise UpstreamError("TLS handshake failed", retryable=True,
-                                log_detail=f"{_show(origin)}: TLS handshake failed: "
-                                           f"{exc.reason or exc}") from exc
-        except OSError as exc:
-            raise UpstreamError("connect failed", retryable=True,
-                                log_detail=f"{_show(origin)}: connect failed: "
-                                           f"{exc.strerror or exc!r}") from exc
-        self.connections_opened += 1
-        return _Connection(channel, origin)
-
-    async def _exchange(self, conn: _Connection, method: str, data: bytes,
-                        timeout: float) -> tuple[ClientResponse, bool]:
-        """Write the request, read the response: (response, connection reusable)."""
-        channel = conn.channel
-        where = _show(conn.origin)
-        channel.write(data)
-        try:
-            while True:
-                head = await channel.read_head(self.max_head_size, timeout)
-                sink = _Sink(self.max_body_size)
-                parser = httptools.HttpResponseParser(sink)
-                _feed(parser, sink, head, where)
-                status = parser.get_status_code()
-                # RFC 9110 §15.2: interim 1xx answers come before the final one; 101 would
-                # switch protocols, which this client never asks for
-                if 100 <= status < 200 and status != 101:
-                    continue
-                break
-            if status == 101:
-                raise UpstreamError("unexpected protocol switch",
-                                    log_detail=f"{where}: 101 to a request without Upgrade")
-            keep = parser.should_keep_alive()
-            if method == "HEAD":
-                sink.complete = True  # RFC 9110 §9.3.2: no content, whatever the headers say
-            while not sink.complete:
-                chunk = await channel.read_some(timeout)
-                if not chunk:
-                    if sink.framed:
-                        raise _Closed
-                    sink.complete = True  # RFC 9112 §6.3: close-delimited body ends at EOF
-                    keep = False
-                    break
-                try:
-                    _feed(parser, sink, chunk, where)
-                except UpstreamError:
-                    if not sink.complete:
-                        raise
-                    keep = False  # stray bytes after the message: not a clean end
-        except TimeoutError:
-            raise UpstreamTimeout("upstream read timed out",
-                                  log_detail=f"{where}: nothing read for {timeout}s") from None
-        except _HeadTooLarge:
-            raise UpstreamError("response head too large",
-                                log_detail=f"{where}: head over {self.max_head_size} bytes"
-                                ) from None
-        except _BodyTooLarge:
-            raise UpstreamError("response too large",
-                                log_detail=f"{where}: body over {self.max_body_size} bytes"
-                                ) from None
-        keep = keep and sink.messages == 1 and channel.reusable
-        return ClientResponse(status, tuple(sink.headers), b"".join(sink.body)), keep
 
     async def close(self) -> None:
         """Close idle connections; busy ones close when their request ends."""
         self._closed = True
         for pool in self._pools.values():
-            while pool.idle:
-                pool.idle.pop().close()
+            pool.retire()
         # let the transports deliver their close before the loop may stop
         await asyncio.sleep(0)
-
-
-def _feed(parser: httptools.HttpResponseParser, sink: _Sink, data: bytes, where: str) -> None:
-    try:
-        parser.feed_data(data)
-    except httptools.HttpParserUpgrade:
-        # llhttp pauses at a 101 (or an Upgrade answer): this client never asks to switch
-        raise UpstreamError("unexpected protocol switch",
-                            log_detail=f"{where}: upgrade answer to a plain request") from None
-    except httptools.HttpParserError as exc:
-        if sink.too_large:
-            raise _BodyTooLarge from None
-        raise UpstreamError("malformed response", log_detail=f"{where}: {exc}") from exc
-
-
-def _show(origin: Origin) -> str:
-    return f"{origin.scheme}://{origin.host}:{origin.port}"

@@ -3,8 +3,9 @@
 Owns two kinds of state, both readable as plain dicts for metrics:
 
 - ``ActiveCheck``: CLB's per-rule HTTP health check (clb-scf-facts.md §6.2). Every ``interval``
-  seconds it opens a fresh TCP connection to the target, sends ``method path`` with the check's
-  ``Host``, and counts the answer a success when its status class is in the ``http_codes``
+  seconds it opens a fresh connection to the target (the outgoing layer's ``Pool`` and
+  ``exchange``, h1client.py: llhttp reads the answer's head), sends ``method path`` with the
+  check's ``Host``, and counts the answer a success when its status class is in the ``http_codes``
   bitmask (1=1xx 2=2xx 4=3xx 8=4xx 16=5xx) and it arrived within ``timeout``. A target goes down
   after ``unhealthy_threshold`` consecutive failures and up again after ``healthy_threshold``
   consecutive successes.
@@ -17,11 +18,12 @@ Decisions where CLB is silent (ours): a target starts *healthy* (as in nginx and
 freshly added server is tried at once; a dead one is caught within ``threshold`` requests by
 passive ejection, or within ``unhealthy_threshold`` intervals by the check); the first check
 runs as soon as its task starts; the check's request says ``Connection: close`` and
-``User-Agent: clbscf-proxy-health-check``; only the status line is read.
+``User-Agent: clbscf-proxy-health-check``; only the head is read, and the connection is closed
+after it (the check's pool keeps no idle connection).
 
-State changes are logged at WARNING on ``proxy.error``. This module must not know about pools,
-routing or the client side; the clock is injectable so the threshold logic is unit-tested
-without sleeping.
+State changes are logged at WARNING on ``proxy.error``. This module must not know the CVM
+targets' pools, routing or the client side; the clock is injectable so the threshold logic is
+unit-tested without sleeping.
 """
 
 from __future__ import annotations
@@ -33,14 +35,15 @@ import time
 from collections.abc import Callable
 
 from ..config import HealthCheck
+from ..errors import ProxyError
+from .h1client import exchange
+from .upstream import Pool
 
 error_log = logging.getLogger("proxy.error")
 
 #: HTTP status class (status // 100) -> CLB's HttpCode bit (clb-scf-facts.md §6.2)
 STATUS_CLASS_BITS = {1: 1, 2: 2, 3: 4, 4: 8, 5: 16}
 USER_AGENT = "clbscf-proxy-health-check"
-#: the status line we read is at most this long (RFC 9112 §4: "HTTP/1.1 200 reason")
-_MAX_STATUS_LINE = 8192
 
 
 def status_passes(status: int, http_codes: int) -> bool:
@@ -48,13 +51,10 @@ def status_passes(status: int, http_codes: int) -> bool:
     return bool(STATUS_CLASS_BITS.get(status // 100, 0) & http_codes)
 
 
-def parse_status_line(line: bytes) -> int:
-    """The status code of ``HTTP/1.x NNN reason``; ValueError when it is not one."""
-    parts = line.split(None, 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[1]) != 3 \
-            or not parts[1].isdigit():
-        raise ValueError(f"not an HTTP/1.x status line: {line[:80]!r}")
-    return int(parts[1])
+def _describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    detail = exc.log_detail if isinstance(exc, ProxyError) else ""
+    return f"{text} ({detail})" if detail else text
 
 
 class ActiveCheck:
@@ -109,23 +109,23 @@ class ActiveCheck:
                 f"User-Agent: {USER_AGENT}\r\nConnection: close\r\n\r\n").encode("latin-1")
 
     async def probe(self) -> bool:
-        """One check: True when a status line in ``http_codes`` came back within ``timeout``."""
-        writer = None
+        """One check: True when a status in ``http_codes`` came back within ``timeout``."""
+        timeout = self.config.timeout
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        pool = Pool(f"{host}:{self.port}", max_idle=0)  # a fresh connection, closed after
+        conn = None
         try:
-            async with asyncio.timeout(self.config.timeout):
-                reader, writer = await asyncio.open_connection(self.host, self.port)
-                writer.write(self.request_bytes())
-                line = await reader.readuntil(b"\n")
-            status = parse_status_line(line[:_MAX_STATUS_LINE])
-        except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError,
-                asyncio.LimitOverrunError) as exc:
+            async with asyncio.timeout(timeout):
+                conn = await pool.connect(timeout)
+                response = await exchange(conn, self.request_bytes(), timeout, head_only=True)
+        except (ProxyError, TimeoutError) as exc:
             self.last_status = 0
-            self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            self.last_error = _describe(exc)
             return False
         finally:
-            if writer is not None:
-                writer.close()
-        self.last_status = status
+            if conn is not None:
+                pool.release(conn, False)
+        status = self.last_status = response.status
         ok = status_passes(status, self.config.http_codes)
         self.last_error = "" if ok else f"status {status} not in http_codes " \
                                         f"{self.config.http_codes}"

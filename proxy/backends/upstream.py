@@ -1,4 +1,8 @@
-"""One HTTP/1.1 connection to an upstream, and the keep-alive pool of them per address.
+"""One HTTP/1.1 connection to an upstream, and the keep-alive pool of them per origin.
+
+The one outgoing HTTP/1.1 layer: everything the proxy sends out over HTTP/1.1 goes through
+these two classes, streamed (CVM targets, backends/cvm.py) or buffered (the cloud API, invoke
+URLs and health checks, backends/h1client.py on top of them).
 
 Owns the wire side of an exchange: the response head found at its CRLFCRLF and parsed by llhttp
 (httptools) on its own, so answers llhttp cannot frame without knowing the request (HEAD,
@@ -10,19 +14,24 @@ when anything arrived that is not part of the one response asked for. In the TUN
 (after a 101) every transport event is forwarded to the ``Tunnel``.
 
 Strategy (the hot path): callbacks, no future and no timer per exchange. Whoever waits for
-news sets ``notify`` (the CVM exchange while it waits for the head) or awaits ``wait()`` (a
-streamed body's reader); both are told once per ``data_received``, after llhttp has returned,
-never from inside a parser callback, so a listener may release and reuse this connection on
-the spot. Timeouts are deadlines: an armed connection's ``deadline`` is checked by its pool's
-sweep (``SWEEP_INTERVAL``), and an idle pooled connection retires after ``idle_timeout`` by the
-same sweep, so neither a read nor a release makes a timer handle.
+news sets ``notify`` (the CVM exchange while it waits for the head, the buffered client for
+the whole response) or awaits ``wait()`` (a streamed body's reader); both are told once per
+``data_received``, after llhttp has returned, never from inside a parser callback, so a
+listener may release and reuse this connection on the spot. Timeouts are deadlines: an armed
+connection's ``deadline`` is checked by its pool's sweep (``SWEEP_INTERVAL``), and an idle
+pooled connection retires after ``idle_timeout`` by the same sweep, so neither a read nor a
+release makes a timer handle.
 
-``Pool`` keeps idle connections per address, LIFO (the warmest first, so the upstream's own
+``Pool`` keeps idle connections per origin, LIFO (the warmest first, so the upstream's own
 idle timer rarely beats us), at most ``max_idle``. Connections it hands out are *busy* until
-``release`` (pooled again or closed) or ``detach``.
+``release`` (pooled again or closed) or ``detach``. It connects over TCP, or TLS with
+``ssl_context`` (verifying ``server_hostname``, also sent as SNI, RFC 6066 §3); with
+``max_open`` it bounds the open connections, and ``acquire`` waits for one to come free.
+Connect and TLS failures are ``UpstreamError`` with ``retryable`` (nothing was sent); a silent
+upstream is ``UpstreamTimeout``.
 
 Decisions (ours): interim 1xx answers other than 101 are skipped (they are not forwarded); a
-head over ``MAX_HEAD`` bytes or one llhttp rejects is an UpstreamError (502, RFC 9112 §6.3:
+head over ``max_head`` bytes or one llhttp rejects is an UpstreamError (502, RFC 9112 §6.3:
 the connection is discarded); a head still incomplete is checked for errors at every read, so
 an upstream speaking something else fails at once, not after the read timeout.
 
@@ -32,6 +41,7 @@ Must not know requests' meaning, routing, health, or the client side.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -72,7 +82,7 @@ class UpstreamConnection(asyncio.Protocol):
         "waiter", "notify", "deadline", "read_timeout", "idle_since", "head_only", "upgrade",
         "buf", "parser", "messages", "raw_headers", "status", "keep_alive",
         "got_bytes", "checked", "complete", "dirty", "body_sent", "error", "chunks",
-        "buffered", "read_paused", "news",
+        "buffered", "read_paused", "news", "max_head",
     )
 
     def __init__(self, pool: Pool) -> None:
@@ -92,6 +102,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.read_timeout = 0.0
         #: clock() at which it went back to the pool
         self.idle_since = 0.0
+        self.max_head = pool.max_head
         self.chunks: deque[bytes] = deque()
         self.begin(False, False)
         self.phase = IDLE  # until the first request
@@ -130,7 +141,9 @@ class UpstreamConnection(asyncio.Protocol):
     def expire(self) -> None:
         """The read deadline passed (called by the pool's sweep)."""
         if self.error is None and not self.complete:
-            self._fail(UpstreamTimeout("upstream read timeout", log_detail=self.pool.address))
+            self._fail(UpstreamTimeout("upstream read timeout",
+                                       log_detail=f"{self.pool.address}: nothing read for "
+                                                  f"{self.read_timeout}s"))
             self._wake()
 
     # -- asyncio callbacks ------------------------------------------------------------------
@@ -172,14 +185,17 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool.lost(self)
         phase = self.phase
         if phase == HEAD and self.error is None:
-            self.error = UpstreamError("upstream closed the connection before the response",
-                                       log_detail=f"{self.pool.address}: {exc or 'EOF'}")
+            where = "after part of the head" if self.got_bytes else "before any response byte"
+            self.error = UpstreamClosed("upstream closed the connection before the response",
+                                        log_detail=f"{self.pool.address}: closed {where}: "
+                                                   f"{exc or 'EOF'}")
         elif phase == BODY and not self.complete and self.error is None:
             if exc is None and self._close_delimited():
                 self.complete = True  # RFC 9112 §6.3 item 8: the close ends this body
             else:
-                self.error = UpstreamError("upstream closed mid-body",
-                                           log_detail=f"{self.pool.address}: {exc or 'EOF'}")
+                self.error = UpstreamClosed("upstream closed mid-body",
+                                            log_detail=f"{self.pool.address}: closed after the "
+                                                       f"head, mid-body: {exc or 'EOF'}")
         elif phase == TUNNEL and self.tunnel is not None:
             self.tunnel.upstream_lost(exc)
         self._wake()
@@ -237,13 +253,15 @@ class UpstreamConnection(asyncio.Protocol):
     def _parse_head(self, buf: bytes) -> None:
         while True:
             end = buf.find(b"\r\n\r\n")
-            if end < 0 and len(buf) <= MAX_HEAD:
+            if end < 0 and len(buf) <= self.max_head:
                 self.buf = buf
                 if not self.checked:
                     self._check_partial(buf)
                 return
-            if end < 0 or end + 4 > MAX_HEAD:  # whether it came whole or in pieces
-                self._fail(UpstreamError("upstream response head too large"))
+            if end < 0 or end + 4 > self.max_head:  # whether it came whole or in pieces
+                self._fail(UpstreamError("upstream response head too large",
+                                         log_detail=f"{self.pool.address}: head over "
+                                                    f"{self.max_head} bytes"))
                 return
             self.parser = parser = httptools.HttpResponseParser(self)
             self.raw_headers = []
@@ -254,13 +272,17 @@ class UpstreamConnection(asyncio.Protocol):
             except httptools.HttpParserUpgrade:
                 pass  # a 101: llhttp stops at the end of the head, as we want
             except httptools.HttpParserError as exc:
-                self._fail(UpstreamError("invalid upstream response head",
+                self._fail(UpstreamError("malformed upstream response head",
                                          log_detail=f"{self.pool.address}: {exc}"))
                 return
             buf = buf[end + 4:]
             status = parser.get_status_code()
             if status >= 200 or status == 101:
                 break  # 1xx interim answers are skipped (RFC 9110 §15.2)
+            if status < 100:  # RFC 9110 §15: a status code is 100-599 (llhttp takes 0xx)
+                self._fail(UpstreamError("malformed upstream response head",
+                                         log_detail=f"{self.pool.address}: status {status}"))
+                return
         self.status = status
         self.buf = b""
         self.news = True
@@ -290,7 +312,7 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             httptools.HttpResponseParser(_NO_CALLBACKS).feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamError("invalid upstream response head",
+            self._fail(UpstreamError("malformed upstream response head",
                                      log_detail=f"{self.pool.address}: {exc}"))
 
     def _feed_body(self, data: bytes) -> None:
@@ -298,7 +320,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             if not self.complete:
-                self._fail(UpstreamError("invalid upstream response body framing",
+                self._fail(UpstreamError("malformed upstream response body framing",
                                          log_detail=f"{self.pool.address}: {exc}"))
                 return
             self.dirty = True  # garbage after the end of the response
@@ -377,40 +399,105 @@ class _ExtraMessage(Exception):
     """Raised from an llhttp callback to stop at a second message on one exchange."""
 
 
+class UpstreamClosed(UpstreamError):
+    """The upstream closed (or reset) the connection before the response ended; with
+    ``got_bytes`` false on the connection, before any byte of it (the keep-alive race)."""
+
+
 def _expire(waiter: asyncio.Future[None], address: str) -> None:
     if not waiter.done():
         waiter.set_exception(UpstreamTimeout("upstream send timeout", log_detail=address))
 
 
 class Pool:
-    """Idle keep-alive connections to one upstream address (LIFO: the warmest first)."""
+    """Idle keep-alive connections to one upstream origin (LIFO: the warmest first)."""
 
     def __init__(self, address: str, max_idle: int = MAX_IDLE,
-                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+                 idle_timeout: float = IDLE_TIMEOUT, *, ssl_context: ssl.SSLContext | None = None,
+                 server_hostname: str | None = None, max_open: int = 0,
+                 max_head: int = MAX_HEAD) -> None:
         self.address = address
         self.host, self.port = split_address(address)
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
+        #: TLS to the origin when set; ``server_hostname`` is verified and sent as SNI
+        self.ssl_context = ssl_context
+        self.server_hostname = (server_hostname or self.host) if ssl_context else None
+        #: at most this many connections open (busy, connecting or idle); 0: no bound
+        self.max_open = max_open
+        self.max_head = max_head
         self.idle: deque[UpstreamConnection] = deque()
         #: the read deadlines of busy connections; each pass also retires idle ones
         self.deadlines = Deadlines(SWEEP_INTERVAL, self._retire_idle)
         self.busy = 0
+        self.opening = 0
         self.connects = 0
         self.retired = False
+        #: ``acquire`` calls waiting for a connection to come free (only with ``max_open``)
+        self.waiting: deque[asyncio.Future[None]] = deque()
 
     async def connect(self, timeout: float) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
         self.connects += 1
+        self.opening += 1
         try:
             async with asyncio.timeout(timeout):
-                _, conn = await loop.create_connection(lambda: UpstreamConnection(self),
-                                                       self.host, self.port)
-        except (OSError, TimeoutError) as exc:
-            what = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+                _, conn = await loop.create_connection(
+                    lambda: UpstreamConnection(self), self.host, self.port,
+                    ssl=self.ssl_context, server_hostname=self.server_hostname)
+        except BaseException as exc:
+            self.opening -= 1
+            self._freed()
+            if isinstance(exc, (OSError, TimeoutError)):
+                raise _connect_error(exc, self.address, timeout) from exc
+            raise
+        self.opening -= 1
+        if conn.closed:  # gone (or it spoke unasked) before we could send: nothing was sent
+            self._freed()
             raise UpstreamError("upstream connect failed", retryable=True,
-                                log_detail=f"{self.address}: connect {what}") from exc
+                                log_detail=f"{self.address}: closed right after the connect")
         self.busy += 1
         return conn
+
+    async def acquire(self, timeout: float) -> tuple[UpstreamConnection, bool]:
+        """A busy connection and whether it was reused: an idle one, else a new one; with
+        ``max_open`` reached, the first to come free within ``timeout``."""
+        conn = self.take()
+        if conn is not None:
+            return conn, True
+        if self.max_open and self._full():
+            try:
+                async with asyncio.timeout(timeout):
+                    while self._full():
+                        await self._turn()
+                        conn = self.take()
+                        if conn is not None:
+                            return conn, True
+            except TimeoutError:
+                raise UpstreamError("connection pool exhausted", retryable=True,
+                                    log_detail=f"{self.address}: all {self.max_open} "
+                                               f"connections busy for {timeout}s") from None
+        return await self.connect(timeout), False
+
+    def _full(self) -> bool:
+        return self.busy + self.opening + len(self.idle) >= self.max_open
+
+    async def _turn(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiting.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter in self.waiting:  # cancelled (the timeout) before its turn came
+                self.waiting.remove(waiter)
+
+    def _freed(self) -> None:
+        """A connection (or a slot for one) came free: every ``acquire`` waiting looks again."""
+        waiting = self.waiting
+        while waiting:
+            waiter = waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
 
     def take(self) -> UpstreamConnection | None:
         idle = self.idle
@@ -426,6 +513,8 @@ class Pool:
         conn.notify = None
         if conn.deadline:
             conn.disarm()
+        if self.waiting:
+            self._freed()
         if not reusable or self.retired or conn.closed or len(self.idle) >= self.max_idle:
             conn.transport.close()
             return
@@ -437,10 +526,12 @@ class Pool:
     def detach(self) -> None:
         """A connection leaves the pool's accounting for good (a tunnel took it)."""
         self.busy -= 1
+        self._freed()
 
     def lost(self, conn: UpstreamConnection) -> None:
         if conn.phase == IDLE and conn in self.idle:
             self.idle.remove(conn)
+            self._freed()
 
     def retire(self) -> None:
         """No target uses this address any more: close idle ones, don't keep busy ones."""
@@ -459,3 +550,18 @@ class Pool:
         while idle and idle[0].idle_since <= cutoff:
             idle.popleft().transport.close()
         return bool(idle)
+
+
+def _connect_error(exc: OSError | TimeoutError, address: str, timeout: float) -> UpstreamError:
+    """A failed connect or TLS handshake: nothing was sent, so another target may serve it."""
+    if isinstance(exc, TimeoutError):
+        message, detail = "upstream connect timed out", f"connect timed out after {timeout}s"
+    elif isinstance(exc, ssl.SSLCertVerificationError):
+        message = "upstream TLS certificate verification failed"
+        detail = f"TLS certificate verification failed: {exc.verify_message}"
+    elif isinstance(exc, ssl.SSLError):
+        message = "upstream TLS handshake failed"
+        detail = f"TLS handshake failed: {exc.reason or exc}"
+    else:
+        message, detail = "upstream connect failed", f"connect failed: {exc.strerror or exc!r}"
+    return UpstreamError(message, retryable=True, log_detail=f"{address}: {detail}")

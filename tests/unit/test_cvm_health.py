@@ -10,12 +10,7 @@ import pytest
 import uvloop
 
 from proxy.backends.cvm import check_host
-from proxy.backends.health import (
-    ActiveCheck,
-    PassiveEjection,
-    parse_status_line,
-    status_passes,
-)
+from proxy.backends.health import ActiveCheck, PassiveEjection, status_passes
 from proxy.config import HealthCheck, Rule
 
 
@@ -32,7 +27,7 @@ def _check(**knobs: object) -> ActiveCheck:
     return ActiveCheck("CVM:10.0.0.1:80", "10.0.0.1", 80, config, "example.com")
 
 
-# --- the status bitmask and the status line ------------------------------------------------
+# --- the status bitmask ------------------------------------------------------------------
 
 @pytest.mark.parametrize("status,codes,ok", [
     (200, 31, True), (101, 1, True), (101, 2, False), (204, 2, True), (302, 4, True),
@@ -41,18 +36,6 @@ def _check(**knobs: object) -> ActiveCheck:
 ])
 def test_status_class_bits_follow_clb_httpcode(status: int, codes: int, ok: bool) -> None:
     assert status_passes(status, codes) is ok
-
-
-def test_status_line_gives_the_code() -> None:
-    assert parse_status_line(b"HTTP/1.1 204 No Content\r\n") == 204
-    assert parse_status_line(b"HTTP/1.0 500\r\n") == 500
-
-
-@pytest.mark.parametrize("line", [b"", b"garbage\r\n", b"HTTP/1.1 2000 OK\r\n",
-                                  b"HTTP/2 200\r\n", b"HTTP/1.1 abc\r\n"])
-def test_anything_but_a_status_line_is_rejected(line: bytes) -> None:
-    with pytest.raises(ValueError):
-        parse_status_line(line)
 
 
 # --- thresholds ------------------------------------------------------------------------------
@@ -197,6 +180,39 @@ def test_probe_fails_on_a_non_http_answer() -> None:
 
     ok, _, _ = _probe(garbage)
     assert not ok
+
+
+@pytest.mark.parametrize("head,status", [(b"HTTP/1.1 204 No Content\r\n\r\n", 204),
+                                         (b"HTTP/1.0 500\r\n\r\n", 500)])
+def test_probe_reads_the_status_of_the_answer(head: bytes, status: int) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(head)
+        await writer.drain()
+
+    _, check, _ = _probe(answer)
+    assert check.last_status == status
+
+
+@pytest.mark.parametrize("line", [b"", b"garbage\r\n", b"HTTP/1.1 2000 OK\r\n",
+                                  b"HTTP/2 200\r\n", b"HTTP/1.1 abc\r\n",
+                                  b"HTTP/1.1 099 X\r\n\r\n"])
+def test_anything_but_an_http_1_answer_fails_the_probe(line: bytes) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(line)
+        await writer.drain()
+
+    ok, check, _ = _probe(answer)
+    assert not ok and check.last_status == 0 and check.last_error
+
+
+def test_probe_of_a_get_check_reads_only_the_head() -> None:
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n" + b"x" * 1000)
+        await writer.drain()
+        await asyncio.sleep(3)  # the rest never comes: a check waiting for it would time out
+
+    ok, check, seen = _probe(endless, method="GET", timeout=1, interval=2)
+    assert ok and check.last_status == 200 and seen[0].startswith(b"GET / HTTP/1.1\r\n")
 
 
 def test_check_loop_marks_a_dead_target_down_and_stops_on_close() -> None:
