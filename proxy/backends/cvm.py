@@ -55,7 +55,8 @@ from ..streams import RequestBody
 from ..vocabulary import CONTENT_METHODS, FRAMING, IDEMPOTENT_METHODS, RESPONSE_DROPPED
 from .health import ActiveCheck, PassiveEjection
 from .tunnel import Tunnel
-from .upstream import DONE, HEAD, IDLE_TIMEOUT, MAX_IDLE, Pool, UpstreamConnection
+from .pool import IDLE_TIMEOUT, MAX_IDLE, Pool
+from .upstream import DONE, HEAD, UpstreamConnection
 
 Usable = Callable[[], bool]
 

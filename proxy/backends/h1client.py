@@ -47,7 +47,8 @@ from urllib.parse import urlsplit
 from ..errors import UpstreamError
 from ..messages import Headers
 from ..vocabulary import CONTENT_METHODS, FRAMING, HOP_BY_HOP, IDEMPOTENT_METHODS, TOKEN
-from .upstream import Pool, UpstreamClosed, UpstreamConnection
+from .pool import Pool
+from .upstream import UpstreamClosed, UpstreamConnection
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 #: framing and connection headers are this client's to decide (RFC 9112 §6, §9.6); a caller's

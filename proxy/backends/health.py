@@ -37,7 +37,7 @@ from collections.abc import Callable
 from ..config import HealthCheck
 from ..errors import ProxyError
 from .h1client import exchange
-from .upstream import Pool
+from .pool import Pool
 
 error_log = logging.getLogger("proxy.error")
 

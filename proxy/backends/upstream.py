@@ -1,8 +1,8 @@
-"""One HTTP/1.1 connection to an upstream, and the keep-alive pool of them per origin.
+"""One HTTP/1.1 connection to an upstream (its pool is backends/pool.py).
 
 The one outgoing HTTP/1.1 layer: everything the proxy sends out over HTTP/1.1 goes through
-these two classes, streamed (CVM targets, backends/cvm.py) or buffered (the cloud API, invoke
-URLs and health checks, backends/h1client.py on top of them).
+this class and ``pool.Pool``, streamed (CVM targets, backends/cvm.py) or buffered (the cloud
+API, invoke URLs and health checks, backends/h1client.py on top of them).
 
 Owns the wire side of an exchange: the response head found at its CRLFCRLF and parsed by llhttp
 (httptools) on its own, so answers llhttp cannot frame without knowing the request (HEAD,
@@ -18,17 +18,9 @@ news sets ``notify`` (the CVM exchange while it waits for the head, the buffered
 the whole response) or awaits ``wait()`` (a streamed body's reader); both are told once per
 ``data_received``, after llhttp has returned, never from inside a parser callback, so a
 listener may release and reuse this connection on the spot. Timeouts are deadlines: an armed
-connection's ``deadline`` is checked by its pool's sweep (``SWEEP_INTERVAL``), and an idle
+connection's ``deadline`` is checked by its pool's sweep (``pool.SWEEP_INTERVAL``), and an idle
 pooled connection retires after ``idle_timeout`` by the same sweep, so neither a read nor a
 release makes a timer handle.
-
-``Pool`` keeps idle connections per origin, LIFO (the warmest first, so the upstream's own
-idle timer rarely beats us), at most ``max_idle``. Connections it hands out are *busy* until
-``release`` (pooled again or closed) or ``detach``. It connects over TCP, or TLS with
-``ssl_context`` (verifying ``server_hostname``, also sent as SNI, RFC 6066 §3); with
-``max_open`` it bounds the open connections, and ``acquire`` waits for one to come free.
-Connect and TLS failures are ``UpstreamError`` with ``retryable`` (nothing was sent); a silent
-upstream is ``UpstreamTimeout``.
 
 Decisions (ours): interim 1xx answers other than 101 are skipped (they are not forwarded); a
 head over ``max_head`` bytes or one llhttp rejects is an UpstreamError (502, RFC 9112 §6.3:
@@ -41,37 +33,26 @@ Must not know requests' meaning, routing, health, or the client side.
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import httptools
 
-from ..deadlines import Deadlines, clock
+from ..deadlines import clock
 from ..errors import ProxyError, UpstreamError, UpstreamTimeout
 from ..vocabulary import FRAMING, NO_BODY_STATUSES
 
 if TYPE_CHECKING:
+    from .pool import Pool
     from .tunnel import Tunnel
 
 MAX_HEAD = 64 * 1024
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
-MAX_IDLE = 64
-IDLE_TIMEOUT = 15.0
-#: how often a pool checks its deadlines (read timeouts, idle retirement): a timeout fires up
-#: to this much late
-SWEEP_INTERVAL = 0.1
 
 # exchange phases of an upstream connection
 IDLE, HEAD, BODY, DONE, TUNNEL = range(5)
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` -> (host, port)."""
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -407,161 +388,3 @@ class UpstreamClosed(UpstreamError):
 def _expire(waiter: asyncio.Future[None], address: str) -> None:
     if not waiter.done():
         waiter.set_exception(UpstreamTimeout("upstream send timeout", log_detail=address))
-
-
-class Pool:
-    """Idle keep-alive connections to one upstream origin (LIFO: the warmest first)."""
-
-    def __init__(self, address: str, max_idle: int = MAX_IDLE,
-                 idle_timeout: float = IDLE_TIMEOUT, *, ssl_context: ssl.SSLContext | None = None,
-                 server_hostname: str | None = None, max_open: int = 0,
-                 max_head: int = MAX_HEAD) -> None:
-        self.address = address
-        self.host, self.port = split_address(address)
-        self.max_idle = max_idle
-        self.idle_timeout = idle_timeout
-        #: TLS to the origin when set; ``server_hostname`` is verified and sent as SNI
-        self.ssl_context = ssl_context
-        self.server_hostname = (server_hostname or self.host) if ssl_context else None
-        #: at most this many connections open (busy, connecting or idle); 0: no bound
-        self.max_open = max_open
-        self.max_head = max_head
-        self.idle: deque[UpstreamConnection] = deque()
-        #: the read deadlines of busy connections; each pass also retires idle ones
-        self.deadlines = Deadlines(SWEEP_INTERVAL, self._retire_idle)
-        self.busy = 0
-        self.opening = 0
-        self.connects = 0
-        self.retired = False
-        #: ``acquire`` calls waiting for a connection to come free (only with ``max_open``)
-        self.waiting: deque[asyncio.Future[None]] = deque()
-
-    async def connect(self, timeout: float) -> UpstreamConnection:
-        loop = asyncio.get_running_loop()
-        self.connects += 1
-        self.opening += 1
-        try:
-            async with asyncio.timeout(timeout):
-                _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(self), self.host, self.port,
-                    ssl=self.ssl_context, server_hostname=self.server_hostname)
-        except BaseException as exc:
-            self.opening -= 1
-            self._freed()
-            if isinstance(exc, (OSError, TimeoutError)):
-                raise _connect_error(exc, self.address, timeout) from exc
-            raise
-        self.opening -= 1
-        if conn.closed:  # gone (or it spoke unasked) before we could send: nothing was sent
-            self._freed()
-            raise UpstreamError("upstream connect failed", retryable=True,
-                                log_detail=f"{self.address}: closed right after the connect")
-        self.busy += 1
-        return conn
-
-    async def acquire(self, timeout: float) -> tuple[UpstreamConnection, bool]:
-        """A busy connection and whether it was reused: an idle one, else a new one; with
-        ``max_open`` reached, the first to come free within ``timeout``."""
-        conn = self.take()
-        if conn is not None:
-            return conn, True
-        if self.max_open and self._full():
-            try:
-                async with asyncio.timeout(timeout):
-                    while self._full():
-                        await self._turn()
-                        conn = self.take()
-                        if conn is not None:
-                            return conn, True
-            except TimeoutError:
-                raise UpstreamError("connection pool exhausted", retryable=True,
-                                    log_detail=f"{self.address}: all {self.max_open} "
-                                               f"connections busy for {timeout}s") from None
-        return await self.connect(timeout), False
-
-    def _full(self) -> bool:
-        return self.busy + self.opening + len(self.idle) >= self.max_open
-
-    async def _turn(self) -> None:
-        waiter = asyncio.get_running_loop().create_future()
-        self.waiting.append(waiter)
-        try:
-            await waiter
-        finally:
-            if waiter in self.waiting:  # cancelled (the timeout) before its turn came
-                self.waiting.remove(waiter)
-
-    def _freed(self) -> None:
-        """A connection (or a slot for one) came free: every ``acquire`` waiting looks again."""
-        waiting = self.waiting
-        while waiting:
-            waiter = waiting.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def take(self) -> UpstreamConnection | None:
-        idle = self.idle
-        while idle:
-            conn = idle.pop()
-            if not conn.closed and not conn.transport.is_closing():
-                self.busy += 1
-                return conn
-        return None
-
-    def release(self, conn: UpstreamConnection, reusable: bool) -> None:
-        self.busy -= 1
-        conn.notify = None
-        if conn.deadline:
-            conn.disarm()
-        if self.waiting:
-            self._freed()
-        if not reusable or self.retired or conn.closed or len(self.idle) >= self.max_idle:
-            conn.transport.close()
-            return
-        conn.phase = IDLE
-        conn.idle_since = clock()
-        self.idle.append(conn)
-        self.deadlines.watch()
-
-    def detach(self) -> None:
-        """A connection leaves the pool's accounting for good (a tunnel took it)."""
-        self.busy -= 1
-        self._freed()
-
-    def lost(self, conn: UpstreamConnection) -> None:
-        if conn.phase == IDLE and conn in self.idle:
-            self.idle.remove(conn)
-            self._freed()
-
-    def retire(self) -> None:
-        """No target uses this address any more: close idle ones, don't keep busy ones."""
-        self.retired = True
-        while self.idle:
-            self.idle.pop().transport.close()
-
-    def state(self) -> dict[str, int]:
-        return {"idle": len(self.idle), "busy": self.busy, "connects": self.connects}
-
-    def _retire_idle(self, now: float) -> bool:
-        """Close the connections idle for ``idle_timeout`` (the oldest are at the left);
-        whether any is left to retire later."""
-        idle = self.idle
-        cutoff = now - self.idle_timeout
-        while idle and idle[0].idle_since <= cutoff:
-            idle.popleft().transport.close()
-        return bool(idle)
-
-
-def _connect_error(exc: OSError | TimeoutError, address: str, timeout: float) -> UpstreamError:
-    """A failed connect or TLS handshake: nothing was sent, so another target may serve it."""
-    if isinstance(exc, TimeoutError):
-        message, detail = "upstream connect timed out", f"connect timed out after {timeout}s"
-    elif isinstance(exc, ssl.SSLCertVerificationError):
-        message = "upstream TLS certificate verification failed"
-        detail = f"TLS certificate verification failed: {exc.verify_message}"
-    elif isinstance(exc, ssl.SSLError):
-        message = "upstream TLS handshake failed"
-        detail = f"TLS handshake failed: {exc.reason or exc}"
-    else:
-        message, detail = "upstream connect failed", f"connect failed: {exc.strerror or exc!r}"
-    return UpstreamError(message, retryable=True, log_detail=f"{address}: {detail}")

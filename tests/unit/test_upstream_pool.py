@@ -13,7 +13,7 @@ import trustme
 import uvloop
 
 from proxy.backends.h1client import exchange, reusable
-from proxy.backends.upstream import Pool
+from proxy.backends.pool import Pool
 from proxy.errors import UpstreamError
 
 Runner = Callable[[Coroutine[Any, Any, None]], None]
