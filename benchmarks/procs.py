@@ -159,6 +159,17 @@ def _rss(pid: int) -> int:
 # --- the kinds of server ----------------------------------------------------------------
 
 
+def _listening(server: Server, port: int, timeout: float) -> Server:
+    """``server`` (started) once ``port`` accepts; stopped if it never does."""
+    server.port = port
+    try:
+        wait_port(port, timeout, server)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
 def start_nginx(name: str, conf_text: str, port: int, workdir: Path,
                 cpus: set[int] | None) -> Server:
     """nginx with its own prefix directory and generated config; the system's is not read."""
@@ -168,14 +179,7 @@ def start_nginx(name: str, conf_text: str, port: int, workdir: Path,
     conf.write_text(conf_text)
     # -e: the error log before the config is read (else the compiled-in default is opened)
     argv = ["nginx", "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(conf)]
-    server = Server(name, argv, prefix / "stdout.log", cpus=cpus).start()
-    server.port = port
-    try:
-        wait_port(port, 10, server)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return _listening(Server(name, argv, prefix / "stdout.log", cpus=cpus).start(), port, 10)
 
 
 class ProxyServer(Server):
@@ -220,14 +224,7 @@ def start_floor(name: str, upstream_port: int, workdir: Path, cpus: set[int] | N
     argv = [sys.executable, str(ROOT / "benchmarks" / "floor_relay.py"),
             "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{upstream_port}"]
     argv += ["--tls", str(tls[0]), str(tls[1])] if tls else []
-    server = Server(name, argv, workdir / f"{name}.log", cpus=cpus).start()
-    server.port = port
-    try:
-        wait_port(port, 30, server)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return _listening(Server(name, argv, workdir / f"{name}.log", cpus=cpus).start(), port, 30)
 
 
 def start_uvicorn(port: int, workdir: Path, cpus: set[int] | None, workers: int = 1) -> Server:
@@ -238,10 +235,4 @@ def start_uvicorn(port: int, workdir: Path, cpus: set[int] | None, workers: int 
             "--backlog", "4096"]
     server = Server(f"uvicorn-{workers}", argv, workdir / f"uvicorn-{workers}.log", cpus=cpus,
                     cwd=ROOT).start()
-    server.port = port
-    try:
-        wait_port(port, 30, server)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return _listening(server, port, 30)

@@ -1,7 +1,7 @@
 """The slotted values passed between layers.
 
-``Request`` is what the connection hands to the router once a request is complete; ``Response``
-is what a backend hands back. Headers are tuples of ``(name, value)`` str pairs, names as the
+``Request`` is what the connection hands to the router once a request's head is in (its body,
+if any, still arriving in ``stream``); ``Response`` is what a backend hands back. Headers are tuples of ``(name, value)`` str pairs, names as the
 client sent them (latin-1 decoded, as RFC 9110 §5.5 allows only visible ASCII plus obs-text).
 Nothing here does I/O or knows about asyncio.
 

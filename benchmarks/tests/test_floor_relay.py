@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import http.client
 import http.server
+from contextlib import AbstractContextManager
 import json
 import ssl
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import trustme
 
+from benchmarks.tests.servers import serving
 from benchmarks import procs
 
 
@@ -34,17 +33,8 @@ class _Echo(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@contextmanager
-def echo() -> Iterator[int]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield httpd.server_address[1]
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
+def echo() -> AbstractContextManager[int]:
+    return serving(_Echo)
 
 
 def get(conn: http.client.HTTPConnection,

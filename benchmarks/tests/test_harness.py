@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import http.client
 import http.server
+from contextlib import AbstractContextManager
 import json
 import os
 import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from benchmarks.tests.servers import serving
 from benchmarks import confs, procs, proctree
 from benchmarks.harness import FLOOR, OURS, PEER, Bench, Load, compare
 from benchmarks.report import Row, Side
@@ -143,17 +142,8 @@ class _BadGateway(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@contextmanager
-def bad_gateway() -> Iterator[int]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _BadGateway)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield httpd.server_address[1]
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
+def bad_gateway() -> AbstractContextManager[int]:
+    return serving(_BadGateway)
 
 
 def test_wrong_answer_fails_the_row_before_any_load(tmp_path: Path) -> None:

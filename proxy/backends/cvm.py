@@ -8,12 +8,16 @@ and ``CvmUpstreams``, the long-lived owner of every pool and health state, which
 for the router. The wire (llhttp parsing, flow control, pooling) is upstream.py's; health
 state is health.py's, fed and read here.
 
-Strategy: the upload is sent by a task of its own that reads the client's ``RequestBody``
-only once the upstream connection is ready (its first read sends the client's 100 Continue;
-``Expect`` is never forwarded, a proxy may answer it itself, RFC 9110 §10.1.1) and waits for
-the upstream to drain, while the request task waits for the response head, so an upstream that
-answers early or echoes as it reads cannot deadlock us. There is no read timeout while the
-body is still being sent (nginx starts proxy_read_timeout once the request is sent).
+Strategy: the exchange (``_Exchange``) is callbacks: the request head is written on a pooled
+connection (or one connected for it, on a task: ``loop.create_connection`` is a coroutine),
+and the answer is handed to the router from the upstream's ``data_received``, with no task or
+future per request. An upload is sent by a task of its own that reads the client's
+``RequestBody`` only once the upstream connection is ready (its first read sends the client's
+100 Continue; ``Expect`` is never forwarded, a proxy may answer it itself, RFC 9110 §10.1.1)
+and waits for the upstream to drain, while the exchange goes on waiting for the response head,
+so an upstream that answers early or echoes as it reads cannot deadlock us. There is no read
+timeout while the body is still being sent (nginx starts proxy_read_timeout once the request
+is sent).
 
 A connection returns to its pool only when the response ended cleanly (complete by its
 framing, keep-alive per RFC 9112 §9.3), the request body was sent whole and nothing else
