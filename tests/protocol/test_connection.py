@@ -13,6 +13,7 @@ can tell which one fired.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -124,12 +125,7 @@ async def test_good_request_pipelined_before_a_bad_one_is_answered_first(kind):
 async def test_request_body_unread_past_high_water_pauses_reading_without_a_body_timeout(kind):
     c = Client(kind)
     go = asyncio.Event()
-
-    async def handler(request: Request) -> Response:
-        await go.wait()
-        return await read_body(request)
-
-    c.router.handler = handler
+    c.router.handler = reads_body_after(go)
     total = 2 * HIGH_WATER + 10
     c.send(post("/up", b"", length=total) + b"a" * (HIGH_WATER // 2))
     c.send(b"b" * (HIGH_WATER // 2))
@@ -472,16 +468,19 @@ async def test_http10_request_is_answered_with_close_then_closed(kind, extra):
 # -- Expect: 100-continue ------------------------------------------------------------------------
 
 
+def reads_body_after(go: asyncio.Event) -> Callable[[Request], Awaitable[Response]]:
+    """A backend that starts reading the request body only once ``go`` is set."""
+    async def handler(request: Request) -> Response:
+        await go.wait()
+        return await read_body(request)
+    return handler
+
+
 @async_test
 async def test_100_continue_is_sent_only_when_the_backend_starts_reading_the_body(kind):
     c = Client(kind)
     go = asyncio.Event()
-
-    async def handler(request: Request) -> Response:
-        await go.wait()
-        return await read_body(request)
-
-    c.router.handler = handler
+    c.router.handler = reads_body_after(go)
     c.send(post("/up", b"", "Expect: 100-continue", length=5))
     await c.settle()
     assert c.transport.data == b""
@@ -499,12 +498,7 @@ async def test_100_continue_is_sent_only_when_the_backend_starts_reading_the_bod
 async def test_body_timeout_does_not_run_while_the_client_waits_for_100_continue(kind):
     c = Client(kind)
     go = asyncio.Event()
-
-    async def handler(request: Request) -> Response:
-        await go.wait()
-        return await read_body(request)
-
-    c.router.handler = handler
+    c.router.handler = reads_body_after(go)
     c.send(post("/up", b"", "Expect: 100-continue", length=5))
     await c.settle()
     c.advance(BODY_TIMEOUT + 1)  # the backend is slow to start; the client waits for us
