@@ -1,18 +1,19 @@
 """One client connection: an ``asyncio.Protocol`` that parses, dispatches and writes.
 
-Owns the HTTP/1.1 connection semantics: keep-alive; pipelining (requests are parsed as they
-arrive and answered strictly in order, one in flight at a time); request bodies handed to the
-backend as a ``RequestBody`` stream as they arrive (dispatch happens at the end of the head, so a
-CVM upload streams and an SCF target reads it whole); ``Expect: 100-continue`` answered when
-the backend starts reading; ``Connection: close`` (RFC 9112 §9.6: nothing after it is
-processed); a body left unread by the backend closes the connection after the response
+Owns the HTTP/1.1 connection semantics: keep-alive (an HTTP/1.0 client's too, when it asks with
+``Connection: keep-alive`` and the response has a length); pipelining (requests are parsed as
+they arrive and answered strictly in order, one in flight at a time); request bodies handed to
+the backend as a ``RequestBody`` stream as they arrive (dispatch happens at the end of the
+head, so a CVM upload streams and an SCF target reads it whole); ``Expect: 100-continue``
+answered when the backend starts reading; ``Connection: close`` (RFC 9112 §9.6: nothing after
+it is processed); a body left unread by the backend closes the connection after the response
 (RFC 9112 §9.3, no CL.0 desync); the client timeouts of SPEC §9 (header deadline -> 408, body
 idle -> 408, keep-alive idle -> quiet close); backpressure both ways (unread body, queued
 requests or a full write buffer pause reading); streamed responses (Content-Length or chunked;
-a backend that breaks off mid-body aborts the connection instead of ending it cleanly); a
-send timeout for a client that stops reading (``client_body_timeout``, as nginx's
-send_timeout); lingering close after an error with input still arriving; and a 101 hand-over
-to a tunnel (WebSocket).
+a backend that breaks off mid-body aborts the connection instead of ending it cleanly); a send
+timeout for a client that stops reading (``client_body_timeout``, as nginx's send_timeout);
+lingering close after an error with input still arriving; and a 101 hand-over to a tunnel
+(WebSocket).
 
 It stays on protocol callbacks, with no task or future per request: a request is handed to
 the router's ``dispatch`` with ``_respond`` as the callback, which the router calls once, at
@@ -296,8 +297,9 @@ class HttpConnection(asyncio.Protocol):
         except ProxyError as exc:
             self._fail(exc)
             return
-        # The parser yields nothing after the last request's end (Connection: close, HTTP/1.0,
-        # Upgrade), so every event here belongs to a request we accepted, its body included.
+        # The parser yields nothing after the last request's end (Connection: close, HTTP/1.0
+        # without keep-alive, Upgrade), so every event here belongs to a request we accepted,
+        # its body included.
         for event in events:
             if type(event) is bytes:
                 if self.body is not None:
@@ -446,8 +448,9 @@ class HttpConnection(asyncio.Protocol):
             chunked = False
         else:
             chunked = response.length is None and request.http_version == "1.1"
-            if response.length is None and not chunked:
-                keep_alive = False  # HTTP/1.0 client: the end of the body is the close
+            if response.length is None and not chunked and not head_only:
+                # HTTP/1.0 client (keep-alive or not): the end of the body is the close
+                keep_alive = False
         head = writer.serialize_head(response, keep_alive, chunked)
         transport = self.transport
         transport.write(head)
@@ -474,8 +477,13 @@ class HttpConnection(asyncio.Protocol):
                 raise
             return
         if not keep_alive and not last:
-            last = True
-            unread = unread or (request.stream is not None and not request.stream.ended)
+            # An HTTP/1.0 keep-alive connection closed by a body of unknown length: requests
+            # pipelined behind this one are never dispatched, and whatever the client sent
+            # after it is lingered over, not reset.
+            last = self.stopped = True
+            unread = (unread or bool(self.queue) or self.phase != IDLE
+                      or (request.stream is not None and not request.stream.ended))
+            self.queue.clear()
         self._answered(request, outcome, total, last, unread)
 
     async def _drained(self) -> None:

@@ -83,6 +83,8 @@ class RequestHead:
     headers: tuple[tuple[str, str], ...]
     #: "1.1" or "1.0"
     http_version: str
+    #: the connection may persist after this request: HTTP/1.1 without "close", HTTP/1.0 with
+    #: "keep-alive" (RFC 9112 §9.3)
     keep_alive: bool
     content_length: int | None
     chunked: bool
@@ -333,8 +335,8 @@ class RequestParser(ABC):
 
     def _end(self, events: list[Event]) -> None:
         events.append(END)
-        # RFC 9112 §9.6: nothing after "close" is processed; §9.3: a proxy keeps no persistent
-        # connection with an HTTP/1.0 client; after an Upgrade the bytes are the new protocol's.
+        # RFC 9112 §9.6: nothing after "close" is processed, nor after an HTTP/1.0 request
+        # without "keep-alive" (§9.3); after an Upgrade the bytes are the new protocol's.
         self._state = _STOPPED if self._closing else _HEAD
 
     def _take(self, data: Buffer, pos: int, events: list[Event]) -> int:
@@ -634,11 +636,18 @@ def _interpret(raw: bytes, limits: Limits) -> RequestHead:
                 special.setdefault(lname, []).append(value)
 
     # RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host, more than one Host, or an
-    # invalid one
+    # invalid one (an HTTP/1.0 request may have none)
     if len(hosts) > 1 or (not hosts and version == "1.1"):
         raise BadRequest("missing or repeated Host")
-    if hosts and _HOST.fullmatch(hosts[0]) is None:
-        raise BadRequest("invalid Host")
+    if hosts:
+        host = hosts[0]
+        if _HOST.fullmatch(host) is None:
+            raise BadRequest("invalid Host")
+        # An empty host ("Host:", "Host: :80") would make the target URI http:///..., which
+        # RFC 9110 §4.2.1 says to reject as invalid (nginx: 400 too). With an absolute-form
+        # target the URI's authority is the host and the field is ignored (RFC 9112 §3.2.2).
+        if (not host or host[0] == ":") and authority is None:
+            raise BadRequest("empty Host")
     if authority is not None:
         # §3.2.2: with an absolute-form target the Host field is ignored for the URI's authority
         headers = [(n, authority) if n.lower() == "host" else (n, v) for n, v in headers]
@@ -688,9 +697,12 @@ def _interpret(raw: bytes, limits: Limits) -> RequestHead:
 
     if content_length is not None and content_length > limits.max_body_size:
         raise PayloadTooLarge("Content-Length over %d bytes" % limits.max_body_size)
-    return RequestHead(
-        method, path, query, tuple(headers), version,
-        version == "1.1" and "close" not in tokens, content_length, chunked, expect, upgrade)
+    # RFC 9112 §9.3: never after "close"; 1.1 persists otherwise, 1.0 only with "keep-alive"
+    # (Appendix C.2.2), which we honour as nginx does: to its client a gateway is the origin
+    # server, not the proxy that §9.3 forbids to keep an HTTP/1.0 client's connection
+    keep_alive = "close" not in tokens and (version == "1.1" or "keep-alive" in tokens)
+    return RequestHead(method, path, query, tuple(headers), version, keep_alive,
+                       content_length, chunked, expect, upgrade)
 
 
 PARSERS: Final[dict[str, type[RequestParser]]] = {

@@ -453,7 +453,8 @@ async def test_bytes_pipelined_after_connection_close_are_not_processed_and_we_l
     assert c.transport.close_called and not c.transport.aborted
 
 
-@pytest.mark.parametrize("extra", [(), ("Connection: keep-alive",)])
+@pytest.mark.parametrize("extra", [(), ("Connection: foo",), ("Keep-Alive: timeout=5",),
+                                   ("Connection: keep-alive, close",)])
 @async_test
 async def test_http10_request_is_answered_with_close_then_closed(kind, extra):
     c = Client(kind)
@@ -463,6 +464,131 @@ async def test_http10_request_is_answered_with_close_then_closed(kind, extra):
     assert (reply.status, reply.body) == (200, b"GET /old")
     assert reply.all("connection") == ["close"]
     assert c.router.requests[0].http_version == "1.0"
+
+
+# -- HTTP/1.0 keep-alive (RFC 9112 §9.3, Appendix C.2.2; as nginx) --------------------------------
+
+KA = "Connection: keep-alive"
+
+
+@async_test
+async def test_http10_keep_alive_keeps_the_connection_and_says_so(kind):
+    c = Client(kind)
+    for i in range(3):
+        c.send(get(f"/{i}", KA, version="1.0"))
+        await c.until(lambda n=i + 1: len(c.finals()) == n)
+    assert [r.body for r in c.finals()] == [b"GET /0", b"GET /1", b"GET /2"]
+    assert all(r.all("connection") == ["keep-alive"] and r.header("content-length") == "6"
+               for r in c.finals())
+    assert not c.transport.closed and c.transport.reading
+    assert [r.http_version for r in c.router.requests] == ["1.0"] * 3
+    # a 1.0 request without the token is the last one
+    c.send(get("/last", version="1.0"))
+    await c.until(lambda: c.transport.lost)
+    assert c.finals()[-1].all("connection") == ["close"]
+    assert not c.transport.aborted
+
+
+@async_test
+async def test_http10_keep_alive_pipelined_requests_are_answered_in_order(kind):
+    c = Client(kind)
+    c.router.hold("/a")
+    c.send(get("/a", KA, version="1.0") + post("/b", b"body", KA, version="1.0")
+           + get("/c", KA, version="1.0"))
+    await c.settle()
+    assert c.router.paths == ["/a"]
+    c.router.release("/a")
+    await c.until(lambda: len(c.finals()) == 3)
+    assert [r.body for r in c.finals()] == [b"GET /a", b"POST /b", b"GET /c"]
+    assert all(r.header("connection") == "keep-alive" for r in c.finals())
+    assert not c.transport.closed and c.router.max_active == 1
+
+
+@async_test
+async def test_http10_keep_alive_idle_connection_gets_the_keep_alive_timeout(kind):
+    c = Client(kind)
+    c.send(get("/", KA, version="1.0"))
+    await c.until(lambda: c.finals())
+    c.advance(KEEPALIVE_TIMEOUT - 0.1)
+    assert not c.transport.closed
+    c.advance(0.2)
+    assert c.transport.close_called and not c.transport.aborted
+
+
+@async_test
+async def test_http10_keep_alive_streamed_response_with_a_length_keeps_the_connection(kind):
+    c = Client(kind)
+    c.router.handler = lambda r: ready(Response(200, (), stream=chunks(b"hel", b"lo"), length=5))
+    c.send(get("/s", KA, version="1.0"))
+    await c.until(lambda: c.finals() and c.finals()[0].complete)
+    await c.settle()
+    c.send(get("/t", KA, version="1.0"))
+    await c.until(lambda: len(c.finals()) == 2 and c.finals()[1].complete)
+    await c.settle()
+    assert all((r.framing, r.body, r.header("connection")) == ("length", b"hello", "keep-alive")
+               for r in c.finals())
+    assert not c.transport.closed
+
+
+@async_test
+async def test_http10_keep_alive_streamed_response_without_a_length_still_closes(kind):
+    c = Client(kind)
+    c.router.hold("/next")
+    c.router.handler = lambda r: ready(Response(200, (), stream=chunks(b"hel", b"lo")))
+    # a pipelined request behind it: never dispatched, the client is told nothing persists
+    c.send(get("/s", KA, version="1.0") + get("/next", KA, version="1.0"))
+    await c.until(lambda: c.transport.eof_written or c.transport.closed)
+    await c.settle()
+    [reply] = c.finals()
+    assert reply.framing == "close" and reply.body == b"hello"
+    assert reply.all("connection") == ["close"] and reply.header("transfer-encoding") is None
+    assert c.router.paths == ["/s"]
+    # it sent more than we answered: our FIN first, its late bytes discarded, then the close
+    assert c.transport.eof_written and not c.transport.aborted
+    c.send(get("/late", KA, version="1.0"))
+    c.advance(LINGER_TIMEOUT + 0.1)
+    assert c.transport.close_called and c.router.paths == ["/s"]
+
+
+@async_test
+async def test_http10_keep_alive_streamed_response_without_a_length_alone_closes_at_once(kind):
+    c = Client(kind)
+    c.router.handler = lambda r: ready(Response(200, (), stream=chunks(b"x")))
+    c.send(get("/s", KA, version="1.0"))
+    await c.until(lambda: c.transport.lost)
+    assert c.finals()[0].header("connection") == "close" and not c.transport.eof_written
+
+
+@async_test
+async def test_http10_keep_alive_head_of_a_streamed_response_without_length_keeps_it(kind):
+    c = Client(kind)
+    c.router.handler = lambda r: ready(Response(200, (), stream=chunks(b"hel", b"lo")))
+    c.send(get("/h", KA, version="1.0", method="HEAD"))
+    await c.until(lambda: c.finals({0}))
+    await c.settle()
+    [head] = c.finals({0})
+    assert head.header("connection") == "keep-alive" and head.header("content-length") is None
+    assert c.transport.data.endswith(b"\r\n\r\n") and not c.transport.closed
+
+
+@async_test
+async def test_http10_keep_alive_error_answer_still_closes(kind):
+    c = Client(kind)
+    c.send(get("/ok", KA, version="1.0") + b"GET / HTTP/1.0\r\nHost:\r\n\r\n")
+    await c.until(lambda: len(c.finals()) == 2)
+    ok, bad = c.finals()
+    assert ok.header("connection") == "keep-alive"
+    assert bad.status == 400 and bad.header("connection") == "close"
+    assert c.router.paths == ["/ok"]
+
+
+@async_test
+async def test_draining_closes_an_http10_keep_alive_connection_after_its_response(kind):
+    c = Client(kind)
+    c.state.draining = True
+    c.send(get("/", KA, version="1.0"))
+    await c.until(lambda: c.transport.lost)
+    assert c.finals()[0].header("connection") == "close"
 
 
 # -- Expect: 100-continue ------------------------------------------------------------------------
