@@ -29,7 +29,8 @@ OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
                               "address of the listener on that port or adds one")),
     (("-c", "--config"), dict(type=Path, metavar="FILE", help="the rule table (TOML)")),
     (("--check-config",), dict(nargs="?", const=True, default=None, metavar="FILE",
-                               help="validate the config (FILE or --config) and exit")),
+                               help="validate the config (FILE or --config) and its certificates "
+                                    "as start-up does, and exit")),
     (("--tls",), dict(action="store_true",
                       help="serve HTTPS on the --listen ports (443 implies it)")),
     (("--tls-cert",), dict(type=Path, metavar="FILE", help="certificate chain (PEM)")),
@@ -117,9 +118,16 @@ def _dev_certificate(args: argparse.Namespace) -> Any:
 
 
 def check_config(args: argparse.Namespace) -> int:
+    """--check-config: what start-up would refuse is refused here, with the same error (exit
+    2): the config's validation, then every certificate's checks (tls.config_certificates,
+    which start-up and reload run too: files, chain, key type, key matching the leaf,
+    validity, usage, names, OpenSSL loading them)."""
     if isinstance(args.check_config, str):
         args.config = Path(args.check_config)
     config = resolve_config(args)
+    from .tls import config_certificates
+
+    config_certificates(config)
     rules = sum(len(listener.rules) for listener in config.listeners)
     print(f"{config.source or 'embedded default'}: OK ({len(config.listeners)} listeners, "
           f"{rules} rules, {len(config.functions)} functions)")

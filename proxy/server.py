@@ -26,7 +26,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import tls
@@ -143,11 +143,13 @@ class ProxyServer:
     async def start(self, sockets: dict[str, list[socket.socket]] | None = None) -> None:
         """Bind the listeners (or serve ``sockets``, listener name -> bound sockets, handed
         over by the supervisor) and the admin API."""
+        # every certificate is checked before anything is bound, as --check-config checks them
+        certificates = tls.config_certificates(self.config)
         await self.backends.local.start()
         for listener in self.config.listeners:
             extra = (tls.hsts_header(listener.hsts_max_age),) if listener.hsts_max_age else ()
             ctx = ListenerContext(listener, self.parser_kind, self.state, extra)
-            ssl_ctx = self._ssl_context(listener)
+            ssl_ctx = self._ssl_context(listener, certificates.get(listener.name, ()))
             if sockets is not None:
                 bound = sockets[listener.name]
             else:
@@ -166,11 +168,11 @@ class ProxyServer:
             self._admin_server = await start_admin(app, host, port, self.parser_kind)
         self._announce = sockets is None  # a worker's supervisor announces
 
-    def _ssl_context(self, listener: Listener) -> ssl.SSLContext | None:
+    def _ssl_context(self, listener: Listener, certificates: Sequence[tls.LoadedCertificate]
+                     ) -> ssl.SSLContext | None:
         if listener.protocol != "HTTPS":
             return None
-        server_tls = tls.ServerTLS([tls.load_certificate(c) for c in listener.certificates],
-                                   handshake_timeout=listener.ssl_handshake_timeout)
+        server_tls = tls.ServerTLS(certificates, handshake_timeout=listener.ssl_handshake_timeout)
         if not server_tls.groups_policy_in_effect():
             error_log.warning("listener %r: TLS key-exchange groups are not limited to "
                               "X25519/P-256/P-384", listener.name)
@@ -192,15 +194,13 @@ class ProxyServer:
 
     async def _reload(self, config: Config) -> None:
         check_same_listeners(self.config, config)
-        certificates = {
-            listener.name: [tls.load_certificate(c) for c in listener.certificates]
-            for listener in config.listeners if listener.name in self._tls
-        }
+        certificates = tls.config_certificates(config)  # the checks of start-up
         self._sync_remote(config)
         await self.backends.local.update(config.functions)
         router = Router(config, self.backends, self.metrics)
         for name, loaded in certificates.items():
-            self._tls[name].reload(loaded)
+            if name in self._tls:
+                self._tls[name].reload(loaded)
         self.state.router = router
         self.cvm.retain(config)  # health checks and pools no rule uses any more stop
         self.config = config

@@ -15,7 +15,8 @@ Groups cannot be set per context in Python 3.11 (no ``set_groups``); OpenSSL rea
 config file once, when it initialises, hence ``ensure_openssl_groups_config`` re-executes the
 process with ``OPENSSL_CONF`` set (see its docstring).
 
-Must not know: HTTP, rules, backends, the config file format (it takes ``config.Certificate``).
+Must not know: HTTP, rules, backends, the config file format (it takes ``config.Certificate``,
+and a ``config.Config`` only to name each listener's certificates by their field path).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import ssl
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -40,13 +41,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .config import Certificate
+from .config import Certificate, Config
 from .errors import ConfigError
 
 __all__ = [
     "ALPN_PROTOCOLS", "GROUPS", "HANDSHAKE_TIMEOUT", "HSTS_MAX_AGE", "TLS12_CIPHERS",
-    "LoadedCertificate", "ServerTLS", "SniTable", "default_state_dir", "ensure_dev_certificate",
-    "ensure_openssl_groups_config", "hsts_header", "load_certificate",
+    "CertFileError", "KeyFileError", "LoadedCertificate", "ServerTLS", "SniTable",
+    "config_certificates", "default_state_dir", "ensure_dev_certificate",
+    "ensure_openssl_groups_config", "hsts_header", "load_certificate", "load_certificates",
 ]
 
 log = logging.getLogger("proxy.error")
@@ -106,6 +108,19 @@ _KEY_RULES: dict[type[Any], Callable[[Any], str | None]] = {
 
 # --------------------------------------------------------------------------- certificates
 
+class CertFileError(ConfigError):
+    """A certificate the checks refuse; the message starts with the file it is about, and
+    ``field`` says which field of ``config.Certificate`` names that file."""
+
+    field = "cert"
+
+
+class KeyFileError(CertFileError):
+    """A private key the checks refuse (unreadable, of a refused type, not the leaf's)."""
+
+    field = "key"
+
+
 @dataclass(frozen=True, slots=True)
 class LoadedCertificate:
     """A certificate chain and key that passed every check; what ``ServerTLS`` serves."""
@@ -118,6 +133,8 @@ class LoadedCertificate:
     not_after: datetime
     #: SHA-256 of the leaf, hex
     fingerprint: str
+    #: the server context serving it, once ``load_certificates`` had OpenSSL load it
+    context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
 
     def matches(self, host: str) -> bool:
         """Whether ``host`` (no port) is one of this certificate's names (RFC 6125 §6.4)."""
@@ -141,6 +158,37 @@ def load_certificate(cert: Certificate, *, now: datetime | None = None) -> Loade
     return loaded
 
 
+def load_certificates(certs: Sequence[Certificate], where: str, *,
+                      now: datetime | None = None) -> tuple[LoadedCertificate, ...]:
+    """The certificates of one HTTPS listener, with every check start-up, reload and
+    ``--check-config`` make (one definition for the three): ``load_certificate``'s, then
+    OpenSSL loading each into a server context of our policy (kept: it is the one served).
+
+    ``where`` names the listener's field, e.g. ``rules.toml: listener[0].certificates``; an
+    error names the certificate's field and its file:
+    ``rules.toml: listener[0].certificates[1].key: /etc/k.pem: private key does not match ...``.
+    """
+    loaded = []
+    for index, cert in enumerate(certs):
+        try:
+            one = load_certificate(cert, now=now)
+            loaded.append(replace(one, context=_certificate_context(one)))
+        except CertFileError as exc:
+            raise ConfigError(f"{where}[{index}].{exc.field}: {exc}") from exc
+    return tuple(loaded)
+
+
+def config_certificates(config: Config) -> dict[str, tuple[LoadedCertificate, ...]]:
+    """``load_certificates`` for every HTTPS listener of ``config``, in order, by listener
+    name; the field paths are the config file's (``<command line>`` for the embedded
+    default, whose certificates come from --tls-cert/--tls-key or the development one)."""
+    label = config.source.name if config.source is not None else "<command line>"
+    return {listener.name: load_certificates(listener.certificates,
+                                             f"{label}: listener[{index}].certificates")
+            for index, listener in enumerate(config.listeners)
+            if listener.protocol == "HTTPS"}
+
+
 def _read_and_check(cert: Certificate, now: datetime) -> tuple[LoadedCertificate, datetime]:
     """The checks of ``load_certificate``, without logging; also the chain's earliest expiry."""
     chain = _read_chain(cert.cert)
@@ -149,20 +197,22 @@ def _read_and_check(cert: Certificate, now: datetime) -> tuple[LoadedCertificate
     problem = next((rule(key) for kind, rule in _KEY_RULES.items() if isinstance(key, kind)),
                    "key type not supported (use ECDSA P-256/P-384 or RSA >= 2048)")
     if problem:
-        raise ConfigError(f"{cert.key}: {problem}")
+        raise KeyFileError(f"{cert.key}: {problem}")
     if _spki(key.public_key()) != _spki(chain[0].public_key()):
-        raise ConfigError(f"{cert.key}: private key does not match the certificate in {cert.cert}")
+        raise KeyFileError(
+            f"{cert.key}: private key does not match the certificate in {cert.cert}")
     for index, one in enumerate(chain):
         what = f"{cert.cert}: certificate {index + 1} ({one.subject.rfc4514_string()})"
         if one.not_valid_after_utc <= now:
-            raise ConfigError(f"{what} expired on {_iso(one.not_valid_after_utc)}")
+            raise CertFileError(f"{what} expired on {_iso(one.not_valid_after_utc)}")
         if one.not_valid_before_utc > now:
-            raise ConfigError(f"{what} is not valid before {_iso(one.not_valid_before_utc)}")
+            raise CertFileError(
+                f"{what} is not valid before {_iso(one.not_valid_before_utc)}")
     leaf = chain[0]
     _check_server_usage(cert.cert, leaf)
     names = _names(leaf)
     if not names:
-        raise ConfigError(f"{cert.cert}: certificate has no DNS names or IP addresses")
+        raise CertFileError(f"{cert.cert}: certificate has no DNS names or IP addresses")
     loaded = LoadedCertificate(
         source=cert, names=names, subject=leaf.subject.rfc4514_string(),
         not_after=leaf.not_valid_after_utc, fingerprint=leaf.fingerprint(hashes.SHA256()).hex(),
@@ -174,20 +224,20 @@ def _read_chain(path: Path) -> list[x509.Certificate]:
     try:
         return x509.load_pem_x509_certificates(path.read_bytes())
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read certificate file: {exc.strerror}") from exc
+        raise CertFileError(f"{path}: cannot read certificate file: {exc.strerror}") from exc
     except ValueError as exc:
-        raise ConfigError(f"{path}: no PEM certificate in the file ({exc})") from exc
+        raise CertFileError(f"{path}: no PEM certificate in the file ({exc})") from exc
 
 
 def _read_key(path: Path) -> PrivateKeyTypes:
     try:
         return serialization.load_pem_private_key(path.read_bytes(), password=None)
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read key file: {exc.strerror}") from exc
+        raise KeyFileError(f"{path}: cannot read key file: {exc.strerror}") from exc
     except TypeError as exc:  # cryptography says "password was not given": an encrypted key
-        raise ConfigError(f"{path}: encrypted private keys are not supported") from exc
+        raise KeyFileError(f"{path}: encrypted private keys are not supported") from exc
     except (ValueError, UnsupportedAlgorithm) as exc:
-        raise ConfigError(f"{path}: no usable PEM private key in the file ({exc})") from exc
+        raise KeyFileError(f"{path}: no usable PEM private key in the file ({exc})") from exc
 
 
 def _check_chain_order(path: Path, chain: Sequence[x509.Certificate]) -> None:
@@ -196,13 +246,13 @@ def _check_chain_order(path: Path, chain: Sequence[x509.Certificate]) -> None:
     for index, (child, parent) in enumerate(zip(chain, chain[1:]), start=1):
         wrong = f"{path}: certificate {index} is not issued by certificate {index + 1}"
         if child.issuer != parent.subject:
-            raise ConfigError(f"{wrong} (issuer {child.issuer.rfc4514_string()}, next is "
+            raise CertFileError(f"{wrong} (issuer {child.issuer.rfc4514_string()}, next is "
                               f"{parent.subject.rfc4514_string()}): put the chain in order, "
                               "leaf first")
         try:
             child.verify_directly_issued_by(parent)
         except InvalidSignature as exc:
-            raise ConfigError(f"{wrong}: its signature does not verify") from exc
+            raise CertFileError(f"{wrong}: its signature does not verify") from exc
         except (ValueError, TypeError):
             pass  # an algorithm cryptography cannot verify; the name check above still held
 
@@ -214,7 +264,8 @@ def _check_server_usage(path: Path, leaf: x509.Certificate) -> None:
         return  # no EKU means any usage (RFC 5280 §4.2.1.12)
     if not {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE} & set(
             usages):
-        raise ConfigError(f"{path}: certificate is not for TLS servers (no serverAuth usage)")
+        raise CertFileError(
+            f"{path}: certificate is not for TLS servers (no serverAuth usage)")
 
 
 def _names(leaf: x509.Certificate) -> tuple[str, ...]:
@@ -314,7 +365,7 @@ def _load_into(ctx: ssl.SSLContext, source: Certificate) -> ssl.SSLContext:
     try:
         ctx.load_cert_chain(source.cert, source.key)
     except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(f"{source.cert}: OpenSSL refused the certificate or its key "
+        raise CertFileError(f"{source.cert}: OpenSSL refused the certificate or its key "
                           f"{source.key}: {exc}") from exc
     return ctx
 
@@ -331,8 +382,9 @@ class _Active:
 def _activate(certs: Sequence[LoadedCertificate]) -> _Active:
     if not certs:
         raise ConfigError("an HTTPS listener needs at least one certificate")
-    return _Active(tuple(certs), tuple(_certificate_context(c) for c in certs),
-                   SniTable([c.names for c in certs]))
+    contexts = tuple(c.context if c.context is not None else _certificate_context(c)
+                     for c in certs)
+    return _Active(tuple(certs), contexts, SniTable([c.names for c in certs]))
 
 
 class ServerTLS:

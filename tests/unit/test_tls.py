@@ -686,6 +686,76 @@ def test_server_tls_without_certificates_is_a_config_error() -> None:
         tls.ServerTLS([])
 
 
+# --------------------------------------------------------------------------- one check for all
+# load_certificates is what start-up, reload and --check-config run (issue 14): the same
+# checks, errors naming the certificate's field path and its file.
+
+WHERE = "rules.toml: listener[1].certificates"
+
+
+def test_listener_certificates_load_with_their_serving_contexts(tmp_path: Path,
+                                                                ca: trustme.CA) -> None:
+    certs = [write_leaf(tmp_path, stem, ca.issue_cert(f"{stem}.test")) for stem in "ab"]
+    loaded = tls.load_certificates(certs, WHERE)
+    assert [c.names for c in loaded] == [("a.test",), ("b.test",)]
+    assert all(isinstance(c.context, ssl.SSLContext) for c in loaded)
+    assert loaded[0] == tls.load_certificate(certs[0])  # the context is not part of equality
+    server = tls.ServerTLS(loaded)
+    assert server.select("b.test") is loaded[1]
+
+
+def test_listener_certificate_with_another_certificates_key_names_the_key_field(
+        tmp_path: Path, ca: trustme.CA) -> None:
+    good = write_leaf(tmp_path, "good", ca.issue_cert("good.test"))
+    other = write_leaf(tmp_path, "other", ca.issue_cert("other.test"))
+    with pytest.raises(ConfigError) as caught:
+        tls.load_certificates([good, Certificate(cert=good.cert, key=other.key)], WHERE)
+    assert str(caught.value) == (f"{WHERE}[1].key: {other.key}: private key does not match "
+                                 f"the certificate in {good.cert}")
+
+
+def test_expired_listener_certificate_names_the_cert_field(tmp_path: Path,
+                                                           ca: trustme.CA) -> None:
+    old = write_leaf(tmp_path, "old", ca.issue_cert(
+        "old.test", not_before=NOW - timedelta(days=100), not_after=NOW - timedelta(days=1)))
+    with pytest.raises(ConfigError) as caught:
+        tls.load_certificates([old], WHERE)
+    message = str(caught.value)
+    assert message.startswith(f"{WHERE}[0].cert: {old.cert}: certificate 1 (")
+    assert " expired on " in message
+
+
+def test_unreadable_key_of_a_listener_certificate_names_the_key_field(tmp_path: Path,
+                                                                      ca: trustme.CA) -> None:
+    cert = write_leaf(tmp_path, "k", ca.issue_cert("k.test"))
+    cert.key.unlink()
+    with pytest.raises(ConfigError, match=r"^rules\.toml: listener\[1\]\.certificates\[0\]"
+                                          r"\.key: .*cannot read key file"):
+        tls.load_certificates([cert], WHERE)
+
+
+def test_config_certificates_walks_the_https_listeners_with_their_field_paths(
+        tmp_path: Path, ca: trustme.CA) -> None:
+    from proxy.config import Config, Listener
+
+    good = write_leaf(tmp_path, "good", ca.issue_cert("good.test"))
+    other = write_leaf(tmp_path, "other", ca.issue_cert("other.test"))
+    listeners = (Listener(name="plain", protocol="HTTP", port=80),
+                 Listener(name="tls", protocol="HTTPS", port=443, certificates=(good,)))
+    config = Config(listeners=listeners, functions=(), scf=None,
+                    source=tmp_path / "rules.toml")
+    assert [c.names for c in tls.config_certificates(config)["tls"]] == [("good.test",)]
+    assert "plain" not in tls.config_certificates(config)
+    bad = Listener(name="tls", protocol="HTTPS", port=443,
+                   certificates=(good, Certificate(cert=good.cert, key=other.key)))
+    with pytest.raises(ConfigError, match=r"^rules\.toml: listener\[1\]\.certificates\[1\]"
+                                          r"\.key: "):
+        tls.config_certificates(Config(listeners=(listeners[0], bad), functions=(), scf=None,
+                                       source=tmp_path / "rules.toml"))
+    with pytest.raises(ConfigError, match=r"^<command line>: listener\[0\]\.certificates"):
+        tls.config_certificates(Config(listeners=(bad,), functions=(), scf=None))
+
+
 # --------------------------------------------------------------------------- SNI table (pure)
 
 TABLE = tls.SniTable([("a.test", "10.0.0.1"), ("b.test", "*.w.test"), ("*.w.test", "x.w.test")])
