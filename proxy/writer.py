@@ -3,7 +3,10 @@
 Strategy (the hot path): status lines and the static headers are pre-encoded ``bytes``; the
 ``Date`` header is rebuilt at most once a second; a response is joined into one ``bytes`` so the
 connection does one ``transport.write`` per response. Error pages are built once per status.
-``Content-Length`` is always computed here (RFC 9110 §8.6), never taken from a backend.
+``Content-Length`` is always computed here (RFC 9110 §8.6), never copied from a backend's
+headers: a plain body's is its size; a streamed body's, or the GET's of a HEAD answer that came
+without its body, is the ``length`` its backend put in the Response (none known: none sent,
+rather than a wrong one).
 """
 
 from __future__ import annotations
@@ -52,7 +55,12 @@ def status_line(status: int) -> bytes:
 
 
 def serialize(response: Response, keep_alive: bool, head_only: bool = False) -> bytes:
-    """The whole response as one ``bytes``; HEAD gets the headers of the GET, no body."""
+    """The whole response as one ``bytes``; HEAD gets the headers of the GET, no body.
+
+    An answer to HEAD that came without its body (a function that answers HEAD as HEAD) has
+    the GET's length in ``response.length`` when its backend knew it, and then sends that;
+    otherwise it sends no Content-Length at all: a 0 would contradict the GET (RFC 9110 §8.6,
+    a HEAD response's Content-Length, if sent, is the GET's)."""
     status = response.status
     parts = [status_line(status), _SERVER_HEADER, date_header()]
     for name, value in response.headers:
@@ -60,6 +68,9 @@ def serialize(response: Response, keep_alive: bool, head_only: bool = False) -> 
     body = response.body
     if status in NO_BODY_STATUSES:
         body = b""
+    elif head_only and not body:
+        if response.length is not None:
+            parts.append(b"Content-Length: %d\r\n" % response.length)
     else:
         parts.append(b"Content-Length: %d\r\n" % len(body))
     parts.append(_KEEP_ALIVE if keep_alive else _CLOSE)

@@ -23,7 +23,8 @@ from typing import Any
 from ..handover import Cancel, Done, on_task
 from ..headers import TrustedProxies, forwarded_headers
 from ..messages import Invocation, Outcome, Request, Route
-from .event import MAX_EVENT_BYTES, decode_response, encode_event
+from .event import (MAX_EVENT_BYTES, check_declared_length, declared_length, decode_response,
+                    encode_event)
 
 Invoker = Callable[[bytes, str], Awaitable[Invocation]]
 #: a local function's start: (event, request_id, done) -> drop; done gets an Invocation or
@@ -65,7 +66,7 @@ class FunctionTarget:
                 done(result)
                 return
             try:
-                outcome = self._outcome(result, route)
+                outcome = self._outcome(result, request, route)
             except Exception as exc:  # a response that cannot be decoded is answered as one
                 done(exc)
                 return
@@ -74,16 +75,28 @@ class FunctionTarget:
         return starter(event, request_id, invoked)
 
     async def __call__(self, request: Request, route: Route) -> Outcome:
-        if request.stream is not None:
-            # The event carries the whole body: read it, stopping early (413) past what could
-            # fit in an event at all (SPEC §6: 413 without invoking).
-            request = replace(request, body=await request.stream.read_all(MAX_EVENT_BYTES),
+        stream = request.stream
+        if stream is not None:
+            # The event carries the whole body (SPEC §6: 413 without invoking). A declared
+            # length that can never fit is refused before a byte of it is read, so before any
+            # 100 Continue (the connection then closes, the body unread); otherwise the body
+            # is read, stopping early (413) past what could fit in an event at all.
+            if stream.declared_length is not None:
+                check_declared_length(stream.declared_length,
+                                      request.header("content-type") or "")
+            request = replace(request, body=await stream.read_all(MAX_EVENT_BYTES),
                               stream=None)
         request_id = new_request_id()
         event = encode_event(request, forwarded_headers(request, self.trusted), route, request_id)
-        return self._outcome(await self.invoker(event, request_id), route)
+        return self._outcome(await self.invoker(event, request_id), request, route)
 
     @staticmethod
-    def _outcome(invocation: Invocation, route: Route) -> Outcome:
-        return Outcome(decode_response(invocation.result), route, invocation.request_id,
-                       invocation.cold_start, invocation.duration_ms)
+    def _outcome(invocation: Invocation, request: Request, route: Route) -> Outcome:
+        response = decode_response(invocation.result)
+        if not response.body and request.method == "HEAD":
+            # A function that answers HEAD without the body may say what the GET would carry:
+            # its Content-Length is the one to send (RFC 9110 §8.6, §9.3.2); none, and the
+            # writer sends none rather than a 0 the GET would contradict.
+            response = replace(response, length=declared_length(invocation.result))
+        return Outcome(response, route, invocation.request_id, invocation.cold_start,
+                       invocation.duration_ms)

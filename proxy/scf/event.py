@@ -16,6 +16,12 @@ Decisions where CLB is undocumented (clb-scf-facts.md §1.3, §2.2), all **ours*
 * ``payload`` of a JSON body is the body's own bytes embedded as JSON (``orjson.Fragment``),
   not a re-serialised parse: big integers and number spellings reach the handler unchanged.
 * Because ``payload`` repeats the body, the body counts twice towards the 6 MB event limit.
+  ``check_declared_length`` applies the same count to a declared Content-Length, so that a body
+  which can never fit is refused before it is read (a text type by its text size: the bytes
+  may still turn out not UTF-8, and go as Base64).
+* A function's ``Content-Length`` is dropped and computed from the body, except for an answer
+  to HEAD that has no body: then what the function declared (``declared_length``) is the GET's
+  length (RFC 9110 §8.6); the backend asks for it only then.
 * A response ``body`` that is not a string (a dict, a number) is invalid (502): CLB documents
   ``body`` as a string, and guessing a serialisation would hide the handler's bug.
 * A 1xx ``statusCode`` is invalid too: 1xx are interim responses, never final (RFC 9110 §15.2),
@@ -131,24 +137,56 @@ def _too_large(size: int) -> PayloadTooLarge:
                            log_detail=f"event at least {size} bytes, limit {MAX_EVENT_BYTES}")
 
 
+def _is_text(media: str) -> bool:
+    """Whether a body of this media type goes into the event as text (if valid UTF-8)."""
+    return media in _TEXT_TYPES or media.startswith("text/")
+
+
+# How a body counts towards the 6 MB event (the one place that knows): it is carried twice,
+# as ``body`` and as ``payload``; as text each copy is at least its own size (JSON escaping
+# only adds), as Base64 each is 4*ceil(n/3) bytes.
+
+
+def _as_text_size(length: int) -> int:
+    """The fewest event bytes a body of ``length`` bytes takes as text."""
+    return 2 * length
+
+
+def _as_base64_size(length: int) -> int:
+    """The event bytes a body of ``length`` bytes takes as Base64 (both copies)."""
+    return 2 * (4 * ((length + 2) // 3))
+
+
+def _must_fit(size: int) -> None:
+    if size > MAX_EVENT_BYTES:
+        raise _too_large(size)
+
+
+def check_declared_length(length: int, content_type: str) -> None:
+    """PayloadTooLarge when a body of ``length`` bytes (a declared Content-Length) with this
+    Content-Type can never fit in an event, whatever its bytes turn out to be: decided before
+    any of it is read. A text type is judged by its text size, the smaller one (a body that is
+    then not UTF-8 goes as Base64 and may still be refused once read)."""
+    if length:
+        media = _media_type(content_type)
+        _must_fit(_as_text_size(length) if _is_text(media) else _as_base64_size(length))
+
+
 def _body_fields(body: bytes, content_type: str) -> tuple[str, bool, object]:
     """``(body, isBase64Encoded, payload)`` of the event, or PayloadTooLarge."""
     if not body:
         return "", False, ""
     media = _media_type(content_type)
     text: str | None = None
-    if media in _TEXT_TYPES or media.startswith("text/"):
+    if _is_text(media):
         # Text passes at its own size (or more, once JSON-escaped); ``payload`` repeats it.
-        if 2 * len(body) > MAX_EVENT_BYTES:
-            raise _too_large(2 * len(body))
+        _must_fit(_as_text_size(len(body)))
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
             text = None
     if text is None:
-        encoded_size = 4 * ((len(body) + 2) // 3)
-        if 2 * encoded_size > MAX_EVENT_BYTES:  # decided before spending time encoding
-            raise _too_large(2 * encoded_size)
+        _must_fit(_as_base64_size(len(body)))  # decided before spending time encoding
         encoded = binascii.b2a_base64(body, newline=False).decode("ascii")
         return encoded, True, encoded
     payload: object = text
@@ -292,6 +330,31 @@ def decode_response_py(raw: bytes) -> Response:
     return Response(status, headers, body)
 
 
+def _length_value(value: object) -> int | None:
+    if not isinstance(value, str):
+        return None
+    value = value.strip(_OWS)
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
+def declared_length(raw: bytes) -> int | None:
+    """The ``Content-Length`` a function declared in its (valid, already decoded) integration
+    response, or None: absent, not ``1*DIGIT`` (RFC 9110 §8.6), or several that differ.
+
+    Only asked for an answer to HEAD that came without a body: what the function says its GET
+    would carry. Every other answer's length is its body's, computed by the writer."""
+    headers = orjson.loads(raw).get("headers")
+    if not isinstance(headers, dict):
+        return None
+    found: set[int | None] = set()
+    for name, value in headers.items():
+        if name.lower() == "content-length":
+            found.update(_length_value(v) for v in (value if type(value) is list else [value]))
+    if len(found) != 1:
+        return None
+    return found.pop()
+
+
 def name_cache() -> dict[str, bool]:
     """The header-name verdict cache (bounded by _NAME_CACHE_MAX), for tests."""
     return _NAME_VERDICTS
@@ -309,5 +372,5 @@ decode_response = decode_response_py
 if __name__ == "proxy.scf.event":
     _native.install("event", globals())
 
-__all__ = ["MAX_EVENT_BYTES", "MAX_RESPONSE_BYTES", "decode_response", "decode_response_py",
-           "encode_event", "encode_event_py"]
+__all__ = ["MAX_EVENT_BYTES", "MAX_RESPONSE_BYTES", "check_declared_length", "declared_length",
+           "decode_response", "decode_response_py", "encode_event", "encode_event_py"]

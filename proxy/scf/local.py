@@ -20,9 +20,12 @@ Decisions (ours):
   whose client went away); the timeout still applies. A caller cancelled while queued frees its
   place; one cancelled during its instance's cold start leaves that instance to join the pool.
 - ``start()`` checks each handler: a function with ``min_instances`` starts them, one without
-  starts a throwaway instance that is killed as soon as it has reported its import, so the first
-  request is still a cold start. A handler that does not import is a WARNING, never a failed
-  startup; every invocation of it is a FunctionError (SCF 437/443) with an ERROR line.
+  starts one instance; either way the checked instances join the idle pool as warm ones (the
+  module-level code runs once, not once for the check and again for the first request), so the
+  first request is a warm start (no ``cold start`` line, ``cold_start`` false), and an instance
+  nobody uses retires by the ``idle_timeout`` rule. A handler that does not import is a
+  WARNING, never a failed startup; its instance stays too, and every invocation of it is a
+  FunctionError (SCF 437/443) with an ERROR line (the worker retries the import each time).
 - A result that is not JSON is raised here as BadFunctionResponse (the log says why), rather than
   handing the event decoder bytes it would reject without saying why.
 - A retired instance is killed: an idle worker holds no work to finish, and a kill cannot hang.
@@ -386,10 +389,10 @@ class LocalFunction:
         self.release(instance)
 
     async def check(self) -> None:
-        """Start ``min_instances`` (or one throwaway instance) and warn if the handler does not
-        import. Never raises: a broken function must not stop the proxy from starting."""
-        keep = min(self.config.min_instances, self.config.concurrency)
-        count = max(keep, 1)
+        """Start ``min_instances`` (at least one instance), warn if the handler does not
+        import, and keep them warm in the idle pool. Never raises: a broken function must not
+        stop the proxy from starting."""
+        count = max(min(self.config.min_instances, self.config.concurrency), 1)
         self._slots += count
         self._wake()
         results = await asyncio.gather(*(self._started() for _ in range(count)),
@@ -406,10 +409,7 @@ class LocalFunction:
                                  "invocations fail until it is fixed", self.key,
                                  self.config.handler, errors[0])
         for instance in instances:
-            if keep:
-                self.release(instance)
-            else:
-                instance.kill(None)
+            self.release(instance)
 
     async def _started(self) -> Instance:
         instance = await self._new_instance()

@@ -437,13 +437,15 @@ def test_handler_that_cannot_be_imported_warns_at_start_and_fails_each_call(
 
     async def main() -> None:
         async with _pool(_fn("broken", tmp_path, handler=handler), start=True) as pool:
-            assert _get(pool, "broken").stats()["instances"] == 0  # the check was throwaway
+            # the checked instance stays, warm, however its import went
+            assert _get(pool, "broken").stats()["idle"] == 1
             for request_id in ("first", "second"):
                 with pytest.raises(FunctionError) as info:
                     await _get(pool, "broken").invoke(b"{}", request_id)
                 assert info.value.error["statusCode"] == status
                 assert text in str(info.value.error["errorMessage"]) + str(
                     info.value.error["stackTrace"])
+            assert _get(pool, "broken").stats()["cold_starts"] == 0
     uvloop.run(main())
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("default/broken" in w and handler in w and "cannot be imported" in w

@@ -237,6 +237,82 @@ def test_event_just_under_the_limit_is_encoded(codec: Codec) -> None:
     assert base64.b64decode(event["body"]) == body
 
 
+# --- a declared Content-Length that can never fit (refused before the body is read) ------------
+
+#: the largest body of each kind whose least event size is exactly the 6 MB limit
+TEXT_BOUND = MAX_EVENT_BYTES // 2  # body + payload, each at least the text
+BINARY_BOUND = MAX_EVENT_BYTES // 8 * 3  # body + payload, each 4*ceil(n/3) of Base64
+
+
+@pytest.mark.parametrize("content_type,bound", [
+    ("text/plain", TEXT_BOUND), ("Text/HTML; charset=utf-8", TEXT_BOUND),
+    ("application/json", TEXT_BOUND), (" application/xml ;x=1", TEXT_BOUND),
+    ("application/octet-stream", BINARY_BOUND), ("image/png", BINARY_BOUND),
+    ("", BINARY_BOUND), ("application/x-www-form-urlencoded", BINARY_BOUND),
+])
+def test_declared_length_is_refused_only_past_what_could_ever_fit(content_type: str,
+                                                                 bound: int) -> None:
+    event_module.check_declared_length(0, content_type)
+    event_module.check_declared_length(bound, content_type)
+    with pytest.raises(PayloadTooLarge) as info:
+        event_module.check_declared_length(bound + 1, content_type)
+    assert info.value.status_hint == 413
+
+
+@pytest.mark.parametrize("content_type,length", [
+    ("text/plain", TEXT_BOUND + 1), ("application/octet-stream", BINARY_BOUND + 1),
+    ("application/octet-stream", 5 * 1024 * 1024),
+])
+def test_what_the_declared_length_refuses_the_event_refuses_too(codec: Codec,
+                                                               content_type: str,
+                                                               length: int) -> None:
+    # the early refusal never turns away a body the event would have carried
+    with pytest.raises(PayloadTooLarge):
+        event_module.check_declared_length(length, content_type)
+    with pytest.raises(PayloadTooLarge):
+        post(codec, content_type, b"a" * length)
+
+
+def test_a_binary_body_at_its_bound_still_makes_an_event(codec: Codec) -> None:
+    event_module.check_declared_length(BINARY_BOUND - 3000, "application/octet-stream")
+    event = post(codec, "application/octet-stream", b"\1" * (BINARY_BOUND - 3000))
+    assert event["isBase64Encoded"] is True
+
+
+def test_text_type_is_judged_by_its_text_size_and_refused_later_if_not_utf8(
+        codec: Codec) -> None:
+    # a text type may still go as Base64 (not UTF-8): only the read body can tell
+    length = BINARY_BOUND + 1000
+    event_module.check_declared_length(length, "text/plain")
+    with pytest.raises(PayloadTooLarge):
+        post(codec, "text/plain", b"\xff" * length)
+
+
+# --- the length a function declares for a HEAD answer without a body -------------------------
+
+
+@pytest.mark.parametrize("headers,length", [
+    ({"Content-Length": "45"}, 45),
+    ({"content-length": " 45\t"}, 45),
+    ({"Content-Length": ["45", "45"]}, 45),
+    ({"Content-Length": "45", "content-length": "45"}, 45),
+    ({"Content-Length": "0"}, 0),
+    ({"Content-Length": ["45", "46"]}, None),
+    ({"Content-Length": "45", "content-length": "46"}, None),
+    ({"Content-Length": "-1"}, None),
+    ({"Content-Length": "4 5"}, None),
+    ({"Content-Length": "0x2d"}, None),
+    ({"Content-Length": "\u0664\u0665"}, None),  # digits, but not ASCII ones
+    ({"Content-Length": ""}, None),
+    ({"Content-Length": []}, None),
+    ({"Content-Type": "text/plain"}, None),
+    (None, None),
+])
+def test_declared_length_of_a_function_answer(headers: object, length: int | None) -> None:
+    raw = orjson.dumps({"statusCode": 200, "headers": headers, "body": ""})
+    assert event_module.declared_length(raw) == length
+
+
 # --- the integration response ---------------------------------------------------------------
 
 
