@@ -1,8 +1,9 @@
 """The slotted values passed between layers.
 
 ``Request`` is what the connection hands to the router once a request's head is in (its body,
-if any, still arriving in ``stream``); ``Response`` is what a backend hands back. Headers are tuples of ``(name, value)`` str pairs, names as the
-client sent them (latin-1 decoded, as RFC 9110 §5.5 allows only visible ASCII plus obs-text).
+if any, still arriving in ``stream``); ``Response`` is what a backend hands back. Headers are
+tuples of ``(name, value)`` str pairs, names as the client sent them (latin-1 decoded, as
+RFC 9110 §5.5 allows only visible ASCII plus obs-text).
 Nothing here does I/O or knows about asyncio.
 
 They are treated as immutable (``dataclasses.replace`` makes a changed copy) but not declared
