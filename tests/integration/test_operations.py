@@ -84,7 +84,12 @@ def _split(port: int, n: int) -> dict[str, int]:
 def test_reload_under_load_drops_nothing_and_follows_weights(tmp_path: Path, cvm: Upstream,
                                                              workers: int) -> None:
     """20 reloads moving a rule between a function and a CVM server while 4 keep-alive
-    clients keep sending: nothing fails, and each new split follows the new weights."""
+    clients keep sending: nothing fails, and each new split follows the new weights.
+
+    The split is measured while the 4 clients hold their next request: the balancer is
+    deterministic (smooth WRR), so a client sharing it with others sees a share that depends
+    on how their requests interleave with its own (a slow function answer lets the others take
+    the picks that follow), not only on the weights."""
     config_path = tmp_path / "rules.toml"
     weights_cycle = [(100, 0), (0, 100), (30, 70)]
     marker = "config reloaded" if workers == 1 else f"config applied to {workers} workers"
@@ -92,12 +97,18 @@ def test_reload_under_load_drops_nothing_and_follows_weights(tmp_path: Path, cvm
                                   "--workers", str(workers)) as proxy:
         port = proxy.port()
         stop = threading.Event()
+        hold = threading.Event()  # set: the clients send nothing new
+        busy = threading.Semaphore(4)  # one for each client with a request in flight
         failures: list[str] = []
         served = [0]
 
         def load() -> None:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
             while not stop.is_set():
+                if hold.is_set():
+                    time.sleep(0.002)
+                    continue
+                busy.acquire()
                 try:
                     conn.request("GET", "/", headers={"Host": "ops.test"})
                     resp = conn.getresponse()
@@ -109,6 +120,8 @@ def test_reload_under_load_drops_nothing_and_follows_weights(tmp_path: Path, cvm
                     failures.append(repr(exc))
                     conn.close()
                     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+                finally:
+                    busy.release()
             conn.close()
 
         clients = [threading.Thread(target=load) for _ in range(4)]
@@ -123,9 +136,16 @@ def test_reload_under_load_drops_nothing_and_follows_weights(tmp_path: Path, cvm
             while proxy.stderr.count(marker) < i + 1 and time.monotonic() < deadline:
                 time.sleep(0.01)
             assert proxy.stderr.count(marker) == i + 1
-            # other clients share the balancer meanwhile: allow their interleaving
+            hold.set()
+            for _ in range(4):  # every client's request in flight has been answered
+                busy.acquire()
             counts = _split(port, 100)
-            assert abs(counts["echo"] - weights[0]) <= 12, (i, weights, counts)
+            for _ in range(4):
+                busy.release()
+            hold.clear()
+            # one connection reaches one worker: its balancer alone decides, give or take
+            # the picks a request that raced the hold made
+            assert abs(counts["echo"] - weights[0]) <= 5, (i, weights, counts)
         stop.set()
         for c in clients:
             c.join(20)
