@@ -32,9 +32,11 @@ test: native
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # ruff (rules in pyproject.toml) and mypy --strict over proxy/; both are tools, not
-# dependencies, so the target installs them itself. `check` is the older name.
+# dependencies, so the target installs them itself, pinned: a new release that adds checks
+# must not turn CI red on its own. `check` is the older name.
+LINTERS ?= ruff==0.17.6 mypy==2.4.1
 lint: $(STAMP)
-	$(PIP) ruff mypy
+	$(PIP) $(LINTERS)
 	$(PY) -m ruff check proxy tests benchmarks
 	$(PY) -m mypy
 

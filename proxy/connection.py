@@ -401,11 +401,7 @@ class HttpConnection(asyncio.Protocol):
         if request is None or transport is None or transport.is_closing():
             return
         self.cancel = None
-        response = outcome.response
-        if self.ctx.extra_headers:
-            response = Response(response.status, response.headers + self.ctx.extra_headers,
-                                response.body, response.stream, response.length,
-                                response.tunnel)
+        response = self._with_listener_headers(outcome.response)
         unread = request.stream is not None and not request.stream.ended
         # The last response on this connection says so: the client asked to close, we are
         # draining, the body was left unread, or reading stopped with nothing else owed.
@@ -422,6 +418,15 @@ class HttpConnection(asyncio.Protocol):
             pump = asyncio.get_running_loop().create_task(
                 self._write_stream(request, outcome, response, last, unread, head_only))
             self.cancel = pump.cancel
+
+    def _with_listener_headers(self, response: Response) -> Response:
+        """``response`` with the headers its listener adds to every answer (HSTS), error
+        pages of our own included."""
+        extra = self.ctx.extra_headers
+        if not extra:
+            return response
+        return Response(response.status, response.headers + extra, response.body,
+                        response.stream, response.length, response.tunnel)
 
     def _answered(self, request: Request, outcome: Outcome, nbytes: int, last: bool,
                   unread: bool) -> None:
@@ -546,7 +551,7 @@ class HttpConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        data = writer.serialize(writer.error_response(exc), False)
+        data = writer.serialize(self._with_listener_headers(writer.error_response(exc)), False)
         transport.write(data)
         self.state.recorder.refused(self.ctx.listener.name, self.client_ip, exc, len(data))
         # The request that broke may still be arriving: let the client read the answer.

@@ -221,9 +221,7 @@ class Supervisor:
         async with self._lock:
             try:
                 check_same_listeners(self.config, config)
-                for listener in config.listeners:
-                    for certificate in listener.certificates:
-                        tls.load_certificate(certificate)
+                tls.config_certificates(config)  # what start-up and --check-config check
             except ConfigError:
                 self.metrics.observe_reload(False)
                 raise

@@ -123,6 +123,17 @@ class ProxyProcess:
             lines = list(self.stdout_lines)
         return [json.loads(line) for line in lines if line.startswith("{")]
 
+    def access_records(self, path: str, count: int, timeout: float = 5.0
+                       ) -> list[dict[str, Any]]:
+        """The access-log records of ``path``, once there are ``count`` of them (or what
+        there is after ``timeout``: the log is written a little after the response)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            records = [r for r in self.access_log() if r["path"] == path]
+            if len(records) >= count or time.monotonic() > deadline:
+                return records
+            time.sleep(0.05)
+
     def wait_for_log(self, needle: str, timeout: float = 5.0) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -5,6 +5,7 @@ Certificates are trustme's; the proxy runs as a real process."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ import pytest
 import trustme
 
 from tests.configs import function, listener, scf_rule
+from tests.proxyproc import ProxyProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime.now(UTC)
@@ -98,3 +100,17 @@ def test_tls_flags_are_checked_too(tmp_path: Path, ca: trustme.CA) -> None:
     assert done.returncode == 2
     assert (f"clbscf-proxy: <command line>: listener[0].certificates[0].key: {other[1]}: "
             "private key does not match") in done.stderr
+
+
+def test_a_reload_with_workers_refuses_it_alike(tmp_path: Path, ca: trustme.CA) -> None:
+    """The supervisor checks a reloaded config as start-up does, before any worker sees it."""
+    good = pair(tmp_path, "good", ca.issue_cert("good.test"))
+    other = pair(tmp_path, "other", ca.issue_cert("other.test"))
+    text = config_file(tmp_path, [good]).read_text()
+    with ProxyProcess.with_config(text, tmp_path, "--workers", "2") as proxy:
+        config_file(tmp_path, [(good[0], other[1])])
+        assert proxy.proc is not None
+        proxy.proc.send_signal(signal.SIGHUP)
+        log = proxy.wait_for_log("reload refused")
+        assert (f"rules.toml: listener[1].certificates[0].key: {other[1]}: private key does not "
+                f"match the certificate in {good[0]}") in log

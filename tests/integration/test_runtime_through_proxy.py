@@ -8,11 +8,9 @@ import http.client
 import json
 import os
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -70,15 +68,6 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _access(proxy: ProxyProcess, path: str, count: int) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + 5
-    while True:
-        records = [r for r in proxy.access_log() if r["path"] == path]
-        if len(records) >= count or time.monotonic() > deadline:
-            return records
-        time.sleep(0.05)
-
-
 def test_four_requests_run_in_parallel_and_the_fifth_waits(proxy: ProxyProcess) -> None:
     port = proxy.port()
     with ThreadPoolExecutor(5) as pool:
@@ -96,7 +85,7 @@ def test_consecutive_requests_are_served_by_the_same_warm_instance(proxy: ProxyP
     calls = [json.loads(_get(port, "/counter")[1]) for _ in range(3)]
     assert [c["calls"] for c in calls] == [1, 2, 3]
     assert len({c["pid"] for c in calls}) == 1
-    records = _access(proxy, "/counter", 3)
+    records = proxy.access_records("/counter", 3)
     # the instance the start-up check started is the warm one: no request paid a cold start
     assert [r["cold_start"] for r in records] == [False, False, False]
     assert all(r["function_request_id"] for r in records)
@@ -120,7 +109,7 @@ def test_crash_gives_502_and_the_next_request_gets_a_new_instance(proxy: ProxyPr
 
 def test_print_output_reaches_the_log_with_the_request_id(proxy: ProxyProcess) -> None:
     assert _get(proxy.port(), "/printer") == (200, b"printed")
-    [record] = _access(proxy, "/printer", 1)
+    [record] = proxy.access_records("/printer", 1)
     request_id = record["function_request_id"]
     for what in ("print to stdout", "print to stderr", "fd write", "child process"):
         log = proxy.wait_for_log(f"{what} {request_id}")
@@ -156,7 +145,7 @@ def test_a_thousand_requests_over_50_connections_succeed_and_leak_no_instance(
     assert failures == []
     # `many` starts at most its concurrency (8) instances; the OS sees no more processes than
     # the concurrency of every function of this proxy together (other tests left some warm)
-    many = _access(proxy, "/many", 1000)
+    many = proxy.access_records("/many", 1000)
     assert len(many) == 1000
     assert sum(r["cold_start"] for r in many) <= 8
     assert len(_descendants(proxy.pid)) <= 8 + 4 + 1 + 1 + 1 + 1 + 1

@@ -16,27 +16,18 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from proxy.vocabulary import SCF_PAYLOAD_LIMIT
 from tests.configs import function, listener, scf_rule
 from tests.proxyproc import ProxyProcess, raw_exchange
 
 HOST = "fb.test"
 GET_BODY = b'{"message": "forty-five bytes of a GET body"}'
 #: the largest body of each kind whose least event size is the 6 MB limit (scf/event.py)
-MAX_EVENT = 6 * 1024 * 1024
+MAX_EVENT = SCF_PAYLOAD_LIMIT
 TEXT_BOUND, BINARY_BOUND = MAX_EVENT // 2, MAX_EVENT // 8 * 3
-
-
-def _access(proxy: ProxyProcess, path: str, count: int) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + 5
-    while True:
-        records = [r for r in proxy.access_log() if r["path"] == path]
-        if len(records) >= count or time.monotonic() > deadline:
-            return records
-        time.sleep(0.05)
 
 
 def _read_response(sock: socket.socket, buf: bytes, head_only: bool = False
@@ -140,7 +131,7 @@ def test_a_body_that_can_never_fit_gets_413_at_once_unread(
     assert data.startswith(b"HTTP/1.1 413 "), data[:100]
     assert b"100 Continue" not in data
     assert b"\r\nConnection: close\r\n" in data
-    record = _access(proxy, "/ping", 1)[-1]
+    record = proxy.access_records("/ping", 1)[-1]
     assert record["status"] == 413 and record["function_request_id"] == ""
 
 
@@ -221,7 +212,7 @@ def test_module_code_runs_once_and_the_first_request_is_warm(
     answers = [_get(proxy, "/kept") for _ in range(2)]
     assert answers == [(200, imported[0].encode())] * 2  # served by the checked instance
     assert (kept / "imports.log").read_text().split() == imported
-    records = _access(proxy, "/kept", 2)
+    records = proxy.access_records("/kept", 2)
     assert [r["cold_start"] for r in records] == [False, False]
     assert "cold start function=default/kept" not in proxy.stderr
 
@@ -234,7 +225,7 @@ def test_a_broken_import_still_warns_at_start_and_fails_each_call(
     assert proxy.stderr_lines.index(warning) < next(
         i for i, line in enumerate(proxy.stderr_lines) if "clbscf-proxy: ready" in line)
     assert [_get(proxy, "/broken")[0] for _ in range(2)] == [502, 502]
-    records = _access(proxy, "/broken", 2)
+    records = proxy.access_records("/broken", 2)
     assert [r["cold_start"] for r in records] == [False, False]
     for record in records:
         proxy.wait_for_log(f"request_id={record['function_request_id']}")
@@ -259,6 +250,6 @@ def test_an_unused_checked_instance_retires_by_idle_timeout(
     status, body = _get(proxy, "/retires")
     imported = (retires / "imports.log").read_text().split()
     assert status == 200 and len(imported) == 2 and body == imported[1].encode()
-    [record] = _access(proxy, "/retires", 1)
+    [record] = proxy.access_records("/retires", 1)
     assert record["cold_start"] is True
     proxy.wait_for_log("cold start function=default/retires")

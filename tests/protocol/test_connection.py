@@ -198,6 +198,17 @@ async def test_header_timeout_answers_408_then_closes(kind):
 
 
 @async_test
+async def test_the_listeners_own_headers_go_on_our_error_pages_too(kind):
+    c = Client(kind)
+    c.ctx.extra_headers = (("Strict-Transport-Security", "max-age=63072000"),)
+    c.send(get("/a") + b"GET / HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n")
+    await c.until(lambda: len(c.finals()) == 2)
+    assert c.statuses() == [200, 400]
+    for reply in c.finals():  # the backend's answer and the connection's own 400
+        assert reply.header("strict-transport-security") == "max-age=63072000"
+
+
+@async_test
 async def test_header_timeout_counts_from_the_first_byte_however_slowly_the_head_trickles(kind):
     c = Client(kind)
     c.advance(HEADER_TIMEOUT - 1)  # idle before the first byte does not count
