@@ -11,6 +11,11 @@ A CVM failure the backend marks ``retryable`` (UpstreamError: nothing of the req
 or it is idempotent and bodiless, RFC 9110 §9.2.2) is tried once on each other usable target
 of the rule, as nginx's ``proxy_next_upstream error``; anything else is answered as it is.
 
+Strategy (the hot path): ``dispatch(request, reply)`` matches and picks synchronously and
+starts the target with a callback (a bound target's ``start(request, route, done)``; an
+async one runs on a task of its own); ``reply`` gets the Outcome once, at once for a 404 or a
+redirect, else from the target's own callback. ``handle`` is the same, awaited.
+
 Every outcome, errors included, comes back as an ``Outcome``: ProxyErrors are turned into
 responses by writer.py here, where the matched route is still known for the access log.
 """
