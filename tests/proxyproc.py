@@ -8,6 +8,7 @@ with SIGTERM (SIGKILL if it does not go). Use it as a context manager.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -161,6 +162,18 @@ def memory_kb(pid: int) -> dict[str, int]:
             name, value = line.split(":")
             fields[name] = int(value.split()[0])
     return fields
+
+
+def http_get(port: int, host: str, path: str = "/", timeout: float = 10.0
+             ) -> tuple[int, bytes]:
+    """One GET on a fresh connection to the proxy on ``port``: (status, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
 
 
 def free_port() -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.configs import function, listener, rule, scf_rule
-from tests.proxyproc import ProxyProcess
+from tests.proxyproc import ProxyProcess, http_get
 from tests.upstreams import Upstream
 
 def _config(weights: tuple[int, int], cvm_address: str) -> str:
@@ -25,17 +25,6 @@ def _config(weights: tuple[int, int], cvm_address: str) -> str:
             + function("sleeps", concurrency=20, timeout=10))
 
 
-def _get(port: int, path: str, timeout: float = 20) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path, headers={"Host": "ops.test"})
-        resp = conn.getresponse()
-        resp.read()
-        return resp.status
-    finally:
-        conn.close()
-
-
 def test_sigterm_finishes_in_flight_requests_then_exits_0(tmp_path: Path,
                                                          cvm: Upstream) -> None:
     with ProxyProcess.with_config(_config((10, 10), cvm.address), tmp_path) as proxy:
@@ -44,7 +33,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(tmp_path: Path,
         lock = threading.Lock()
 
         def slow() -> None:
-            status = _get(port, "/sleep?seconds=1.5")
+            status = http_get(port, "ops.test", "/sleep?seconds=1.5", 20)[0]
             with lock:
                 results.append(status)
 
@@ -161,4 +150,4 @@ def test_bad_config_on_reload_keeps_the_running_one(tmp_path: Path, cvm: Upstrea
         proxy.proc.send_signal(signal.SIGHUP)
         proxy.wait_for_log("reload refused")
         assert "weight: must be 0..100, got 150" in proxy.stderr
-        assert _get(proxy.port(), "/") == 200
+        assert http_get(proxy.port(), "ops.test", "/", 20)[0] == 200

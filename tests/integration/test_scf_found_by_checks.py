@@ -21,7 +21,7 @@ import pytest
 
 from proxy.vocabulary import SCF_PAYLOAD_LIMIT
 from tests.configs import function, listener, scf_rule
-from tests.proxyproc import ProxyProcess, raw_exchange
+from tests.proxyproc import ProxyProcess, http_get, raw_exchange
 
 HOST = "fb.test"
 GET_BODY = b'{"message": "forty-five bytes of a GET body"}'
@@ -194,22 +194,12 @@ def warm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProxyProces
         yield proc, kept, retires
 
 
-def _get(proxy: ProxyProcess, path: str) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", proxy.port(), timeout=10)
-    try:
-        conn.request("GET", path, headers={"Host": HOST})
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
-
-
 def test_module_code_runs_once_and_the_first_request_is_warm(
         warm: tuple[ProxyProcess, Path, Path]) -> None:
     proxy, kept, _ = warm
     imported = (kept / "imports.log").read_text().split()
     assert len(imported) == 1  # the start-up check imported it, once
-    answers = [_get(proxy, "/kept") for _ in range(2)]
+    answers = [http_get(proxy.port(), HOST, "/kept") for _ in range(2)]
     assert answers == [(200, imported[0].encode())] * 2  # served by the checked instance
     assert (kept / "imports.log").read_text().split() == imported
     records = proxy.access_records("/kept", 2)
@@ -224,7 +214,7 @@ def test_a_broken_import_still_warns_at_start_and_fails_each_call(
     assert "WARNING" in warning and "cannot be imported" in warning
     assert proxy.stderr_lines.index(warning) < next(
         i for i, line in enumerate(proxy.stderr_lines) if "clbscf-proxy: ready" in line)
-    assert [_get(proxy, "/broken")[0] for _ in range(2)] == [502, 502]
+    assert [http_get(proxy.port(), HOST, "/broken")[0] for _ in range(2)] == [502, 502]
     records = proxy.access_records("/broken", 2)
     assert [r["cold_start"] for r in records] == [False, False]
     for record in records:
@@ -247,7 +237,7 @@ def test_an_unused_checked_instance_retires_by_idle_timeout(
         time.sleep(0.1)
     else:
         pytest.fail("the checked instance did not retire")
-    status, body = _get(proxy, "/retires")
+    status, body = http_get(proxy.port(), HOST, "/retires")
     imported = (retires / "imports.log").read_text().split()
     assert status == 200 and len(imported) == 2 and body == imported[1].encode()
     [record] = proxy.access_records("/retires", 1)

@@ -7,7 +7,6 @@ admin API and /metrics must present the whole, not one worker.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
@@ -28,7 +27,7 @@ from tencentcloud.common.profile.client_profile import ClientProfile
 from tencentcloud.common.profile.http_profile import HttpProfile
 
 from tests.configs import function, listener, rule, scf_rule
-from tests.proxyproc import ROOT, ProxyProcess
+from tests.proxyproc import ROOT, ProxyProcess, http_get
 from tests.upstreams import Upstream
 
 LB = "lb-local"
@@ -50,21 +49,11 @@ def proxy(request: pytest.FixtureRequest, tmp_path: Path,
         yield proc
 
 
-def _get(port: int, host: str, path: str = "/") -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", path, headers={"Host": host})
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
-
-
 def _who(port: int, n: int) -> dict[str, int]:
     """n requests to ops.test, each on a new connection: how many the CVM and echo served."""
     counts = {"cvm": 0, "echo": 0, "error": 0}
     for _ in range(n):
-        status, body = _get(port, "ops.test")
+        status, body = http_get(port, "ops.test")
         if status != 200:
             counts["error"] += 1
         else:
@@ -130,7 +119,7 @@ def test_official_sdk_binds_a_function_moves_weights_and_traffic_follows(
     client.DeregisterFunctionTargets(_sdk(models.DeregisterFunctionTargetsRequest, **where,
                                           FunctionTargets=[{"Function": {
                                               "FunctionName": "echo"}}]))
-    assert _get(port, "ops.test")[0] == 503  # only a weight-0 server is left
+    assert http_get(port, "ops.test")[0] == 503  # only a weight-0 server is left
     client.ModifyTargetWeight(_sdk(models.ModifyTargetWeightRequest, **where, Weight=10,
                                    Targets=[{"EniIp": "127.0.0.1", "Port": cvm.port}]))
     assert _who(port, 6) == {"cvm": 6, "echo": 0, "error": 0}
@@ -139,10 +128,10 @@ def test_official_sdk_binds_a_function_moves_weights_and_traffic_follows(
 def test_metrics_parse_and_count_the_requests_sent(proxy: ProxyProcess) -> None:
     port = proxy.port()
     for _ in range(7):
-        assert _get(port, "fn.test")[0] == 200
+        assert http_get(port, "fn.test")[0] == 200
     for _ in range(3):
-        assert _get(port, "ops.test")[0] == 200
-    assert _get(port, "nowhere.test", "/x")[0] == 200  # the first rule's domain is the default
+        assert http_get(port, "ops.test")[0] == 200
+    assert http_get(port, "nowhere.test", "/x")[0] == 200  # the first rule's domain is the default
     status, text = _admin(proxy, "/metrics")
     assert status == 200
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
@@ -193,7 +182,7 @@ def test_a_worker_killed_with_sigkill_is_replaced_and_service_continues(
         assert workers[0]["pid"] != victim and workers[0]["restarts"] == 1
         assert workers[1]["pid"] == before[1]["pid"]
         assert _who(proxy.port(), 20) == {"cvm": 20, "echo": 0, "error": 0}
-        assert all(_get(proxy.port(), "fn.test")[0] == 200 for _ in range(10))
+        assert all(http_get(proxy.port(), "fn.test")[0] == 200 for _ in range(10))
         proxy.wait_for_log("restarting")
         assert proxy.stop() == 0
 
@@ -225,4 +214,4 @@ def test_reload_that_rebinds_a_listener_is_refused(tmp_path: Path, cvm: Upstream
         proxy.proc.send_signal(signal.SIGHUP)
         proxy.wait_for_log("reload refused")
         assert "cannot add, remove or rebind listeners" in proxy.stderr
-        assert _get(proxy.port(), "fn.test")[0] == 200
+        assert http_get(proxy.port(), "fn.test")[0] == 200
