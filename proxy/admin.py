@@ -5,11 +5,10 @@ served by the same connection machinery as the listeners, see adminserver.py), i
 authentication, and the Tencent Cloud API 3.0 envelope (``POST /`` with ``X-TC-Action``, a JSON
 body, ``{"Response": {..., "RequestId"}}`` answers, ``Error.Code``/``Message`` with HTTP 200 as
 the real API does). The actions themselves are pure functions in clbapi.py; this module runs
-them, hands a change to the ``apply`` callback (the server rebuilds its router: new requests see
-it at once, requests in flight finish on the old one), serialises changes by a lock so none is
-lost, and answers DescribeTaskStatus. **Changes live in memory only: they are not written back
-to the config file, and a reload from the file (SIGHUP) drops them** (DescribeTaskStatus says
-so).
+them, hands a mutating one to the ``commit`` callback (store/table.py's ``Table.commit``: the
+change is made durable, in the config file or the etcd store, before it is applied and
+answered; nothing is changed in memory alone), serialises changes by a lock so none is lost,
+and answers DescribeTaskStatus.
 
 Auth: ``/healthz`` is open to probes (without the token it shows only the status); with a
 token (the server requires one off loopback) every other request needs
@@ -43,6 +42,7 @@ from .clbapi import (ACTIONS, TASK_ACTION, ActionContext, ApiError, Params, only
 from .config import Config
 from .errors import ConfigError, PayloadTooLarge, ProxyError
 from .messages import Outcome, Request, Response
+from .store.table import Change
 from .metrics import CONTENT_TYPE, Registry
 from .scf import tc3
 
@@ -53,8 +53,7 @@ TC3_SECRET_ID = "admin"
 MAX_BODY = 1 << 20
 TASKS_KEPT = 1024  # DescribeTaskStatus answers for this many recent changes
 SIGNATURE_WINDOW = 300  # seconds; API 3.0 rejects a timestamp further off (SIGV3)
-NOT_PERSISTED = ("applied in memory to new requests; not written to the config file, so a "
-                 "reload from the file drops it")
+PERSISTED = "stored (config file or etcd) and applied to new requests"
 
 _JSON = (("Content-Type", "application/json"),)  # exactly this: the SDK checks it verbatim
 _REALM = 'Bearer realm="clbscf-proxy admin"'
@@ -75,7 +74,7 @@ class AdminApp:
     """The admin's request handler; serve it like a router (``ServerState.router``)."""
 
     def __init__(self, get_config: Callable[[], Config],
-                 apply: Callable[[Config], Awaitable[None]], metrics: Registry, *,
+                 commit: Callable[[Change], Awaitable[dict[str, Any]]], metrics: Registry, *,
                  token: str | None, health: Callable[[], dict[str, Any]] | None = None,
                  scrape: Callable[[], Awaitable[bytes]] | None = None,
                  environ: Mapping[str, str] | None = None,
@@ -83,7 +82,7 @@ class AdminApp:
         """``scrape`` replaces ``metrics.render()`` for /metrics (the supervisor's merge of
         its workers); ``environ`` is where remote-invocation credentials are looked for."""
         self._get_config = get_config
-        self._apply = apply
+        self._commit = commit
         self._metrics = metrics
         self._token = token.encode() if token else None
         self._health = health
@@ -221,11 +220,14 @@ class AdminApp:
         only_params(params, entry.params, "", "UnknownParameter")
         if not entry.mutates:  # reads need no lock
             return entry.run(ActionContext(self._get_config(), self._environ), params)[1]
+        def change(config: Config) -> tuple[Config | None, dict[str, Any]]:
+            return entry.run(ActionContext(config, self._environ), params)
+
         async with self._lock:  # one change at a time, each on top of the last
-            new, answer = entry.run(ActionContext(self._get_config(), self._environ), params)
-            assert new is not None
             try:
-                await self._apply(new)
+                answer = await self._commit(change)
+            except ApiError:
+                raise
             except ConfigError as exc:
                 raise ApiError("FailedOperation", str(exc)) from None
             except Exception as exc:
@@ -244,4 +246,4 @@ class AdminApp:
                            "changes")
         # every change is applied before its action answers, so a known task has succeeded
         return {"Status": 0, "LoadBalancerIds": [self._get_config().load_balancer_id],
-                "Message": f"{self._tasks[task]}: {NOT_PERSISTED}"}
+                "Message": f"{self._tasks[task]}: {PERSISTED}"}

@@ -1,7 +1,11 @@
-"""The command line: ``clbscf-proxy [options]`` and ``clbscf-proxy invoke FUNCTION``.
+"""The command line: ``clbscf-proxy [options]``, ``clbscf-proxy invoke FUNCTION`` and
+``clbscf-proxy store push FILE|pull --store URL``.
 
 Flags are generated from one table (``OPTIONS``) so each is declared once, with its help text;
-the table is also what the README's option list is written from. ``main(argv) -> int`` returns
+the table is also what the README's option list is written from. Where the rule table is kept
+is decided here (``open_table``): the --config file (changes written back into it), the
+--store (etcd), or nowhere (the embedded default, which refuses changes). ``main(argv) -> int``
+returns
 the exit status: 0 on a clean stop, 2 for a config or usage error (with the ConfigError's text,
 which names the file and field), 1 for anything else.
 """
@@ -12,13 +16,17 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import Config, embedded_default, load_config, parse_listen, with_listen_overrides
+from .config import (Config, embedded_default, load_config, parse_document, parse_listen,
+                     with_listen_overrides)
 from .errors import ConfigError
 from .logs import AccessLog, setup_logging
+from .store import Backend, Snapshot
+from .store.table import EMPTY_STORE, Table
 
 error_log = logging.getLogger("proxy.error")
 
@@ -27,7 +35,13 @@ OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
     (("--listen",), dict(action="append", default=[], metavar="[HOST]:PORT",
                          help="listen here (repeatable); with --config, overrides the bind "
                               "address of the listener on that port or adds one")),
-    (("-c", "--config"), dict(type=Path, metavar="FILE", help="the rule table (TOML)")),
+    (("-c", "--config"), dict(type=Path, metavar="FILE",
+                              help="the rule table (TOML); admin API changes are written "
+                                   "back into it")),
+    (("--store",), dict(metavar="etcd://HOST:PORT[,...]/PREFIX",
+                        help="keep the rule table in etcd instead of a file (no --config): "
+                             "serve what it holds, follow its changes, write admin API "
+                             "changes to it (etcds:// for TLS)")),
     (("--check-config",), dict(nargs="?", const=True, default=None, metavar="FILE",
                                help="validate the config (FILE or --config) and its certificates "
                                     "as start-up does, and exit")),
@@ -94,6 +108,66 @@ def _certificates(args: argparse.Namespace) -> tuple[Any, ...]:
     return ()
 
 
+def document_parser(args: argparse.Namespace, source: Path | None,
+                    label: str | None = None) -> Callable[[str], Config]:
+    """How a TOML document (the file's text, or the store's) becomes the Config to serve:
+    the loader, then the command line's --listen overrides. Relative paths in it are from the
+    file's folder, or in store mode from the working directory."""
+    listens = [parse_listen(text) for text in args.listen]
+    certs = _certificates(args)
+    base = source.parent if source is not None else Path.cwd()
+
+    def parse(text: str) -> Config:
+        config = parse_document(text, source, base, label)
+        return with_listen_overrides(config, listens, args.tls, certs) if listens else config
+    return parse
+
+
+def _backend(args: argparse.Namespace) -> tuple[Backend, Callable[[str], Config]] | None:
+    if args.store:
+        from .store.etcd import EtcdBackend, parse_store_url
+
+        if args.config is not None:
+            raise ConfigError("--store and --config: give one; put the file in the store with "
+                              "clbscf-proxy store push FILE --store URL")
+        url = parse_store_url(args.store)
+        return EtcdBackend(url), document_parser(args, None, str(url))
+    if args.config is not None:
+        from .store.file import FileBackend
+
+        backend = FileBackend(args.config)
+        return backend, document_parser(args, backend.path)
+    return None
+
+
+def open_table(args: argparse.Namespace) -> tuple[Config, Table | None]:
+    """The config to serve and the Table that keeps it (None: the embedded default)."""
+    found = _backend(args)
+    if found is None:
+        return resolve_config(args), None
+    backend, parse = found
+    if backend.kind == "file":
+        resolve_config(args)  # the file's own errors first, as --check-config gives them
+    snapshot = _read(backend)
+    if snapshot.text is None:
+        raise ConfigError(f"{backend.location}: {EMPTY_STORE}")
+    config = parse(snapshot.text)
+    if backend.kind == "etcd":  # the first read ran on a loop of its own; serve on a fresh one
+        backend = _backend(args)[0]  # type: ignore[index]
+    return config, Table(backend, parse, snapshot)
+
+
+def _read(backend: Backend) -> Snapshot:
+    import asyncio
+
+    async def read() -> Snapshot:
+        try:
+            return await backend.read()
+        finally:
+            await backend.close()
+    return asyncio.run(read())
+
+
 def resolve_config(args: argparse.Namespace) -> Config:
     """The config the flags describe: the file (with --listen overrides) or the default."""
     listens = [parse_listen(text) for text in args.listen]
@@ -102,7 +176,8 @@ def resolve_config(args: argparse.Namespace) -> Config:
         config = load_config(args.config)
         return with_listen_overrides(config, listens, args.tls, certs) if listens else config
     if not listens:
-        raise ConfigError("nothing to serve: give --listen [HOST]:PORT and/or --config FILE")
+        raise ConfigError("nothing to serve: give --listen [HOST]:PORT and/or --config FILE "
+                          "or --store URL")
     host, port = listens[0]
     tls = args.tls or port == 443
     if tls and not certs:
@@ -144,12 +219,12 @@ def admin_address(args: argparse.Namespace) -> tuple[str, int, str | None] | Non
     return host, port, admin_token(host, os.environ)
 
 
-async def serve(config: Config, args: argparse.Namespace) -> int:
+async def serve(config: Config, table: Table | None, args: argparse.Namespace) -> int:
     from .server import ProxyServer
 
     server = ProxyServer(config, parser_kind=args.http,
                          access_log=AccessLog(enabled=not args.no_access_log),
-                         admin=admin_address(args), load=lambda: resolve_config(args))
+                         admin=admin_address(args), table=table)
     try:
         await server.start()
     except BaseException:
@@ -165,12 +240,16 @@ def main(argv: list[str] | None = None) -> int:
         from .invoke import main as invoke_main
 
         return invoke_main(argv[1:])
+    if argv and argv[0] == "store":
+        from .store.command import main as store_main
+
+        return store_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     try:
         if args.check_config is not None:
             return check_config(args)
-        config = resolve_config(args)
+        config, table = open_table(args)
         if any(listener.protocol == "HTTPS" for listener in config.listeners):
             from .tls import default_state_dir, ensure_openssl_groups_config
 
@@ -185,9 +264,9 @@ def main(argv: list[str] | None = None) -> int:
             from .supervisor import Supervisor
 
             supervisor = Supervisor(config, args, lambda: resolve_config(args),
-                                    admin_address(args))
+                                    admin_address(args), table)
             return uvloop.run(supervisor.run())
-        return uvloop.run(serve(config, args))
+        return uvloop.run(serve(config, table, args))
     except ConfigError as exc:
         print(f"clbscf-proxy: {exc}", file=sys.stderr)
         return 2

@@ -192,23 +192,36 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
     # through the link at reload, not pinned to the file it pointed to the first time.
     source = Path(os.path.abspath(path))
     try:
-        data = tomllib.loads(source.read_bytes().decode("utf-8"))
+        data = source.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{source.name}: cannot read {source}: {exc.strerror}") from exc
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{source.name}: must be UTF-8 text, got byte {exc.start}") from exc
+    return parse_document(text, source, source.parent, environ=environ)
+
+
+def parse_document(text: str, source: Path | None, base_dir: Path, label: str | None = None,
+                   environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a TOML document (a file's text, or the table an etcd store holds);
+    errors are named ``label`` (default: ``source``'s file name)."""
+    shown = label or (source.name if source is not None else "<config>")
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         line = re.search(r"at line (\d+)", str(exc))
         where = f" line {line.group(1)}:" if line else ""
-        raise ConfigError(f"{source.name}:{where} invalid TOML: {exc}") from exc
-    return parse_config(data, source, source.parent, environ)
+        raise ConfigError(f"{shown}:{where} invalid TOML: {exc}") from exc
+    return parse_config(data, source, base_dir, environ, label=label)
 
 
 def parse_config(data: Mapping[str, object], source: Path | None, base_dir: Path,
-                 environ: Mapping[str, str] | None = None) -> Config:
-    """Validate parsed TOML; errors name ``source``'s file name (``<config>`` when None)."""
+                 environ: Mapping[str, str] | None = None, label: str | None = None) -> Config:
+    """Validate parsed TOML; errors name ``label``, else ``source``'s file name (``<config>``
+    when None)."""
     env = os.environ if environ is None else environ
-    with _errors_named(source.name if source is not None else "<config>"):
+    with _errors_named(label or (source.name if source is not None else "<config>")):
         values = _fields(_Ctx(Path(os.path.abspath(base_dir))), "", data, _TOP_FIELDS)
         config = Config(listeners=values.get("listener", ()), functions=values.get("function", ()),
                         scf=values.get("scf"),

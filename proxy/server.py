@@ -42,6 +42,7 @@ from .metrics import ProxyMetrics
 from .router import Backends, Router
 from .scf.local import LocalFunctions
 from .scf.remote import Credentials, InvokeUrlClient, RemoteFunctions
+from .store.table import Table
 
 if TYPE_CHECKING:
     import ssl
@@ -56,9 +57,11 @@ class ProxyServer:
     def __init__(self, config: Config, *, parser_kind: str = "auto",
                  access_log: AccessLog | None = None,
                  admin: tuple[str, int, str | None] | None = None,
-                 load: Callable[[], Config] | None = None) -> None:
+                 load: Callable[[], Config] | None = None, table: Table | None = None) -> None:
         """``admin``: (host, port, token) to serve the admin API on, or None; ``load``: how
-        SIGHUP reads the config again (default: the file, as it is)."""
+        SIGHUP reads the config again without a ``table`` (default: the file, as it is);
+        ``table``: where the rule table is kept (store/table.py), which the admin API's
+        changes and SIGHUP go through."""
         self.config = config
         self.load = load or (lambda: load_config(self.config.source or ""))
         self.admin = admin
@@ -75,6 +78,8 @@ class ProxyServer:
         self._closing: list[Any] = []  # clients replaced by a reload, closed at stop
         self._sync_remote(config)
         self.metrics = ProxyMetrics()
+        self.table = table or Table(None, lambda text: self.config, None)
+        self.table.attach(lambda: self.config, self.reload, self.check, self.metrics.registry)
         self.state = ServerState(Router(config, self.backends, self.metrics),
                                  access_log or AccessLog(), self.metrics)
         self._track()
@@ -138,7 +143,7 @@ class ProxyServer:
         """For /healthz: "draining" (answered 503) once a stop has begun."""
         return {"status": "draining" if self.state.draining else "ok", "pid": os.getpid(),
                 "connections": len(self.state.connections),
-                "functions": self.backends.local.stats()}
+                "functions": self.backends.local.stats(), "store": self.table.health()}
 
     async def start(self, sockets: dict[str, list[socket.socket]] | None = None) -> None:
         """Bind the listeners (or serve ``sockets``, listener name -> bound sockets, handed
@@ -163,9 +168,10 @@ class ProxyServer:
             await gate.start()
         if self.admin is not None:
             host, port, token = self.admin
-            app = AdminApp(lambda: self.config, self.reload, self.metrics.registry,
+            app = AdminApp(lambda: self.config, self.table.commit, self.metrics.registry,
                            token=token, health=self.health)
             self._admin_server = await start_admin(app, host, port, self.parser_kind)
+        self.table.start_watching()
         self._announce = sockets is None  # a worker's supervisor announces
 
     def _ssl_context(self, listener: Listener, certificates: Sequence[tls.LoadedCertificate]
@@ -192,6 +198,11 @@ class ProxyServer:
             raise
         self.metrics.observe_reload(True)
 
+    def check(self, config: Config) -> None:
+        """What a reload refuses, checked before a change is stored: ConfigError."""
+        check_same_listeners(self.config, config)
+        tls.config_certificates(config)
+
     async def _reload(self, config: Config) -> None:
         check_same_listeners(self.config, config)
         certificates = tls.config_certificates(config)  # the checks of start-up
@@ -207,7 +218,11 @@ class ProxyServer:
         error_log.info("config reloaded%s", f" from {config.source}" if config.source else "")
 
     def reload_from_source(self) -> None:
-        """SIGHUP: read the config again (the file, with the command line's overrides)."""
+        """SIGHUP: read the config again (the file, with the command line's overrides, or
+        the store)."""
+        if self.table.backend is not None:
+            asyncio.get_running_loop().create_task(self.table.reload())
+            return
         if self.config.source is None:
             error_log.warning("SIGHUP: the embedded default has no file to reload")
             return
@@ -243,6 +258,7 @@ class ProxyServer:
             if client is not None:
                 await client.close()
         self.state.access_log.flush()
+        await self.table.close()
         if self._admin_server is not None:
             self._admin_server.close()
         self._stopped.set()

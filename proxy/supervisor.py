@@ -41,6 +41,7 @@ from .errors import ConfigError
 from .listening import announce, bind_listener
 from .metrics import ProxyMetrics, merge_expositions
 from .server import check_same_listeners
+from .store.table import Table
 
 error_log = logging.getLogger("proxy.error")
 RESTART_INTERVAL = 1.0  # seconds between two starts of the same worker slot
@@ -71,7 +72,7 @@ class WorkerProcess:
 class Supervisor:
     def __init__(self, config: Config, args: argparse.Namespace,
                  load: Callable[[], Config],
-                 admin: tuple[str, int, str | None] | None) -> None:
+                 admin: tuple[str, int, str | None] | None, table: Table | None = None) -> None:
         self.config = config
         self.args = args
         self.load = load
@@ -79,6 +80,9 @@ class Supervisor:
         self.metrics = ProxyMetrics()  # its own: admin calls, reloads, worker restarts
         self.restarts = self.metrics.registry.counter(
             "clbscf_worker_restarts_total", "Worker processes restarted after they died.")
+        self.table = table or Table(None, lambda text: self.config, None)
+        self.table.attach(lambda: self.config, self.apply, self.check,
+                          self.metrics.registry)
         self.workers = [WorkerProcess(i) for i in range(args.workers)]
         self.sockets: dict[str, list[socket.socket]] = {}
         self.stopping = False
@@ -94,9 +98,10 @@ class Supervisor:
             admin_server = None
             if self.admin is not None:
                 host, port, token = self.admin
-                app = AdminApp(lambda: self.config, self.apply, self.metrics.registry,
+                app = AdminApp(lambda: self.config, self.table.commit, self.metrics.registry,
                                token=token, health=self.health, scrape=self.scrape)
                 admin_server = await start_admin(app, host, port, self.args.http)
+            self.table.start_watching()
         except BaseException:
             await self._stop_workers(0)
             raise
@@ -118,6 +123,7 @@ class Supervisor:
         print(f"clbscf-proxy: ready ({len(self.workers)} workers)", file=sys.stderr,
               flush=True)
         await stopped.wait()
+        await self.table.close()
         if admin_server is not None:
             admin_server.close()
         return 0
@@ -209,12 +215,21 @@ class Supervisor:
     # -- config changes -----------------------------------------------------------------------
 
     def _on_hup(self) -> None:
+        if self.table.backend is not None:
+            asyncio.get_running_loop().create_task(self.table.reload())
+            return
+
         async def reload() -> None:
             try:
                 await self.apply(self.load())
             except ConfigError as exc:
                 error_log.error("reload refused, the running config stays: %s", exc)
         asyncio.get_running_loop().create_task(reload())
+
+    def check(self, config: Config) -> None:
+        """What ``apply`` refuses, checked before a change is stored: ConfigError."""
+        check_same_listeners(self.config, config)
+        tls.config_certificates(config)
 
     async def apply(self, config: Config) -> None:
         """Check ``config`` and send it to every worker; ConfigError if refused."""
@@ -270,4 +285,5 @@ class Supervisor:
             "pid": os.getpid(),
             "workers": [{"index": w.index, "pid": w.pid, "serving": w.serving,
                          "restarts": w.restarts} for w in self.workers],
+            "store": self.table.health(),
         }

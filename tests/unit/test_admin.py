@@ -59,7 +59,8 @@ def make_config(scf: bool = False) -> Config:
 
 
 class Admin:
-    """An AdminApp over a config held here; ``apply`` records what it was handed."""
+    """An AdminApp over a config held here; ``commit`` runs a change on it and ``apply``
+    records what it was handed (the durable store's part is store/table.py's, tested there)."""
 
     def __init__(self, config: Config | None = None, *, token: str | None = None,
                  environ: dict[str, str] | None = None, clock: Any = time.time,
@@ -68,9 +69,14 @@ class Admin:
         self.applied: list[Config] = []
         self.fail_with: Exception | None = None
         self.registry = Registry()
-        self.app = AdminApp(lambda: self.config, self.apply, self.registry, token=token,
+        self.app = AdminApp(lambda: self.config, self.commit, self.registry, token=token,
                             environ={} if environ is None else environ, clock=clock,
                             health=health)
+
+    async def commit(self, change: Any) -> Any:
+        new, answer = change(self.config)
+        await self.apply(new)
+        return answer
 
     async def apply(self, config: Config) -> None:
         if self.fail_with is not None:
@@ -437,7 +443,7 @@ def test_describe_task_status_answers_for_a_change(admin: Admin) -> None:
         {"EniIp": "10.0.0.8", "Port": 8080}]})
     status = admin.call("DescribeTaskStatus", {"TaskId": change["RequestId"]})
     assert status["Status"] == 0 and status["LoadBalancerIds"] == [LB]
-    assert "not written to the config file" in status["Message"]
+    assert "stored (config file or etcd) and applied" in status["Message"]
     assert status["RequestId"] != change["RequestId"]
     missing = admin.call("DescribeTaskStatus", {"TaskId": "nope"})
     assert error_code(missing) == "ResourceNotFound"
@@ -503,7 +509,7 @@ def test_concurrent_changes_are_applied_one_on_top_of_the_other() -> None:
     async def slow_apply(config: Config) -> None:
         await asyncio.sleep(0)  # let the other change start while this one is applying
         admin.config = config
-    admin.app._apply = slow_apply
+    admin.apply = slow_apply  # type: ignore[method-assign]
 
     async def both() -> None:
         def register(ip: str) -> Request:
