@@ -53,6 +53,17 @@ OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
                           help="N worker processes share the listening sockets under a "
                                "supervisor that restarts any that dies (default 1: one "
                                "process, no supervisor)")),
+    (("--scf-api",), dict(metavar="[HOST]:PORT",
+                          help="serve the local SCF API (Invoke, InvokeFunction; TC3-signed "
+                               "with CLBSCF_SCF_API_SECRET_ID / CLBSCF_SCF_API_SECRET_KEY) "
+                               "here; the host defaults to 127.0.0.1")),
+    (("--reload",), dict(action="store_true",
+                         help="watch each local function's code and recycle its instances on "
+                              "a change (calls in flight finish on the old code)")),
+    (("--debug",), dict(metavar="NAMESPACE/FUNCTION[:[HOST:]PORT]",
+                        help="run that function in one instance under debugpy, listening for "
+                             "an attach (127.0.0.1:5678 unless given), its timeout lifted; "
+                             "needs the debug extra and --workers 1")),
 )
 
 
@@ -96,6 +107,15 @@ def _certificates(args: argparse.Namespace) -> tuple[Any, ...]:
 
 def resolve_config(args: argparse.Namespace) -> Config:
     """The config the flags describe: the file (with --listen overrides) or the default."""
+    config = _resolve_config(args)
+    if getattr(args, "debug", None):
+        from .scf.devloop import debug_config, parse_debug
+
+        config = debug_config(config, parse_debug(args.debug))
+    return config
+
+
+def _resolve_config(args: argparse.Namespace) -> Config:
     listens = [parse_listen(text) for text in args.listen]
     certs = _certificates(args)
     if args.config is not None:
@@ -144,12 +164,44 @@ def admin_address(args: argparse.Namespace) -> tuple[str, int, str | None] | Non
     return host, port, admin_token(host, os.environ)
 
 
+def check_devloop(args: argparse.Namespace) -> None:
+    """--scf-api, --reload and --debug: what they need, checked before anything starts
+    (ConfigError, exit 2)."""
+    if args.scf_api is not None:
+        from .scf.api import api_credentials, parse_scf_api
+
+        parse_scf_api(args.scf_api)
+        api_credentials(os.environ)
+    if args.reload:
+        import importlib.util
+
+        if importlib.util.find_spec("watchfiles") is None:
+            raise ConfigError("--reload needs watchfiles, which is not installed: "
+                              "pip install watchfiles")
+    if args.debug is not None:
+        from .scf.devloop import parse_debug, require_debugpy
+
+        target = parse_debug(args.debug)
+        if args.workers > 1:
+            raise ConfigError("--debug runs the function in one instance: it needs --workers 1")
+        require_debugpy()
+        print(f"clbscf-proxy: debugging {target.key} under debugpy on {target.address} (one "
+              "instance, timeouts lifted)", file=sys.stderr, flush=True)
+
+
+def _bind_scf_api(args: argparse.Namespace) -> Any:
+    from .adminserver import bind_scf_api
+
+    return bind_scf_api(args.scf_api)
+
+
 async def serve(config: Config, args: argparse.Namespace) -> int:
     from .server import ProxyServer
 
     server = ProxyServer(config, parser_kind=args.http,
                          access_log=AccessLog(enabled=not args.no_access_log),
-                         admin=admin_address(args), load=lambda: resolve_config(args))
+                         admin=admin_address(args), load=lambda: resolve_config(args),
+                         scf_api=_bind_scf_api(args), reload=args.reload)
     try:
         await server.start()
     except BaseException:
@@ -179,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             ensure_openssl_groups_config(args.state_dir or default_state_dir())
         if args.workers < 1:
             raise ConfigError("--workers must be at least 1")
+        check_devloop(args)
         import uvloop
 
         if args.workers > 1:

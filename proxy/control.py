@@ -49,6 +49,10 @@ class WorkerSetup:
     #: listener name -> file descriptors of its listening sockets (inherited)
     sockets: dict[str, list[int]]
     index: int
+    #: --reload: the worker watches the functions' code and recycles its own instances
+    reload: bool = False
+    #: --scf-api: the file descriptor of the local SCF API's listening socket (-1: none)
+    scf_api_fd: int = -1
 
 
 #: what a setup or config pickle may contain: our frozen values, paths and builtin containers

@@ -56,9 +56,13 @@ class ProxyServer:
     def __init__(self, config: Config, *, parser_kind: str = "auto",
                  access_log: AccessLog | None = None,
                  admin: tuple[str, int, str | None] | None = None,
-                 load: Callable[[], Config] | None = None) -> None:
+                 load: Callable[[], Config] | None = None,
+                 scf_api: socket.socket | None = None, reload: bool = False) -> None:
         """``admin``: (host, port, token) to serve the admin API on, or None; ``load``: how
-        SIGHUP reads the config again (default: the file, as it is)."""
+        SIGHUP reads the config again (default: the file, as it is); ``scf_api``: the bound
+        socket of the local SCF API (``--scf-api``, scf/api.py); ``reload``: watch the local
+        functions' code and recycle their instances on a change (``--reload``,
+        scf/devloop.py)."""
         self.config = config
         self.load = load or (lambda: load_config(self.config.source or ""))
         self.admin = admin
@@ -82,6 +86,13 @@ class ProxyServer:
         self._announce = False
         self._tls: dict[str, tls.ServerTLS] = {}
         self._stopped = asyncio.Event()
+        self._scf_api_socket = scf_api
+        self._scf_api: Any = None  # (ScfApi, its server) once started
+        self._watcher: Any = None
+        if reload:
+            from .scf.devloop import CodeWatcher
+
+            self._watcher = CodeWatcher(self.backends.local)
 
     def _sync_remote(self, config: Config) -> None:
         """(Re)build the cloud API and invoke-URL clients when their config changed."""
@@ -166,6 +177,15 @@ class ProxyServer:
             app = AdminApp(lambda: self.config, self.reload, self.metrics.registry,
                            token=token, health=self.health)
             self._admin_server = await start_admin(app, host, port, self.parser_kind)
+        if self._scf_api_socket is not None:
+            from .scf.api import MAX_BODY, ScfApi, api_credentials
+
+            api = ScfApi(self.backends.local, *api_credentials(os.environ))
+            self._scf_api = (api, await start_admin(
+                api, "", 0, self.parser_kind, what="scf-api", max_body=MAX_BODY,
+                sock=self._scf_api_socket))
+        if self._watcher is not None:
+            await self._watcher.watch(self.config)
         self._announce = sockets is None  # a worker's supervisor announces
 
     def _ssl_context(self, listener: Listener, certificates: Sequence[tls.LoadedCertificate]
@@ -202,6 +222,8 @@ class ProxyServer:
             if name in self._tls:
                 self._tls[name].reload(loaded)
         self.state.router = router
+        if self._watcher is not None:
+            await self._watcher.watch(config)
         self.cvm.retain(config)  # health checks and pools no rule uses any more stop
         self.config = config
         error_log.info("config reloaded%s", f" from {config.source}" if config.source else "")
@@ -237,6 +259,11 @@ class ProxyServer:
         for conn in list(self.state.connections):
             if conn.transport is not None:
                 conn.transport.abort()
+        if self._watcher is not None:
+            await self._watcher.close()
+        if self._scf_api is not None:
+            self._scf_api[1].close()
+            await self._scf_api[0].close()
         await self.backends.local.close()
         await self.cvm.close()
         for client in [self._remote, self._invoke_url, *self._closing]:
