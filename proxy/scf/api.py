@@ -2,8 +2,9 @@
 Tencent Cloud API 3.0 shape, run against the local functions.
 
 Owns the API's request handler (``ScfApi.handle(Request) -> Outcome``, served like the admin
-API by adminserver.py's listener): the envelope (``POST /`` with ``X-TC-Action``, a JSON body,
-``{"Response": {"Result": {...}, "RequestId"}}``; errors as ``Response.Error.Code/Message``
+API by adminserver.py's listener): the envelope (``POST /`` with ``X-TC-Action`` and a JSON
+body, or ``GET /`` with the parameters in the query string as the SDK's ``reqMethod="GET"``
+sends them; ``{"Response": {"Result": {...}, "RequestId"}}`` answers; errors as ``Response.Error.Code/Message``
 with HTTP 200, as the real API answers), its TC3 check (tc3.verify, the admin API's own
 verifier) against ``CLBSCF_SCF_API_SECRET_ID`` / ``CLBSCF_SCF_API_SECRET_KEY``, the two
 actions' parameters (reference clb-scf-facts.md §4.1-4.3, clb-features.md §3.4), and the
@@ -41,6 +42,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 
@@ -61,6 +63,8 @@ SECRET_ID_VARIABLE = "CLBSCF_SCF_API_SECRET_ID"
 SECRET_KEY_VARIABLE = "CLBSCF_SCF_API_SECRET_KEY"
 #: a POST signed with v3 may carry 10 MB (reference §4.4); a 6 MB event fits, escaped
 MAX_BODY = 10 * 1024 * 1024
+#: a GET's query string, at most (reference §4.4: GET requests are limited to 32 KB)
+MAX_QUERY = 32 * 1024
 #: an asynchronous invocation's event, at most (reference §4.1)
 MAX_ASYNC_EVENT = 128 * 1024
 LATEST, DEFAULT = "$LATEST", "$DEFAULT"
@@ -200,8 +204,9 @@ class ScfApi:
     async def handle(self, request: Request) -> Outcome:
         if request.path != "/":
             return Outcome(Response(404, (("Content-Type", "text/plain"),), b"not found\n"))
-        if request.method != "POST":
-            return Outcome(Response(405, (("Allow", "POST"), ("Content-Type", "text/plain")),
+        if request.method not in ("POST", "GET"):
+            return Outcome(Response(405, (("Allow", "GET, POST"),
+                                          ("Content-Type", "text/plain")),
                                     b"method not allowed\n"))
         request_id = str(uuid.uuid4())
         try:
@@ -222,8 +227,12 @@ class ScfApi:
         return self._secret_key if secret_id == self._secret_id else None
 
     async def _call(self, request: Request, body: bytes) -> dict[str, Any]:
+        get = request.method == "GET"  # the SDK's reqMethod="GET": parameters in the query
+        if get and len(request.query) > MAX_QUERY:
+            raise ApiFault("RequestSizeLimitExceeded", f"a GET is at most {MAX_QUERY} bytes")
         try:
-            tc3.verify(request.method, request.header, body, self._secret_key_of, self._clock(),
+            tc3.verify(request.method, request.header, b"" if get else body,
+                       self._secret_key_of, self._clock(), query=request.query if get else "",
                        unknown_id_hint=f"sign with the SecretId in {SECRET_ID_VARIABLE}")
         except tc3.SignatureError as exc:
             raise ApiFault(exc.code, exc.message) from None
@@ -236,7 +245,8 @@ class ScfApi:
         if version is not None and version != API_VERSION:
             raise ApiFault("NoSuchVersion", f"X-TC-Version must be {API_VERSION}")
         try:
-            params = orjson.loads(body) if body.strip() else {}
+            params = dict(parse_qsl(request.query, keep_blank_values=True)) if get else \
+                orjson.loads(body) if body.strip() else {}
         except orjson.JSONDecodeError as exc:
             raise ApiFault("InvalidParameter", f"the body is not JSON: {exc}") from None
         if not isinstance(params, dict):

@@ -131,10 +131,12 @@ class SignatureError(Exception):
 
 def verify(method: str, header: Callable[[str], str | None], payload: bytes,
            secret_key_of: Callable[[str], str | None], now: float, *,
-           unknown_id_hint: str = "unknown SecretId") -> str:
+           unknown_id_hint: str = "unknown SecretId", query: str = "") -> str:
     """Check a signed request as the API does (5-minute window, payload signed, signed headers
     ``content-type;host``); ``header`` looks a request header up by name, ``secret_key_of``
-    the key of a SecretId (None: unknown). Returns the SecretId; raises SignatureError with
+    the key of a SecretId (None: unknown); ``query`` is a GET's query string as sent (its
+    canonical query string; the payload is then empty). Returns the SecretId; raises
+    SignatureError with
     the API's code (AuthFailure.InvalidAuthorization, .SecretIdNotFound, .SignatureExpire,
     .SignatureFailure)."""
     match = _AUTHORIZATION_RE.fullmatch((header("authorization") or "").strip())
@@ -152,7 +154,7 @@ def verify(method: str, header: Callable[[str], str | None], payload: bytes,
     if header("x-tc-content-sha256") is not None:
         raise SignatureError("AuthFailure.SignatureFailure", "unsigned payloads are refused")
     canonical = canonical_request(method, header("content-type") or "", header("host") or "",
-                                  payload)
+                                  payload, query=query)
     to_sign = string_to_sign(int(stamp), credential_scope(date, service), canonical)
     expected = signature(secret_key, date, service, to_sign)
     if utc_date(int(stamp)) != date or not hmac.compare_digest(expected, given):

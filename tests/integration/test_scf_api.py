@@ -31,7 +31,8 @@ ENV = {"CLBSCF_SCF_API_SECRET_ID": SECRET_ID, "CLBSCF_SCF_API_SECRET_KEY": SECRE
 SCF_API = re.compile(r"clbscf-proxy: scf-api on http://(\S+):(\d+)")
 CONFIG = (listener() + scf_rule("fn.test", "/", "echo") + function("echo")
           + function("apiecho", timeout=2, concurrency=2)
-          + function("other", "apiecho", namespace="team"))
+          + function("other", "apiecho", namespace="team") + function("raises")
+          + function("sleeps", timeout=1))
 
 
 def api_port(proc: ProxyProcess) -> int:
@@ -40,10 +41,10 @@ def api_port(proc: ProxyProcess) -> int:
     return int(match.group(2))
 
 
-def client(port: int, secret_id: str = SECRET_ID, secret_key: str = SECRET_KEY
-           ) -> scf_client.ScfClient:
+def client(port: int, secret_id: str = SECRET_ID, secret_key: str = SECRET_KEY,
+           method: str = "POST") -> scf_client.ScfClient:
     profile = ClientProfile(httpProfile=HttpProfile(protocol="http", endpoint=f"127.0.0.1:{port}",
-                                                    reqTimeout=30))
+                                                    reqTimeout=30, reqMethod=method))
     return scf_client.ScfClient(Credential(secret_id, secret_key), "ap-guangzhou", profile)
 
 
@@ -84,6 +85,17 @@ def test_official_sdk_invoke_function_with_namespace_and_default_qualifier(
     latest = api.InvokeFunction(request(models.InvokeFunctionRequest, FunctionName="apiecho",
                                         Qualifier="$LATEST")).Result
     assert json.loads(latest.RetMsg)["got"] == {}  # no Event: an empty one
+
+
+def test_official_sdk_with_get_requests(proxy: ProxyProcess) -> None:
+    api = client(api_port(proxy), method="GET")
+    result = api.Invoke(request(models.InvokeRequest, FunctionName="apiecho",
+                                ClientContext=json.dumps({"via": "GET & query?"}))).Result
+    assert json.loads(result.RetMsg)["got"] == {"via": "GET & query?"}
+    wrong = client(api_port(proxy), secret_key="the-wrong-key", method="GET")
+    with pytest.raises(TencentCloudSDKException) as info:
+        wrong.Invoke(request(models.InvokeRequest, FunctionName="apiecho"))
+    assert info.value.code == "AuthFailure.SignatureFailure"
 
 
 def test_an_unknown_function_is_resource_not_found(proxy: ProxyProcess) -> None:
@@ -178,3 +190,25 @@ def test_the_scf_api_needs_its_credentials() -> None:
     done = _run_cli("--listen", "127.0.0.1:0", "--scf-api", "127.0.0.1:0")
     assert done.returncode == 2
     assert "CLBSCF_SCF_API_SECRET_ID" in done.stderr
+
+
+@pytest.mark.parametrize("action", ["InvokeFunction", "Invoke"])
+def test_a_proxy_invokes_remote_functions_through_another_proxys_scf_api(
+        proxy: ProxyProcess, tmp_path: Path, action: str) -> None:
+    """scf/remote.py (our own client of the real API) against the local one: a rule whose
+    functions are not local goes through ``[scf]`` to the first proxy's --scf-api."""
+    front = (listener()
+             + scf_rule("ok.test", "/", "echo") + scf_rule("raise.test", "/", "raises")
+             + scf_rule("slow.test", "/", "sleeps") + scf_rule("missing.test", "/", "nosuch")
+             + f'\n[scf]\nregion = "ap-guangzhou"\n'
+               f'endpoint = "http://127.0.0.1:{api_port(proxy)}"\naction = "{action}"\n')
+    env = {"TENCENTCLOUD_SECRETID": SECRET_ID, "TENCENTCLOUD_SECRETKEY": SECRET_KEY}
+    with ProxyProcess.with_config(front, tmp_path, env=env) as proc:
+        status, body = http_get(proc.port(), "ok.test", "/via/remote")
+        assert status == 200 and json.loads(body)["path"] == "/via/remote"
+        # the SCF error object in Result is read back as the function's failure
+        assert http_get(proc.port(), "raise.test")[0] == 502
+        proc.wait_for_log("raised on purpose")
+        assert http_get(proc.port(), "slow.test", "/?seconds=3")[0] == 504  # 433: timeout
+        assert http_get(proc.port(), "missing.test")[0] == 502
+        proc.wait_for_log("API error ResourceNotFound.Function")
