@@ -4,8 +4,8 @@ Tencent Cloud API 3.0 shape, run against the local functions.
 Owns the API's request handler (``ScfApi.handle(Request) -> Outcome``, served like the admin
 API by adminserver.py's listener): the envelope (``POST /`` with ``X-TC-Action`` and a JSON
 body, or ``GET /`` with the parameters in the query string as the SDK's ``reqMethod="GET"``
-sends them; ``{"Response": {"Result": {...}, "RequestId"}}`` answers; errors as ``Response.Error.Code/Message``
-with HTTP 200, as the real API answers), its TC3 check (tc3.verify, the admin API's own
+sends them; ``{"Response": {"Result": {...}, "RequestId"}}`` answers; errors as
+``Response.Error.Code/Message`` with HTTP 200, as the real API answers), its TC3 check (tc3.verify, the admin API's own
 verifier) against ``CLBSCF_SCF_API_SECRET_ID`` / ``CLBSCF_SCF_API_SECRET_KEY``, the two
 actions' parameters (reference clb-scf-facts.md §4.1-4.3, clb-features.md §3.4), and the
 mapping of an invocation's outcome to ``Result``.
