@@ -5,10 +5,10 @@ Owns the API's request handler (``ScfApi.handle(Request) -> Outcome``, served li
 API by adminserver.py's listener): the envelope (``POST /`` with ``X-TC-Action`` and a JSON
 body, or ``GET /`` with the parameters in the query string as the SDK's ``reqMethod="GET"``
 sends them; ``{"Response": {"Result": {...}, "RequestId"}}`` answers; errors as
-``Response.Error.Code/Message`` with HTTP 200, as the real API answers), its TC3 check (tc3.verify, the admin API's own
-verifier) against ``CLBSCF_SCF_API_SECRET_ID`` / ``CLBSCF_SCF_API_SECRET_KEY``, the two
-actions' parameters (reference clb-scf-facts.md §4.1-4.3, clb-features.md §3.4), and the
-mapping of an invocation's outcome to ``Result``.
+``Response.Error.Code/Message`` with HTTP 200, as the real API answers), its TC3 check
+(tc3.verify, the admin API's own verifier) against ``CLBSCF_SCF_API_SECRET_ID`` /
+``CLBSCF_SCF_API_SECRET_KEY``, the two actions' parameters (reference clb-scf-facts.md
+§4.1-4.3, clb-features.md §3.4), and the mapping of an invocation's outcome to ``Result``.
 
 Decisions (ours, where SCF is silent):
 - ``RetMsg`` is the JSON text of the return value (a returned string arrives quoted), as
