@@ -87,3 +87,33 @@ def test_a_handler_error_keeps_its_own_error_object() -> None:
                                        "statusCode": 430, "requestId": "r1"})
     assert failure(raised, "other") == {"errorCode": -1, "errorMessage": "boom",
                                         "statusCode": 430, "requestId": "r1"}
+
+
+def _signed(body: bytes, key: str = "k3y", stamp: int = 1_700_000_000) -> dict[str, str]:
+    from proxy.scf import tc3
+
+    headers = tc3.sign("AKIDx", key, "scf", "127.0.0.1:9", "Invoke", "2018-04-16", "", stamp,
+                       body)
+    return {k.lower(): v for k, v in headers.items()}
+
+
+def test_tc3_verify_accepts_what_sign_makes_and_names_each_failure() -> None:
+    from proxy.scf import tc3
+
+    keys = {"AKIDx": "k3y"}.get
+    headers = _signed(b'{"a":1}')
+    assert tc3.verify("POST", headers.get, b'{"a":1}', keys, 1_700_000_100) == "AKIDx"
+    failures = [
+        (headers, b'{"a":2}', 1_700_000_100, "AuthFailure.SignatureFailure"),  # body changed
+        (_signed(b'{"a":1}', key="other"), b'{"a":1}', 1_700_000_100,
+         "AuthFailure.SignatureFailure"),
+        (headers, b'{"a":1}', 1_700_000_400, "AuthFailure.SignatureExpire"),
+        ({**headers, "authorization": "TC3-HMAC-SHA256 nonsense"}, b'{"a":1}', 1_700_000_100,
+         "AuthFailure.InvalidAuthorization"),
+        ({**headers, "authorization": headers["authorization"].replace("AKIDx", "AKIDy")},
+         b'{"a":1}', 1_700_000_100, "AuthFailure.SecretIdNotFound"),
+    ]
+    for given, body, now, code in failures:
+        with pytest.raises(tc3.SignatureError) as info:
+            tc3.verify("POST", given.get, body, keys, now)
+        assert info.value.code == code
