@@ -155,3 +155,23 @@ def test_bad_debug_values_exit_2(tmp_path: Path, extra: list[str], error: str) -
     done = _run_cli("--config", str(tmp_path / "rules.toml"), *extra)
     assert done.returncode == 2, done.stderr
     assert error in done.stderr
+
+
+@pytest.mark.parametrize(("module", "flag", "error"), [
+    ("debugpy", "--debug=default/live", "--debug needs debugpy, which is not installed"),
+    ("watchfiles", "--reload", "--reload needs watchfiles, which is not installed"),
+])
+def test_a_missing_dependency_is_a_clear_exit_2(tmp_path: Path, module: str, flag: str,
+                                               error: str) -> None:
+    code = tmp_path / "live"
+    write_code(code, "v1")
+    (tmp_path / "rules.toml").write_text(config(code))
+    # the module made unimportable in that process (a None in sys.modules: find_spec says
+    # "not there"), as on an installation without the extra
+    script = (f"import sys; sys.modules[{module!r}] = None; from proxy.cli import main; "
+              f"sys.exit(main(sys.argv[1:]))")
+    done = subprocess.run([sys.executable, "-c", script, "--config",
+                           str(tmp_path / "rules.toml"), flag], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert done.returncode == 2, done.stderr
+    assert error in done.stderr
