@@ -125,6 +125,8 @@ class Listener:
     client_max_body_size: int = 62914560
     proxy_connect_timeout: float = 4.0
     proxy_read_timeout: float = 60.0
+    #: read a CVM-bound request body whole before sending it, with Content-Length (CLB's on)
+    proxy_request_buffering: bool = True
     trusted_proxies: tuple[str, ...] = ()  # CIDRs
     # our limits (SPEC §9)
     max_header_size: int = 65536
@@ -642,7 +644,7 @@ _LISTENER_FIELDS: dict[str, Check] = {
     "keepalive_timeout": _number(0, 3600),  # 0 turns keep-alive off, as on CLB
     "client_max_body_size": _integer(1, 10240 * 1024 * 1024),  # CLB: 1..10240M
     "proxy_connect_timeout": _number(0.001, 120), "proxy_read_timeout": _number(0.001, 3600),
-    "trusted_proxies": _array(_cidr),
+    "proxy_request_buffering": _boolean, "trusted_proxies": _array(_cidr),
     "max_header_size": _integer(1024, 1024 * 1024), "max_header_count": _integer(1, 1000),
     "max_request_line": _integer(256, 65536), "max_connections": _integer(1, 1_000_000),
     "hsts_max_age": _integer(0, 10 * 365 * 86400), "ssl_handshake_timeout": _number(0.1, 300),

@@ -65,7 +65,9 @@ class ProxyServer:
         self._admin_server: asyncio.AbstractServer | None = None
         self.parser_kind = parser_kind
         region = config.scf.region if config.scf else DEFAULT_REGION
-        self.cvm = CvmUpstreams()  # upstream pools and health state outlive reloads
+        # upstream pools and health state outlive reloads; large buffered uploads are spooled
+        # under the state folder (as nginx's client_body_temp)
+        self.cvm = CvmUpstreams(spool_dir=tls.default_state_dir() / "client_body_temp")
         self.backends = Backends(local=LocalFunctions(config.functions, region=region),
                                  cvm=self.cvm.bind)
         self._remote: RemoteFunctions | None = None
