@@ -1,14 +1,14 @@
 """CVM targets: requests streamed to upstream servers over HTTP/1.1 keep-alive pools.
 
 Owns the exchange of one request with one upstream: the request body read whole first
-(``proxy_request_buffering``, on by default: streams.buffer_body, in memory or a temp file,
-then sent with Content-Length) or streamed; the request head (the client's end-to-end
-headers from headers.py, Host kept, ``Expect`` dropped, our framing: Content-Length when the
-body was buffered or the client declared one, else chunked), the body sent up, the response
-head turned into a ``Response`` whose body streams back as the client takes it, or a 101
-handed to a ``Tunnel``; and ``CvmUpstreams``, the long-lived owner of every pool and health state, which binds targets
-for the router. The wire (llhttp parsing, flow control, pooling) is upstream.py's; health
-state is health.py's, fed and read here.
+(``proxy_request_buffering``, on by default: streams.buffer_body, in memory or a temp file, then
+sent with Content-Length) or streamed; the request head (the client's end-to-end headers from
+headers.py, Host kept, ``Expect`` dropped, our framing: Content-Length when the body was
+buffered or the client declared one, else chunked), the body sent up, the response head turned
+into a ``Response`` whose body streams back as the client takes it, or a 101 handed to a
+``Tunnel``; and ``CvmUpstreams``, the long-lived owner of every pool and health state, which
+binds targets for the router. The wire (llhttp parsing, flow control, pooling) is upstream.py's;
+health state is health.py's, fed and read here.
 
 Strategy: the exchange (``_Exchange``) is callbacks: the request head is written on a pooled
 connection (or one connected for it, on a task: ``loop.create_connection`` is a coroutine),
