@@ -150,6 +150,16 @@ def forwarded_headers(request: Request, trusted: TrustedProxies) -> Headers:
     return tuple(kept)
 
 
+def optional_value(name: str, request: Request) -> str:
+    """The value of one of custom_config's optional proxy_set_header headers
+    (customconfig.OPTIONAL_HEADERS, canonical names)."""
+    if name == "X-Real-Port":
+        return str(request.client_port)
+    if name == "Stgw-request-id":
+        return request.request_id
+    return request.server_addr  # X-clb-stgw-vip
+
+
 def redirect_prefixes(address: str) -> tuple[str, ...]:
     """What ``proxy_redirect default`` looks for at the start of an upstream's ``Location``
     and ``Refresh`` url: the target as the proxy connects to it, ``http://host:port/`` (as
@@ -190,4 +200,5 @@ def _rewritten(value: str, start: int, prefixes: tuple[str, ...], base: str) -> 
 
 
 __all__ = ["CLB_HEADERS", "CLB_LINES", "DROPPED", "HOP_BY_HOP", "TrustedProxies", "clb_values",
-           "end_to_end", "forwarded_headers", "redirect_prefixes", "rewrite_redirects"]
+           "end_to_end", "forwarded_headers", "optional_value", "redirect_prefixes",
+           "rewrite_redirects"]

@@ -49,6 +49,11 @@ class Request:
     stream: RequestBody | None = None
     #: the Upgrade header value of a request that asks to switch protocols ("" otherwise)
     upgrade: str = ""
+    #: CLB's stgw_request_id: 32 hex digits, unique per process run (the access log's
+    #: ``stgw_request_id``, the ``Stgw-request-id`` header when custom_config asks for it)
+    request_id: str = ""
+    #: the local address the client connected to (CLB's $server_addr, the VIP), when wanted
+    server_addr: str = ""
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), or None."""

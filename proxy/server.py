@@ -81,6 +81,7 @@ class ProxyServer:
                                  access_log or AccessLog(), self.metrics)
         self._track()
         self._gates: list[AcceptGate] = []
+        self._contexts: dict[str, ListenerContext] = {}
         self._announce = False
         self._tls: dict[str, tls.ServerTLS] = {}
         self._stopped = asyncio.Event()
@@ -151,6 +152,7 @@ class ProxyServer:
         for listener in self.config.listeners:
             extra = (tls.hsts_header(listener.hsts_max_age),) if listener.hsts_max_age else ()
             ctx = ListenerContext(listener, self.parser_kind, self.state, extra)
+            self._contexts[listener.name] = ctx
             ssl_ctx = self._ssl_context(listener, certificates.get(listener.name, ()))
             if sockets is not None:
                 bound = sockets[listener.name]
@@ -204,6 +206,9 @@ class ProxyServer:
             if name in self._tls:
                 self._tls[name].reload(loaded)
         self.state.router = router
+        for listener in config.listeners:  # custom_config's response headers follow reloads
+            if listener.name in self._contexts:
+                self._contexts[listener.name].configure(listener)
         self.cvm.retain(config)  # health checks and pools no rule uses any more stop
         self.config = config
         error_log.info("config reloaded%s", f" from {config.source}" if config.source else "")

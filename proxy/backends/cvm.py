@@ -61,8 +61,9 @@ from typing import Any
 from ..config import Config, Listener, Rule, Target
 from ..errors import UpstreamError
 from ..handover import Cancel, Done, awaited
+from ..customconfig import CustomConfig
 from ..headers import (CLB_LINES, DROPPED, TrustedProxies, clb_values, end_to_end,
-                       redirect_prefixes, rewrite_redirects)
+                       optional_value, redirect_prefixes, rewrite_redirects)
 from ..messages import Headers, Outcome, Request, Response, Route
 from ..streams import SPOOL_READ_SIZE, BufferedBody, RequestBody, buffer_body
 from ..vocabulary import CONTENT_METHODS, FRAMING, IDEMPOTENT_METHODS, RESPONSE_DROPPED
@@ -79,10 +80,11 @@ _NOT_FORWARDED = DROPPED | FRAMING | {"expect"}
 
 
 def request_head(request: Request, trusted: TrustedProxies, address: str,
-                 upgrade: bool, buffered: int = -1) -> bytes:
+                 upgrade: bool, buffered: int = -1, optional: tuple[str, ...] = ()) -> bytes:
     """The request line and header block sent upstream (HTTP/1.1 whatever the client spoke);
     ``buffered``: the length of a body read whole first (proxy_request_buffering), which is
-    then sent with that Content-Length whatever the client's framing was."""
+    then sent with that Content-Length whatever the client's framing was; ``optional``: the
+    headers custom_config's proxy_set_header asks for (customconfig.OPTIONAL_HEADERS)."""
     kept, chain = end_to_end(request, trusted, _NOT_FORWARDED)
     query = request.query
     parts = [f"{request.method} {request.path}?{query} HTTP/1.1\r\n" if query
@@ -92,6 +94,8 @@ def request_head(request: Request, trusted: TrustedProxies, address: str,
         # an HTTP/1.0 client may send none; HTTP/1.1 requires one (RFC 9112 §3.2)
         parts.append(f"Host: {address}\r\n")
     parts.append(CLB_LINES.format(*clb_values(request, chain)))
+    if optional:
+        parts += [f"{name}: {optional_value(name, request)}\r\n" for name in optional]
     if upgrade:  # hop-by-hop, so headers.py dropped them: a WebSocket handshake needs both;
         # only the websocket protocol is offered (never h2c, which would bypass us)
         parts.append("Connection: upgrade\r\nUpgrade: websocket\r\n")
@@ -280,7 +284,8 @@ class _Exchange:
         self.route = route
         self.done = done
         self.upgrade = "websocket" in request.upgrade.lower()
-        self.head = request_head(request, target.trusted, target.pool.address, self.upgrade)
+        self.head = request_head(request, target.trusted, target.pool.address, self.upgrade,
+                                 optional=target.optional_headers)
         # Nothing of a bodiless idempotent request can be lost by sending it again.
         self.replayable = request.stream is None and request.method in IDEMPOTENT_METHODS
         self.conn: UpstreamConnection | None = None
@@ -319,7 +324,7 @@ class _Exchange:
             return
         self.buffered = body
         self.head = request_head(self.request, self.target.trusted, self.target.pool.address,
-                                 False, body.length)
+                                 False, body.length, self.target.optional_headers)
         self._take()
 
     def _take(self) -> None:
@@ -383,14 +388,14 @@ class _Exchange:
                 return
             conn.transport.write(self.head)
             sender = self.sender = asyncio.get_running_loop().create_task(
-                send_file(conn, buffered, target.read_timeout))
+                send_file(conn, buffered, target.send_timeout))
             sender.add_done_callback(self._sent)
             return
         stream = request.stream
         if stream is not None:
             conn.transport.write(self.head)
             sender = self.sender = asyncio.get_running_loop().create_task(
-                send_body(conn, stream, stream.declared_length is None, target.read_timeout))
+                send_body(conn, stream, stream.declared_length is None, target.send_timeout))
             sender.add_done_callback(self._sent)
             return
         conn.transport.write(self.head + request.body if request.body else self.head)
@@ -449,22 +454,34 @@ class CvmTarget:
     """One CVM target of one rule: what the router starts requests on."""
 
     __slots__ = ("pool", "passive", "check", "trusted", "connect_timeout", "read_timeout",
-                 "buffering", "body_limit", "spool_dir", "redirect_prefixes")
+                 "buffering", "body_limit", "spool_dir", "redirect_prefixes", "send_timeout",
+                 "optional_headers")
 
     def __init__(self, pool: Pool, passive: PassiveEjection, check: ActiveCheck,
-                 listener: Listener, spool_dir: Path) -> None:
+                 listener: Listener, spool_dir: Path,
+                 domain: CustomConfig | None = None) -> None:
+        """``domain``: the rule's domain's custom_config, over the listener's settings (which
+        already hold the listener's custom_config)."""
+        own = domain.overrides() if domain is not None else {}
         self.pool = pool
         self.passive = passive
         self.check = check
         self.trusted = TrustedProxies(listener.trusted_proxies)
-        self.connect_timeout = listener.proxy_connect_timeout
-        self.read_timeout = listener.proxy_read_timeout
+        self.connect_timeout = own.get("proxy_connect_timeout", listener.proxy_connect_timeout)
+        self.read_timeout = own.get("proxy_read_timeout", listener.proxy_read_timeout)
+        self.send_timeout = own.get("proxy_send_timeout", listener.proxy_send_timeout)
         #: proxy_request_buffering: read the body whole (memory, then spool_dir) before sending
-        self.buffering = listener.proxy_request_buffering
+        self.buffering = own.get("proxy_request_buffering", listener.proxy_request_buffering)
         self.body_limit = listener.client_max_body_size
         self.spool_dir = spool_dir
         #: proxy_redirect default: Location/Refresh prefixes naming this target, rewritten
-        self.redirect_prefixes = redirect_prefixes(pool.address)
+        redirect = own.get("proxy_redirect", listener.custom_config.proxy_redirect)
+        self.redirect_prefixes = redirect_prefixes(pool.address) if redirect is not False \
+            else ()
+        #: proxy_set_header: the optional CLB headers (the domain's, else the listener's)
+        self.optional_headers = (domain.proxy_set_headers if domain is not None
+                                 and domain.proxy_set_headers
+                                 else listener.custom_config.proxy_set_headers)
 
     def usable(self) -> bool:
         """Healthy by the active check and not ejected by real traffic."""
@@ -580,7 +597,7 @@ class CvmUpstreams:
             pass  # no loop yet: the first usable() starts it
         else:
             check.start()
-        bound = CvmTarget(pool, passive, check, listener, self.spool_dir)
+        bound = CvmTarget(pool, passive, check, listener, self.spool_dir, rule.custom_config)
         return bound, bound.usable
 
     def retain(self, config: Config) -> None:
