@@ -223,7 +223,7 @@ class HttpConnection(asyncio.Protocol):
         "received_at", "queue", "current", "cancel", "started", "stopped", "pending_error",
         "write_paused", "drain_waiter", "pauses", "tunnel", "linger_until", "deadline",
         "on_deadline", "send_deadline", "send_buffered", "client_eof", "heads",
-        "server_addr",
+        "server_addr", "served", "tls",
     )
 
     def __init__(self, ctx: ListenerContext) -> None:
@@ -270,6 +270,10 @@ class HttpConnection(asyncio.Protocol):
         self.heads = 0
         #: the local address (CLB's $server_addr), read only when custom_config wants it
         self.server_addr = ""
+        #: requests answered on this connection (the access log's connection_requests)
+        self.served = 0
+        #: (ssl_protocol, ssl_cipher) for the access log, read once, at the first answer
+        self.tls: tuple[str, str] | None = None
 
     # -- asyncio callbacks ------------------------------------------------------------------
 
@@ -499,8 +503,10 @@ class HttpConnection(asyncio.Protocol):
 
     def _answered(self, request: Request, outcome: Outcome, nbytes: int, last: bool,
                   unread: bool) -> None:
+        self.served += 1
         self.state.recorder.answered(request, outcome, nbytes,
-                                     self.state.clock() - self.started)
+                                     self.state.clock() - self.started, self.served,
+                                     self.tls or self._tls_info())
         self.current = None
         self.cancel = None
         if self.tunnel is not None or self.linger_until or self.transport.is_closing():
@@ -623,7 +629,8 @@ class HttpConnection(asyncio.Protocol):
         data = writer.serialize(self._with_listener_headers(writer.error_response(exc)), False,
                                 server=self.ctx.server_header)
         transport.write(data)
-        self.state.recorder.refused(self.ctx.listener.name, self.client_ip, exc, len(data))
+        self.state.recorder.refused(self.ctx.listener.name, self.client_ip, exc, len(data),
+                                    self.served + 1, self.tls or self._tls_info())
         # The request that broke may still be arriving: let the client read the answer.
         self._close(linger=True)
 
@@ -679,6 +686,17 @@ class HttpConnection(asyncio.Protocol):
         error_log.info("%s:%s took nothing for %ss: connection aborted", self.client_ip,
                        self.client_port, self.ctx.send_timeout)
         self.transport.abort()
+
+    def _tls_info(self) -> tuple[str, str]:
+        """The connection's TLS protocol and cipher ("" without TLS), read once."""
+        info = ("", "")
+        ssl_object = self.transport.get_extra_info("ssl_object") \
+            if self.ctx.scheme == "https" and self.transport is not None else None
+        if ssl_object is not None:
+            cipher = ssl_object.cipher()
+            info = (ssl_object.version() or "", cipher[0] if cipher else "")
+        self.tls = info
+        return info
 
     def _header_timeout(self) -> None:
         self._fail(RequestTimeout("client header timeout"))

@@ -108,6 +108,25 @@ class Invocation:
 
 
 @dataclass(slots=True)
+class UpstreamTiming:
+    """One CVM exchange's times (monotonic clock) and answer, for the access log's
+    upstream_* fields (CLB's: each from the start of connecting to the upstream)."""
+
+    #: the target's host:port
+    address: str
+    #: connecting began (or a pooled connection was taken)
+    start: float
+    #: the request started going out
+    sent: float = 0.0
+    #: the response head arrived
+    header: float = 0.0
+    #: the response ended (0.0: it did not end cleanly)
+    done: float = 0.0
+    #: the upstream's status code
+    status: int = 0
+
+
+@dataclass(slots=True)
 class Outcome:
     """What the router hands back to the connection: the response and what served it."""
 
@@ -120,3 +139,5 @@ class Outcome:
     function_ms: float = 0.0
     #: the ProxyError class name when the response is an error page, for metrics
     error: str = ""
+    #: CVM targets: the exchange's times, for the access log
+    upstream: UpstreamTiming | None = None

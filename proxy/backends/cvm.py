@@ -64,7 +64,8 @@ from ..handover import Cancel, Done, awaited
 from ..customconfig import CustomConfig
 from ..headers import (CLB_LINES, DROPPED, TrustedProxies, clb_values, end_to_end,
                        optional_value, redirect_prefixes, rewrite_redirects)
-from ..messages import Headers, Outcome, Request, Response, Route
+from ..deadlines import clock
+from ..messages import Headers, Outcome, Request, Response, Route, UpstreamTiming
 from ..streams import SPOOL_READ_SIZE, BufferedBody, RequestBody, buffer_body
 from ..vocabulary import CONTENT_METHODS, FRAMING, IDEMPOTENT_METHODS, RESPONSE_DROPPED
 from .health import ActiveCheck, PassiveEjection
@@ -219,13 +220,14 @@ class ResponseBody:
     """The streamed response body: chunks as the upstream sends them, pulled by the client
     connection; raises when the upstream breaks off, so the client never sees a clean end."""
 
-    __slots__ = ("_target", "_conn", "_sender")
+    __slots__ = ("_target", "_conn", "_sender", "_timing")
 
     def __init__(self, target: CvmTarget, conn: UpstreamConnection,
-                 sender: asyncio.Task[None] | None) -> None:
+                 sender: asyncio.Task[None] | None, timing: UpstreamTiming | None) -> None:
         self._target = target
         self._conn: UpstreamConnection | None = conn
         self._sender = sender
+        self._timing = timing
 
     def __aiter__(self) -> ResponseBody:
         return self
@@ -239,6 +241,8 @@ class ResponseBody:
                 if conn.error is not None:
                     raise conn.error
                 if conn.complete:
+                    if self._timing is not None:
+                        self._timing.done = clock()
                     self._end(True)
                     raise StopAsyncIteration
                 await conn.wait()
@@ -276,7 +280,8 @@ class _Exchange:
     (after the keep-alive race retry, see the module docstring)."""
 
     __slots__ = ("target", "request", "route", "done", "head", "upgrade", "replayable",
-                 "conn", "reused", "sender", "connecting", "over", "buffering", "buffered")
+                 "conn", "reused", "sender", "connecting", "over", "buffering", "buffered",
+                 "timing")
 
     def __init__(self, target: CvmTarget, request: Request, route: Route, done: Done) -> None:
         self.target = target
@@ -296,6 +301,7 @@ class _Exchange:
         #: proxy_request_buffering: the task reading the body whole, then the body it read
         self.buffering: asyncio.Task[BufferedBody] | None = None
         self.buffered: BufferedBody | None = None
+        self.timing: UpstreamTiming | None = None
 
     def start(self) -> None:
         stream = self.request.stream
@@ -328,6 +334,7 @@ class _Exchange:
         self._take()
 
     def _take(self) -> None:
+        self.timing = UpstreamTiming(self.target.pool.address, clock())
         conn = self.target.pool.take()
         if conn is None:
             self._connect()
@@ -379,6 +386,8 @@ class _Exchange:
         conn.begin(request.method == "HEAD", self.upgrade)
         conn.read_timeout = target.read_timeout
         conn.notify = self._news
+        if self.timing is not None:
+            self.timing.sent = clock()
         buffered = self.buffered
         if buffered is not None:
             if buffered.file is None:
@@ -428,8 +437,12 @@ class _Exchange:
             self.conn = None
             conn.notify = None
             self.target.passive.success()
-            self.done(Outcome(self.target.response(conn, self.sender, self.request),
-                              self.route))
+            timing = self.timing
+            if timing is not None:
+                timing.header = clock()
+                timing.status = conn.status
+            self.done(Outcome(self.target.response(conn, self.sender, self.request, timing),
+                              self.route, upstream=timing))
 
     def _failed(self, exc: BaseException) -> None:
         conn = self.conn
@@ -503,7 +516,7 @@ class CvmTarget:
         return outcome
 
     def response(self, conn: UpstreamConnection, sender: asyncio.Task[None] | None,
-                 request: Request) -> Response:
+                 request: Request, timing: UpstreamTiming | None = None) -> Response:
         """The client's Response from the upstream's head (and body, when it came whole)."""
         status, raw = conn.status, conn.raw_headers
         headers, redirect = response_headers(raw)
@@ -521,6 +534,8 @@ class CvmTarget:
             return Response(101, headers + (("Connection", "upgrade"), ("Upgrade", upgrade)),
                             tunnel=tunnel)
         if conn.phase == DONE:  # HEAD, 204, 304: the head was all of it
+            if timing is not None:
+                timing.done = timing.header
             self.finish(conn, sender, True)
             if status == 204 or status == 304:
                 return Response(status, headers)
@@ -531,10 +546,12 @@ class CvmTarget:
             # The whole body came with the head (most small answers): a plain body, so the
             # client gets head and body in one write.
             body = conn.take_all() if conn.chunks else b""
+            if timing is not None:
+                timing.done = timing.header
             self.finish(conn, sender, True)
             return Response(status, headers, body)
         length = _header(raw, "content-length")
-        return Response(status, headers, stream=ResponseBody(self, conn, sender),
+        return Response(status, headers, stream=ResponseBody(self, conn, sender, timing),
                         length=int(length) if length is not None else None)
 
     def finish(self, conn: UpstreamConnection, sender: asyncio.Task[None] | None,
