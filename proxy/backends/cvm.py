@@ -374,6 +374,10 @@ class _Exchange:
             return
         if exc is not None:
             self.target.passive.failure()
+            if self.buffered is not None and isinstance(exc, UpstreamError):
+                # the client's body was read into this exchange: another target's exchange
+                # would find the stream at its end and send an empty body
+                exc.retryable = False
             self._end(exc)
             return
         self._send(task.result(), False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import hashlib
+import socket
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -437,6 +438,21 @@ def test_buffered_upload_over_the_limit_is_413_before_connecting() -> None:
         feeder.cancel()
         assert env.target.pool.state()["connects"] == 0
     run(test, buffering=True)
+
+
+def test_buffered_upload_whose_connect_fails_is_not_retryable() -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+
+    async def test(env: Env) -> None:
+        stream = RequestBody(3, lambda: None, lambda: None)
+        stream.feed(b"abc")
+        stream.end()
+        with pytest.raises(UpstreamError) as info:
+            await env.call(_request("POST", "/upload", stream=stream))
+        assert info.value.retryable is False  # its body was read: no other target gets it
+    run(test, buffering=True, address=address)
 
 
 # --- the keep-alive race ---------------------------------------------------------------------
