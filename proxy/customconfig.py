@@ -25,6 +25,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from .errors import ConfigError
+from .vocabulary import FRAMING, HOP_BY_HOP
 
 #: the optional request headers CLB's ``proxy_set_header`` can add (clb-features.md §1.6):
 #: lower-case name -> (canonical name, the only value CLB gives it)
@@ -174,11 +175,16 @@ def _switch(args: list[str]) -> bool:
 
 _FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+#: response fields the writer owns (framing, connection management, Server and Date, which
+#: it always sends): a second one from the config would contradict it
+_OWN_FIELDS = FRAMING | HOP_BY_HOP | {"server", "date"}
 
 
 def _header(name: str, value: str) -> tuple[str, str]:
     if not _FIELD_NAME.fullmatch(name):
         raise _Error(f"header name must be a token, got {name!r}")
+    if name.lower() in _OWN_FIELDS:
+        raise _Error(f"cannot set {name}: the proxy writes it itself")
     if not _FIELD_VALUE.fullmatch(value) or "$" in value:
         raise _Error(f"header value must be visible text without variables ($), got {value!r}")
     return name, value.strip()

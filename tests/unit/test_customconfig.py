@@ -69,6 +69,8 @@ def test_every_directive_is_read_with_its_units() -> None:
     ("proxy_buffers 8 4k;", "does not implement"),
     ('add_header X "unclosed;', "unbalanced quote"),
     ("add_header X $host;", "without variables"),
+    ("add_header Content-Length 5;", "cannot set Content-Length"),
+    ("more_set_headers 'Server: x';", "cannot set Server"),
 ])
 def test_bad_text_is_an_error_naming_the_line(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match="line") as info:
