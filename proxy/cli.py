@@ -44,7 +44,9 @@ OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
     (("--drain-timeout",), dict(type=float, default=30.0, metavar="SECONDS",
                                 help="on SIGTERM, how long in-flight requests may take")),
     (("--state-dir",), dict(type=Path, metavar="DIR",
-                            help="where generated development certificates are kept")),
+                            help="where generated development certificates and request-body "
+                                 "temp files (client_body_temp/) are kept (default: "
+                                 "$CLBSCF_PROXY_STATE, else the XDG state folder)")),
     (("--admin",), dict(metavar="[HOST]:PORT",
                         help="serve the admin API (healthz, metrics, CLB API actions) here; "
                              "the host defaults to 127.0.0.1; off loopback the bearer token "
@@ -219,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         return invoke_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
+    if args.state_dir is not None:  # one answer for tls.default_state_dir, workers included
+        os.environ["CLBSCF_PROXY_STATE"] = os.path.abspath(args.state_dir)
     try:
         if args.check_config is not None:
             return check_config(args)

@@ -27,6 +27,7 @@ Decisions where the SPEC is silent (ours):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import json
@@ -41,7 +42,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import customconfig
 from .builtin import HELLO_CODE_DIR
+from .customconfig import CustomConfig
 from .errors import ConfigError
 
 SCHEDULERS = ("WRR", "LEAST_CONN", "IP_HASH")
@@ -101,6 +104,9 @@ class Rule:
     targets: tuple[Target, ...] = ()
     #: stable id from listener name + domain + url ("loc-" + 8 hex digits)
     location_id: str = ""
+    #: the personalised configuration of this rule's domain (customconfig.DOMAIN_DIRECTIVES;
+    #: every rule of the domain carries the same one)
+    custom_config: CustomConfig = field(default_factory=CustomConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +131,12 @@ class Listener:
     client_max_body_size: int = 62914560
     proxy_connect_timeout: float = 4.0
     proxy_read_timeout: float = 60.0
+    proxy_send_timeout: float = 60.0  # the longest wait for a CVM upstream to take the body
+    #: the longest wait for a client to take some of a response; 0: client_body_timeout's
+    send_timeout: float = 0.0
+    keepalive_requests: int = 0  # requests per client connection; 0: no limit (CLB: 100)
+    #: read a CVM-bound request body whole before sending it, with Content-Length (CLB's on)
+    proxy_request_buffering: bool = True
     trusted_proxies: tuple[str, ...] = ()  # CIDRs
     # our limits (SPEC §9)
     max_header_size: int = 65536
@@ -135,6 +147,8 @@ class Listener:
     hsts_max_age: int = 0  # HTTPS: > 0 adds Strict-Transport-Security with this max-age
     ssl_handshake_timeout: float = 10.0  # HTTPS: a handshake not done by then is dropped
     redirect_https_port: int = 0  # HTTP: > 0 answers every request with 301 to https://host:port
+    #: the personalised configuration; what it sets is also laid over the fields above at load
+    custom_config: CustomConfig = field(default_factory=CustomConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -625,9 +639,21 @@ def _target(ctx: _Ctx, path: str, value: object) -> Target:
     return target
 
 
+def _custom_config(domain: bool) -> Check:
+    def check(ctx: _Ctx, path: str, value: object) -> CustomConfig:
+        if not isinstance(value, str) or len(value) > 64 * 1024:  # CLB: 64 KB per config
+            raise _bad(path, "must be a string of nginx directives of at most 64 KB", value)
+        try:
+            return customconfig.parse(value, domain)
+        except ConfigError as exc:
+            raise _Invalid(path, str(exc)) from None
+    return check
+
+
 _RULE_FIELDS: dict[str, Check] = {
     "domain": _domain, "url": _url, "scheduler": _choice(SCHEDULERS),
     "health_check": _health_check, "targets": _array(_target),
+    "custom_config": _custom_config(True),
 }
 
 _LISTENER_FIELDS: dict[str, Check] = {
@@ -642,7 +668,9 @@ _LISTENER_FIELDS: dict[str, Check] = {
     "keepalive_timeout": _number(0, 3600),  # 0 turns keep-alive off, as on CLB
     "client_max_body_size": _integer(1, 10240 * 1024 * 1024),  # CLB: 1..10240M
     "proxy_connect_timeout": _number(0.001, 120), "proxy_read_timeout": _number(0.001, 3600),
-    "trusted_proxies": _array(_cidr),
+    "proxy_send_timeout": _number(0.001, 3600), "send_timeout": _number(0, 3600),
+    "keepalive_requests": _integer(0, 1_000_000), "custom_config": _custom_config(False),
+    "proxy_request_buffering": _boolean, "trusted_proxies": _array(_cidr),
     "max_header_size": _integer(1024, 1024 * 1024), "max_header_count": _integer(1, 1000),
     "max_request_line": _integer(256, 65536), "max_connections": _integer(1, 1_000_000),
     "hsts_max_age": _integer(0, 10 * 365 * 86400), "ssl_handshake_timeout": _number(0.1, 300),
@@ -653,6 +681,9 @@ _LISTENER_FIELDS: dict[str, Check] = {
 def _listener(ctx: _Ctx, path: str, value: object) -> Listener:
     values = _fields(ctx, path, value, _LISTENER_FIELDS, ("protocol", "port"))
     values.setdefault("name", f"{values['protocol'].lower()}-{values['port']}")
+    if "custom_config" in values:  # CLB's text wins over the listener's own keys
+        values.update((k, v) for k, v in values["custom_config"].overrides().items()
+                      if k in _LISTENER_FIELD_NAMES)
     listener = Listener(**values)
     if listener.protocol == "HTTPS" and listener.redirect_https_port:
         raise _bad(f"{path}.redirect_https_port", "only for an HTTP listener",
@@ -664,6 +695,7 @@ def _listener(ctx: _Ctx, path: str, value: object) -> Listener:
         expected = {"HTTPS": "an HTTPS listener needs at least one { cert, key }",
                     "HTTP": "only an HTTPS listener takes certificates"}[listener.protocol]
         raise _bad(f"{path}.certificates", expected, values.get("certificates", []))
+    listener = replace(listener, rules=_domain_configs(path, listener.rules))
     seen: dict[tuple[str, str], int] = {}
     for j, rule in enumerate(listener.rules):
         first = seen.setdefault((rule.domain, rule.url), j)
@@ -678,6 +710,25 @@ def _listener(ctx: _Ctx, path: str, value: object) -> Listener:
                    listener.default_domain)
     return _with_location_ids(replace(listener, default_domain=listener.default_domain
                                       or (domains[0] if domains else "")))
+
+
+_LISTENER_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Listener))
+
+
+def _domain_configs(path: str, rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
+    """A domain has one custom_config: rules of it that set one must agree, and those that
+    set none get it."""
+    first: dict[str, int] = {}
+    for j, rule in enumerate(rules):
+        if rule.custom_config == CustomConfig():
+            continue
+        k = first.setdefault(rule.domain, j)
+        if rules[k].custom_config != rule.custom_config:
+            raise _Invalid(f"{path}.rule[{j}].custom_config", "a domain has one custom_config: "
+                           f"{path}.rule[{k}] of domain {_show(rule.domain)} sets another")
+    return tuple(rule if rule.domain not in first else
+                 replace(rule, custom_config=rules[first[rule.domain]].custom_config)
+                 for rule in rules)
 
 
 _FUNCTION_FIELDS: dict[str, Check] = {

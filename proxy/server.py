@@ -69,7 +69,9 @@ class ProxyServer:
         self._admin_server: asyncio.AbstractServer | None = None
         self.parser_kind = parser_kind
         region = config.scf.region if config.scf else DEFAULT_REGION
-        self.cvm = CvmUpstreams()  # upstream pools and health state outlive reloads
+        # upstream pools and health state outlive reloads; large buffered uploads are spooled
+        # under the state folder (as nginx's client_body_temp)
+        self.cvm = CvmUpstreams(spool_dir=tls.default_state_dir() / "client_body_temp")
         self.backends = Backends(local=LocalFunctions(config.functions, region=region),
                                  cvm=self.cvm.bind)
         self._remote: RemoteFunctions | None = None
@@ -83,6 +85,7 @@ class ProxyServer:
                                  access_log or AccessLog(), self.metrics)
         self._track()
         self._gates: list[AcceptGate] = []
+        self._contexts: dict[str, ListenerContext] = {}
         self._announce = False
         self._tls: dict[str, tls.ServerTLS] = {}
         self._stopped = asyncio.Event()
@@ -160,6 +163,7 @@ class ProxyServer:
         for listener in self.config.listeners:
             extra = (tls.hsts_header(listener.hsts_max_age),) if listener.hsts_max_age else ()
             ctx = ListenerContext(listener, self.parser_kind, self.state, extra)
+            self._contexts[listener.name] = ctx
             ssl_ctx = self._ssl_context(listener, certificates.get(listener.name, ()))
             if sockets is not None:
                 bound = sockets[listener.name]
@@ -224,6 +228,9 @@ class ProxyServer:
         self.state.router = router
         if self._watcher is not None:
             await self._watcher.watch(config)
+        for listener in config.listeners:  # custom_config's response headers follow reloads
+            if listener.name in self._contexts:
+                self._contexts[listener.name].configure(listener)
         self.cvm.retain(config)  # health checks and pools no rule uses any more stop
         self.config = config
         error_log.info("config reloaded%s", f" from {config.source}" if config.source else "")
