@@ -23,8 +23,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from .config import (SCHEDULERS, SECRET_VARIABLES, Config, HealthCheck, Listener, Rule,
-                     Target, location_id, normalize_domain, normalize_url)
+from .config import (COOKIE_NAME_EXPECTED, COOKIE_NAME_PATTERN, SCHEDULERS,
+                     SECRET_VARIABLES, SESSION_EXPIRE_MAX, SESSION_EXPIRE_MIN, Config,
+                     HealthCheck, Listener, Rule, Target, location_id, normalize_domain,
+                     normalize_url)
 from .errors import ConfigError
 
 Params = Mapping[str, Any]
@@ -330,16 +332,21 @@ _HEALTH_TEXTS = {"HttpCheckPath": "path", "HttpCheckDomain": "domain",
                  "HttpCheckMethod": "method"}
 #: RuleInput fields we accept only with the value that means "nothing special"
 _NEUTRAL_RULE_FIELDS: dict[str, object] = {"ForwardType": "HTTP", "TargetType": "NODE",
-                                           "SessionExpireTime": 0, "Http2": False,
-                                           "Quic": False}
+                                           "Http2": False, "Quic": False}
 _RULE_KEYS = frozenset({"Url", "Domain", "Domains", "Scheduler", "HealthCheck",
-                        "DefaultServer"})
+                        "DefaultServer", "SessionExpireTime", "CookieName"})
+_COOKIE_NAME_RE = re.compile(COOKIE_NAME_PATTERN)
 _CHECK_PATH_RE = re.compile(r"/[!-~]{0,199}")  # as the loader: visible ASCII, 1..200
 
 
-def _health_check(value: Params | None, where: str) -> HealthCheck:
+_DEFAULT_CHECK = HealthCheck()
+
+
+def _health_check(value: Params | None, where: str,
+                  base: HealthCheck = _DEFAULT_CHECK) -> HealthCheck:
+    """A HealthCheck input: the fields given, the others as in ``base``."""
     if value is None:
-        return HealthCheck()
+        return base
     only_params(value, frozenset(_HEALTH_NUMBERS) | frozenset(_HEALTH_TEXTS), where,
           "UnsupportedOperation")
     fields: dict[str, Any] = {}
@@ -352,7 +359,7 @@ def _health_check(value: Params | None, where: str) -> HealthCheck:
             fields[field] = text.upper() if field == "method" else text
     if "enabled" in fields:
         fields["enabled"] = bool(fields["enabled"])
-    check = HealthCheck(**fields)
+    check = replace(base, **fields)
     if check.method not in ("HEAD", "GET") or not _CHECK_PATH_RE.fullmatch(check.path):
         raise ApiError("InvalidParameterValue", f"{where}HttpCheckMethod must be HEAD or GET "
                        "and HttpCheckPath a path of 1..200 visible characters starting with /")
@@ -363,6 +370,26 @@ def _health_check(value: Params | None, where: str) -> HealthCheck:
     if check.timeout > check.interval:  # a check must end before the next one starts
         raise ApiError("InvalidParameterValue", f"{where}TimeOut must be <= IntervalTime")
     return check
+
+
+def _session(item: Params, where: str, rule: Rule) -> Rule:
+    """RuleInput/ModifyRule's SessionExpireTime and CookieName applied to ``rule``, checked as
+    the config loader checks session_expire_time and cookie_name."""
+    seconds = _range(item, "SessionExpireTime", 0, SESSION_EXPIRE_MAX,
+                     rule.session_expire_time, where)
+    if 0 < seconds < SESSION_EXPIRE_MIN:
+        raise ApiError("InvalidParameterValue.Range", f"{where}SessionExpireTime must be 0 "
+                       f"(off) or {SESSION_EXPIRE_MIN}..{SESSION_EXPIRE_MAX}, got {seconds}")
+    name = _opt(item, "CookieName", str, where)
+    if name is None:
+        name = rule.cookie_name
+    elif name and not _COOKIE_NAME_RE.fullmatch(name):
+        raise ApiError("InvalidParameterValue", f"{where}CookieName must be "
+                       f"{COOKIE_NAME_EXPECTED}, got {name!r}")
+    if seconds and rule.scheduler != "WRR":  # CLB: only WRR inserts the cookie
+        raise ApiError("InvalidParameterValue", f"{where}SessionExpireTime needs Scheduler "
+                       f"WRR, got {rule.scheduler}")
+    return replace(rule, session_expire_time=seconds, cookie_name=name if seconds else "")
 
 
 def _rule_input(listener: Listener, where: str, item: Params) -> tuple[Rule, bool]:
@@ -383,8 +410,9 @@ def _rule_input(listener: Listener, where: str, item: Params) -> tuple[Rule, boo
         raise ApiError("InvalidParameterValue", f"{where}Scheduler must be one of "
                        f"{', '.join(SCHEDULERS)}, got {scheduler!r}")
     health = _health_check(_opt(item, "HealthCheck", dict, where), where + "HealthCheck.")
-    rule = Rule(domain=domain, url=url, scheduler=scheduler, health_check=health,
-                location_id=location_id(listener.name, domain, url))
+    rule = _session(item, where, Rule(domain=domain, url=url, scheduler=scheduler,
+                                      health_check=health,
+                                      location_id=location_id(listener.name, domain, url)))
     return rule, bool(_opt(item, "DefaultServer", bool, where))
 
 
@@ -429,6 +457,89 @@ def _delete_rule(ctx: ActionContext, params: Params) -> Result:
     return _with_listener(ctx.config, li, new), {}
 
 
+_MODIFY_RULE_KEYS = frozenset({"Url", "HealthCheck", "Scheduler", "SessionExpireTime",
+                               "CookieName", "ForwardType"})
+
+
+def _modify_rule(ctx: ActionContext, params: Params) -> Result:
+    """ModifyRule: the fields given change, the others stay; the LocationId stays, as on CLB,
+    even when the Url changes."""
+    li = _listener(ctx.config, params)
+    listener = ctx.config.listeners[li]
+    ri = _rule(listener, {"LocationId": required_param(params, "LocationId", str)})
+    rule = listener.rules[ri]
+    if params.get("ForwardType") not in (None, "HTTP"):
+        raise ApiError("UnsupportedOperation", "ForwardType: only 'HTTP' is supported by "
+                       "clbscf-proxy")
+    url = _opt(params, "Url", str)
+    if url is not None:
+        url = _normalized(normalize_url, url, "Url: ")
+        if any((r.domain, r.url) == (rule.domain, url) for i, r in enumerate(listener.rules)
+               if i != ri):
+            raise ApiError("InvalidParameterValue.Duplicate", f"listener "
+                           f"{listener_id(listener)} already has {rule.domain} {url}")
+    scheduler = _opt(params, "Scheduler", str) or rule.scheduler
+    if scheduler not in SCHEDULERS:
+        raise ApiError("InvalidParameterValue", f"Scheduler must be one of "
+                       f"{', '.join(SCHEDULERS)}, got {scheduler!r}")
+    if scheduler != "WRR" and params.get("SessionExpireTime") is None:
+        params = {**params, "SessionExpireTime": 0}  # CLB keeps sessions only under WRR
+    health = _health_check(_opt(params, "HealthCheck", dict), "HealthCheck.", rule.health_check)
+    new = _session(params, "", replace(rule, url=url or rule.url, scheduler=scheduler,
+                                       health_check=health))
+    rules = list(listener.rules)
+    rules[ri] = new
+    return _with_listener(ctx.config, li, replace(listener, rules=tuple(rules))), {}
+
+
+def _modify_domain_attributes(ctx: ActionContext, params: Params) -> Result:
+    """ModifyDomainAttributes: rename a domain (NewDomain, or NewDomains with one name) and
+    choose the listener's default domain (DefaultServer, NewDefaultServerDomain)."""
+    li = _listener(ctx.config, params)
+    listener = ctx.config.listeners[li]
+    for key, neutral in (("Http2", False), ("Quic", False)):
+        if params.get(key) not in (None, neutral):
+            raise ApiError("UnsupportedOperation", f"{key}: only {neutral!r} is supported by "
+                           "clbscf-proxy")
+    domain = _normalized(normalize_domain, required_param(params, "Domain", str), "Domain: ")
+    if all(r.domain != domain for r in listener.rules):
+        raise ApiError("InvalidParameter.DomainNotFound", f"no rule of listener "
+                       f"{listener_id(listener)} has domain {domain!r}")
+    names = _strings(params, "NewDomains")
+    renamed = _opt(params, "NewDomain", str)
+    if names is not None and renamed is not None:
+        raise ApiError("InvalidParameter", "NewDomain and NewDomains are exclusive")
+    if names is not None:
+        if len(names) != 1:
+            raise ApiError("UnsupportedOperation", "NewDomains: clbscf-proxy rules have one "
+                           "domain each; give one name")
+        renamed = names[0]
+    new_domain = domain if renamed is None else _normalized(normalize_domain, renamed,
+                                                            "NewDomain: ")
+    rules = tuple(replace(r, domain=new_domain) if r.domain == domain else r
+                  for r in listener.rules)
+    keys = [(r.domain, r.url) for r in rules]
+    if len(set(keys)) != len(keys):
+        raise ApiError("InvalidParameterValue.Duplicate", f"listener {listener_id(listener)} "
+                       f"already has rules of {new_domain!r} with the same Url")
+    default = new_domain if listener.default_domain == domain else listener.default_domain
+    flag = _opt(params, "DefaultServer", bool)
+    named = _opt(params, "NewDefaultServerDomain", str)
+    if flag:
+        default = new_domain
+    elif flag is False and default == new_domain:
+        if not named:  # a listener always has a default domain (CLB)
+            raise ApiError("MissingParameter", "NewDefaultServerDomain is required to switch "
+                           "the default domain off")
+    if named and flag is not True:
+        default = _normalized(normalize_domain, named, "NewDefaultServerDomain: ")
+        if all(r.domain != default for r in rules):
+            raise ApiError("InvalidParameterValue", f"NewDefaultServerDomain {default!r} is "
+                           "not the domain of a rule of the listener")
+    new = replace(listener, rules=rules, default_domain=default)
+    return _with_listener(ctx.config, li, new), {}
+
+
 # --- describing -------------------------------------------------------------------------------
 
 
@@ -455,7 +566,8 @@ def _rule_output(listener: Listener, rule: Rule) -> dict[str, Any]:
             "Domains": [rule.domain], "Scheduler": rule.scheduler,
             "ListenerId": listener_id(listener), "HealthCheck": _health_output(rule.health_check),
             "DefaultServer": rule.domain == listener.default_domain, "ForwardType": "HTTP",
-            "TargetType": "NODE", "SessionExpireTime": 0, "Http2": False}
+            "TargetType": "NODE", "SessionExpireTime": rule.session_expire_time,
+            "CookieName": rule.cookie_name, "Http2": False}
 
 
 def _describe_listeners(ctx: ActionContext, params: Params) -> Result:
@@ -547,6 +659,11 @@ ACTIONS: dict[str, Action] = {
     "CreateRule": Action(_create_rule, frozenset({"LoadBalancerId", "ListenerId", "Rules"})),
     "DeleteRule": Action(_delete_rule, _AT_RULE - {"LocationId"}
                           | {"LocationIds", "NewDefaultServerDomain"}),
+    "ModifyRule": Action(_modify_rule, frozenset({"LoadBalancerId", "ListenerId",
+                                                  "LocationId"}) | _MODIFY_RULE_KEYS),
+    "ModifyDomainAttributes": Action(_modify_domain_attributes, frozenset({
+        "LoadBalancerId", "ListenerId", "Domain", "NewDomain", "NewDomains", "DefaultServer",
+        "NewDefaultServerDomain", "Http2", "Quic"})),
     "RegisterFunctionTargets": Action(_register(_function_targets),
                                        _AT_RULE | {"FunctionTargets"}),
     "DeregisterFunctionTargets": Action(_deregister(_function_targets),
