@@ -28,6 +28,7 @@ from .config import (COOKIE_NAME_EXPECTED, COOKIE_NAME_PATTERN, SCHEDULERS,
                      HealthCheck, Listener, Rule, Target, location_id, normalize_domain,
                      normalize_url)
 from .errors import ConfigError
+from .sigv1 import FormText
 
 Params = Mapping[str, Any]
 T = TypeVar("T")
@@ -56,10 +57,24 @@ _TYPE_NAMES: dict[type, str] = {str: "a string", int: "an integer", list: "an ar
                                 dict: "an object", bool: "a boolean"}
 
 
+_FORM_BOOLEANS = {"true": True, "false": False, "1": True, "0": False}
+
+
+def _from_form(value: FormText, kind: type) -> object:
+    """A signature-v1 form value read as the integer or boolean the action expects."""
+    if kind is int and value.lstrip("-").isdigit():
+        return int(value)
+    if kind is bool and value.lower() in _FORM_BOOLEANS:
+        return _FORM_BOOLEANS[value.lower()]
+    return value
+
+
 def _opt(params: Params, name: str, kind: type[T], where: str = "") -> T | None:
     value = params.get(name)
     if value is None:
         return None
+    if isinstance(value, FormText) and kind is not str:
+        value = _from_form(value, kind)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ApiError("InvalidParameter.FormatError",
                        f"{where}{name} must be {_TYPE_NAMES[kind]}")
@@ -394,7 +409,7 @@ def _session(item: Params, where: str, rule: Rule) -> Rule:
 
 def _rule_input(listener: Listener, where: str, item: Params) -> tuple[Rule, bool]:
     for key, neutral in _NEUTRAL_RULE_FIELDS.items():
-        if item.get(key) not in (None, neutral):
+        if _opt(item, key, type(neutral), where) not in (None, neutral):
             raise ApiError("UnsupportedOperation", f"{where}{key}: only {neutral!r} is "
                            "supported by clbscf-proxy")
     only_params(item, _RULE_KEYS | frozenset(_NEUTRAL_RULE_FIELDS), where, "UnsupportedOperation")
@@ -498,7 +513,7 @@ def _modify_domain_attributes(ctx: ActionContext, params: Params) -> Result:
     li = _listener(ctx.config, params)
     listener = ctx.config.listeners[li]
     for key, neutral in (("Http2", False), ("Quic", False)):
-        if params.get(key) not in (None, neutral):
+        if _opt(params, key, type(neutral)) not in (None, neutral):
             raise ApiError("UnsupportedOperation", f"{key}: only {neutral!r} is supported by "
                            "clbscf-proxy")
     domain = _normalized(normalize_domain, required_param(params, "Domain", str), "Domain: ")
