@@ -38,8 +38,8 @@ from typing import Any
 import orjson
 
 from . import writer
-from .clbapi import (ACTIONS, TASK_ACTION, ActionContext, ApiError, Params, only_params,
-                     required_param)
+from .clbapi import (ACTIONS, TASK_ACTION, ActionContext, ApiError, Params, TargetHealth,
+                     only_params, required_param)
 from .config import Config
 from .errors import ConfigError, PayloadTooLarge, ProxyError
 from .messages import Outcome, Request, Response
@@ -88,7 +88,8 @@ class AdminApp:
                  token: str | None, health: Callable[[], dict[str, Any]] | None = None,
                  scrape: Callable[[], Awaitable[bytes]] | None = None,
                  environ: Mapping[str, str] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 target_health: TargetHealth | None = None) -> None:
         """``scrape`` replaces ``metrics.render()`` for /metrics (the supervisor's merge of
         its workers); ``environ`` is where remote-invocation credentials are looked for."""
         self._get_config = get_config
@@ -99,6 +100,7 @@ class AdminApp:
         self._scrape = scrape
         self._environ = os.environ if environ is None else environ
         self._clock = clock
+        self._target_health = target_health
         self._lock = asyncio.Lock()
         self._tasks: OrderedDict[str, str] = OrderedDict()
         self._calls = metrics.counter("clbscf_admin_requests_total", "Admin API calls by "
@@ -278,9 +280,9 @@ class AdminApp:
             return self._task_status(params)
         only_params(params, entry.params, "", "UnknownParameter")
         if not entry.mutates:  # reads need no lock
-            return entry.run(ActionContext(self._get_config(), self._environ), params)[1]
+            return entry.run(self._context(), params)[1]
         async with self._lock:  # one change at a time, each on top of the last
-            new, answer = entry.run(ActionContext(self._get_config(), self._environ), params)
+            new, answer = entry.run(self._context(), params)
             assert new is not None
             try:
                 await self._apply(new)
@@ -293,6 +295,9 @@ class AdminApp:
         while len(self._tasks) > TASKS_KEPT:
             self._tasks.popitem(last=False)
         return answer
+
+    def _context(self) -> ActionContext:
+        return ActionContext(self._get_config(), self._environ, self._target_health)
 
     def _task_status(self, params: Params) -> dict[str, Any]:
         only_params(params, frozenset({"TaskId"}), "", "UnsupportedOperation")

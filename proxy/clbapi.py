@@ -43,10 +43,16 @@ class ApiError(Exception):
         self.message = message
 
 
+#: (listener name, LocationId, CVM address) -> CLB's HealthStatusDetail
+TargetHealth = Callable[[str, str, str], str]
+
+
 @dataclass(frozen=True, slots=True)
 class ActionContext:
     config: Config
     environ: Mapping[str, str]
+    #: where DescribeTargetHealth reads health; None (a supervisor's admin): all Unknown
+    target_health: TargetHealth | None = None
 
 
 Result = tuple[Config | None, dict[str, Any]]
@@ -334,6 +340,82 @@ def _reweigh(parse: Callable[[Params], list[Target]]) -> Callable[[ActionContext
 def _weighted_cvm_targets(params: Params) -> list[Target]:
     # ModifyTargetWeight: Targets[].Weight wins over the request's Weight (default 10)
     return _cvm_targets(params, _range(params, "Weight", 0, 100, 10))
+
+
+def _batch_targets(params: Params) -> list[tuple[dict[str, Any], Target]]:
+    """BatchRegisterTargets/BatchDeregisterTargets' Targets[BatchTarget]: (where, target)."""
+    out = []
+    for where, item in _objects(params, "Targets"):
+        only_params(item, _CVM_KEYS | {"ListenerId", "LocationId", "InstanceId"}, where,
+                    "UnsupportedOperation")
+        at = {"LoadBalancerId": params.get("LoadBalancerId"),
+              "ListenerId": required_param(item, "ListenerId", str, where),
+              "LocationId": required_param(item, "LocationId", str, where)}
+        target = {k: item[k] for k in _CVM_KEYS | {"InstanceId"} if k in item}
+        [parsed] = _cvm_targets({"Targets": [target]})
+        out.append((at, parsed))
+    return out
+
+
+def _batch(kind: Callable[[Callable[[Params], list[Target]]],
+                          Callable[[ActionContext, Params], Result]]
+           ) -> Callable[[ActionContext, Params], Result]:
+    """A Batch action: the single-rule action run once per (listener, rule) named."""
+    def action(ctx: ActionContext, params: Params) -> Result:
+        _check_lb(ctx.config, params)
+        groups: dict[tuple[str, str], list[Target]] = {}
+        for at, target in _batch_targets(params):
+            groups.setdefault((at["ListenerId"], at["LocationId"]), []).append(target)
+        config = ctx.config
+        for (listener, location), targets in groups.items():
+            single = kind(lambda _params, targets=targets: targets)  # type: ignore[misc]
+            new, _ = single(replace(ctx, config=config), {
+                "LoadBalancerId": params["LoadBalancerId"], "ListenerId": listener,
+                "LocationId": location})
+            assert new is not None
+            config = new
+        # every change is checked before any applies, so no listener fails alone
+        return config, {"FailListenerIdSet": [], "Message": ""}
+    return action
+
+
+def _batch_modify_target_weight(ctx: ActionContext, params: Params) -> Result:
+    _check_lb(ctx.config, params)
+    config = ctx.config
+    for where, item in _objects(params, "ModifyList"):
+        only_params(item, frozenset({"ListenerId", "LocationId", "Domain", "Url", "Targets",
+                                     "Weight"}), where, "UnsupportedOperation")
+        at = {"LoadBalancerId": params["LoadBalancerId"], **{
+            k: item[k] for k in ("ListenerId", "LocationId", "Domain", "Url") if k in item}}
+        try:
+            targets = _weighted_cvm_targets(item)
+        except ApiError as exc:
+            raise ApiError(exc.code, where + exc.message) from None
+        single = _reweigh(lambda _params, targets=targets: targets)  # type: ignore[misc]
+        new, _ = single(replace(ctx, config=config), at)
+        assert new is not None
+        config = new
+    return config, {}
+
+
+def _modify_target_port(ctx: ActionContext, params: Params) -> Result:
+    moved = _cvm_targets(params)
+    new_port = _range(params, "NewPort", 1, 65535, 0)
+    if not new_port:
+        raise ApiError("MissingParameter", "NewPort is required")
+
+    def change(rule: Rule) -> tuple[Target, ...]:
+        keys = _bound(rule, moved)
+        out = []
+        for t in rule.targets:
+            if target_key(t) in keys:
+                t = replace(t, address=f"{t.address.rpartition(':')[0]}:{new_port}")
+            out.append(t)
+        if len({target_key(t) for t in out}) != len(out):
+            raise ApiError("InvalidParameterValue.Duplicate", f"a target on port {new_port} "
+                           f"is already bound to {rule.location_id}")
+        return tuple(out)
+    return _with_targets(ctx, params, change)
 
 
 # --- rules --------------------------------------------------------------------------------
@@ -655,6 +737,39 @@ def _describe_targets(ctx: ActionContext, params: Params) -> Result:
     return None, {"Listeners": listeners}
 
 
+def _describe_target_health(ctx: ActionContext, params: Params) -> Result:
+    lbs = _strings(params, "LoadBalancerIds")
+    if lbs is not None and ctx.config.load_balancer_id not in lbs:
+        return None, {"LoadBalancers": []}
+    listener_ids = _strings(params, "ListenerIds")
+    locations = _strings(params, "LocationIds")
+    health = ctx.target_health
+    listeners = []
+    for lst in ctx.config.listeners:
+        if listener_ids is not None and listener_id(lst) not in listener_ids:
+            continue
+        rules = []
+        for rule in lst.rules:
+            if locations is not None and rule.location_id not in locations:
+                continue
+            targets = []
+            for t in rule.targets:
+                if t.type != "CVM":  # CLB reports the health of servers only
+                    continue
+                host, _, port = t.address.rpartition(":")
+                detail = health(lst.name, rule.location_id, t.address) if health else "Unknown"
+                targets.append({"IP": host.strip("[]"), "Port": int(port), "TargetId": "",
+                                "HealthStatus": detail == "Alive",
+                                "HealthStatusDetail": detail, "Weight": t.weight})
+            rules.append({"LocationId": rule.location_id, "Domain": rule.domain,
+                          "Url": rule.url, "Targets": targets})
+        listeners.append({"ListenerId": listener_id(lst), "ListenerName": lst.name,
+                          "Protocol": lst.protocol, "Port": lst.port, "Rules": rules})
+    return None, {"LoadBalancers": [{"LoadBalancerId": ctx.config.load_balancer_id,
+                                     "LoadBalancerName": ctx.config.load_balancer_id,
+                                     "Listeners": listeners}]}
+
+
 # --- the action table ---------------------------------------------------------------------
 
 _AT_RULE = frozenset({"LoadBalancerId", "ListenerId", "LocationId", "Domain", "Url"})
@@ -674,6 +789,15 @@ ACTIONS: dict[str, Action] = {
     "CreateRule": Action(_create_rule, frozenset({"LoadBalancerId", "ListenerId", "Rules"})),
     "DeleteRule": Action(_delete_rule, _AT_RULE - {"LocationId"}
                           | {"LocationIds", "NewDefaultServerDomain"}),
+    "DescribeTargetHealth": Action(_describe_target_health, frozenset({
+        "LoadBalancerIds", "ListenerIds", "LocationIds"}), mutates=False),
+    "BatchRegisterTargets": Action(_batch(_register), frozenset({"LoadBalancerId",
+                                                                "Targets"})),
+    "BatchDeregisterTargets": Action(_batch(_deregister), frozenset({"LoadBalancerId",
+                                                                    "Targets"})),
+    "BatchModifyTargetWeight": Action(_batch_modify_target_weight, frozenset({
+        "LoadBalancerId", "ModifyList"})),
+    "ModifyTargetPort": Action(_modify_target_port, _AT_RULE | {"Targets", "NewPort"}),
     "ModifyRule": Action(_modify_rule, frozenset({"LoadBalancerId", "ListenerId",
                                                   "LocationId"}) | _MODIFY_RULE_KEYS),
     "ModifyDomainAttributes": Action(_modify_domain_attributes, frozenset({

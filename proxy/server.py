@@ -164,7 +164,7 @@ class ProxyServer:
         if self.admin is not None:
             host, port, token = self.admin
             app = AdminApp(lambda: self.config, self.reload, self.metrics.registry,
-                           token=token, health=self.health)
+                           token=token, health=self.health, target_health=self.cvm.health_of)
             self._admin_server = await start_admin(app, host, port, self.parser_kind)
         self._announce = sockets is None  # a worker's supervisor announces
 
