@@ -56,6 +56,12 @@ DEFAULT_ENDPOINT = "https://scf.tencentcloudapi.com"
 SECRET_VARIABLES = ("TENCENTCLOUD_SECRETID", "TENCENTCLOUD_SECRETKEY")
 #: environment prefixes the SCF runtime reserves for itself (SPEC §7)
 RESERVED_ENV_PREFIXES = ("SCF_", "QCLOUD_", "TENCENTCLOUD_")
+#: session persistence (CLB's SessionExpireTime range; the cookie name is our choice, see
+#: docs/BEHAVIOUR.md "Session persistence")
+SESSION_EXPIRE_MIN, SESSION_EXPIRE_MAX = 30, 86400
+SESSION_COOKIE = "tgw_l7_route"
+COOKIE_NAME_PATTERN = r"[A-Za-z0-9_-]{1,64}"  # an RFC 6265 §4.1.1 token, kept simple
+COOKIE_NAME_EXPECTED = "a cookie name of letters, digits, - and _ (1..64)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +113,10 @@ class Rule:
     #: the personalised configuration of this rule's domain (customconfig.DOMAIN_DIRECTIVES;
     #: every rule of the domain carries the same one)
     custom_config: CustomConfig = field(default_factory=CustomConfig)
+    #: CLB session persistence (cookie insertion, WRR only): 0 = off, else 30..86400 s
+    session_expire_time: int = 0
+    #: the inserted cookie's name; "" = SESSION_COOKIE (CLB's CookieName)
+    cookie_name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -650,10 +660,21 @@ def _custom_config(domain: bool) -> Check:
     return check
 
 
+def _session_time(ctx: _Ctx, path: str, value: object) -> int:
+    # CLB's SessionExpireTime: 0 turns it off, else 30..86400 s (clb-features.md §1.1)
+    number = _integer(0, SESSION_EXPIRE_MAX)(ctx, path, value)
+    if 0 < number < SESSION_EXPIRE_MIN:
+        raise _bad(path, f"must be 0 (off) or {SESSION_EXPIRE_MIN}..{SESSION_EXPIRE_MAX}",
+                   value)
+    return int(number)
+
+
 _RULE_FIELDS: dict[str, Check] = {
     "domain": _domain, "url": _url, "scheduler": _choice(SCHEDULERS),
     "health_check": _health_check, "targets": _array(_target),
     "custom_config": _custom_config(True),
+    "session_expire_time": _session_time,
+    "cookie_name": _string(COOKIE_NAME_PATTERN, COOKIE_NAME_EXPECTED),
 }
 
 _LISTENER_FIELDS: dict[str, Check] = {
@@ -703,6 +724,12 @@ def _listener(ctx: _Ctx, path: str, value: object) -> Listener:
             raise _Invalid(f"{path}.rule[{j}]", "domain and url must be unique in a listener, "
                            f"got {_show(rule.domain)} {_show(rule.url)} again "
                            f"(first at {path}.rule[{first}])")
+        if rule.session_expire_time and rule.scheduler != "WRR":
+            # CLB: only WRR inserts the cookie (clb-features.md §1.1)
+            raise _Invalid(f"{path}.rule[{j}].session_expire_time", "needs scheduler WRR "
+                           f"(CLB persists sessions only under WRR), got {rule.scheduler}")
+        if rule.cookie_name and not rule.session_expire_time:
+            raise _Invalid(f"{path}.rule[{j}].cookie_name", "needs session_expire_time > 0")
     domains = [rule.domain for rule in listener.rules]
     if listener.default_domain and listener.default_domain not in domains:
         raise _bad(f"{path}.default_domain", "must be the domain of one of the listener's rules "

@@ -179,7 +179,7 @@ class ProxyServer:
         if self.admin is not None:
             host, port, token = self.admin
             app = AdminApp(lambda: self.config, self.reload, self.metrics.registry,
-                           token=token, health=self.health)
+                           token=token, health=self.health, target_health=self.cvm.health_of)
             self._admin_server = await start_admin(app, host, port, self.parser_kind)
         if self._scf_api_socket is not None:
             from .scf.api import MAX_BODY, ScfApi, api_credentials

@@ -631,6 +631,19 @@ class CvmUpstreams:
             self._pools.pop(address).retire()
             self._passive.pop(address, None)
 
+    def health_of(self, listener: str, location_id: str, address: str) -> str:
+        """CLB's HealthStatusDetail of one bound target: Alive, Dead, Unknown (fewer checks
+        than the unhealthy threshold so far, or not bound in this process), Close (the rule's
+        check is off)."""
+        check = self._checks.get((listener, location_id, address))
+        if check is None:
+            return "Unknown"
+        if not check.config.enabled:
+            return "Close"
+        if check.checks < check.config.unhealthy_threshold:  # no verdict can be made yet
+            return "Unknown"
+        return "Alive" if check.healthy else "Dead"
+
     def state(self) -> dict[str, Any]:
         """Pools, ejection and health-check state, for metrics."""
         return {
