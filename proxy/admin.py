@@ -185,7 +185,7 @@ class AdminApp:
             raise ApiError("AuthFailure.SecretIdNotFound", f"use SecretId {TC3_SECRET_ID!r} "
                            "with the admin token as SecretKey")
         stamp = form.get("Timestamp", "")
-        if not stamp.isdigit() or abs(self._clock() - int(stamp)) > SIGNATURE_WINDOW:
+        if not stamp.isdigit() or abs(self._clock() - int(stamp)) > tc3.SIGNATURE_WINDOW:
             raise ApiError("AuthFailure.SignatureExpire", "Timestamp is missing or more than "
                            "5 minutes off the gateway's clock")
         text = sigv1.string_to_sign(request.method, request.header("host") or "",
