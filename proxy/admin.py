@@ -26,7 +26,6 @@ import asyncio
 import hmac
 import logging
 import os
-import re
 import time
 import uuid
 from collections import OrderedDict
@@ -37,13 +36,14 @@ from typing import Any
 import orjson
 
 from . import writer
-from .clbapi import (ACTIONS, TASK_ACTION, ActionContext, ApiError, Params, only_params,
-                     required_param)
+from .clbapi import (ACTIONS, TASK_ACTION, ActionContext, ApiError, Params, TargetHealth,
+                     only_params, required_param)
 from .config import Config
 from .errors import ConfigError, PayloadTooLarge, ProxyError
 from .messages import Outcome, Request, Response
 from .store.table import Change
 from .metrics import CONTENT_TYPE, Registry
+from . import sigv1
 from .scf import tc3
 
 error_log = logging.getLogger("proxy.error")
@@ -52,14 +52,19 @@ API_VERSION = "2018-03-17"
 TC3_SECRET_ID = "admin"
 MAX_BODY = 1 << 20
 TASKS_KEPT = 1024  # DescribeTaskStatus answers for this many recent changes
-SIGNATURE_WINDOW = 300  # seconds; API 3.0 rejects a timestamp further off (SIGV3)
 PERSISTED = "stored (config file or etcd) and applied to new requests"
 
 _JSON = (("Content-Type", "application/json"),)  # exactly this: the SDK checks it verbatim
 _REALM = 'Bearer realm="clbscf-proxy admin"'
 
-_TC3_RE = re.compile(r"TC3-HMAC-SHA256 Credential=([^/\s,]+)/(\d{4}-\d\d-\d\d)/([a-z0-9-]+)/"
-                     r"tc3_request,\s*SignedHeaders=([a-z0-9;-]+),\s*Signature=([0-9a-f]{64})")
+
+
+def _v1_form(request: Request) -> bool:
+    """Whether the request is (meant as) a signature-v1 call: a form, by GET or POST."""
+    if request.method == "GET":
+        return "Signature=" in request.query
+    return (request.header("content-type") or "").split(";")[0].strip().lower() \
+        == sigv1.FORM_TYPE
 
 
 def _envelope(payload: dict[str, Any], request_id: str) -> Response:
@@ -78,7 +83,8 @@ class AdminApp:
                  token: str | None, health: Callable[[], dict[str, Any]] | None = None,
                  scrape: Callable[[], Awaitable[bytes]] | None = None,
                  environ: Mapping[str, str] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 target_health: TargetHealth | None = None) -> None:
         """``scrape`` replaces ``metrics.render()`` for /metrics (the supervisor's merge of
         its workers); ``environ`` is where remote-invocation credentials are looked for."""
         self._get_config = get_config
@@ -89,6 +95,7 @@ class AdminApp:
         self._scrape = scrape
         self._environ = os.environ if environ is None else environ
         self._clock = clock
+        self._target_health = target_health
         self._lock = asyncio.Lock()
         self._tasks: OrderedDict[str, str] = OrderedDict()
         self._calls = metrics.counter("clbscf_admin_requests_total", "Admin API calls by "
@@ -97,7 +104,7 @@ class AdminApp:
                                          Callable[[Request, bool], Awaitable[Response]]]] = {
             "/healthz": (("GET", "HEAD"), self._healthz),
             "/metrics": (("GET", "HEAD"), self._metrics_page),
-            "/": (("POST",), self._api),
+            "/": (("GET", "POST"), self._api),
         }
 
     async def handle(self, request: Request) -> Outcome:
@@ -110,8 +117,8 @@ class AdminApp:
                                           ("Content-Type", "text/plain")),
                                     b"method not allowed\n"))
         authorized = self._bearer_ok(request)
-        signed = request.path == "/" and (request.header("authorization") or "").startswith(
-            tc3.ALGORITHM + " ")
+        signed = request.path == "/" and ((request.header("authorization") or "").startswith(
+            tc3.ALGORITHM + " ") or _v1_form(request))
         # /healthz is open (probes carry no token), but says only ok/not ok without one
         if not authorized and not signed and request.path != "/healthz":
             return Outcome(self._unauthorized(request))
@@ -143,26 +150,14 @@ class AdminApp:
     def _verify_tc3(self, request: Request, body: bytes) -> None:
         """API 3.0 signature v3 (reference clb-scf-facts.md §4.4) with the token as the key."""
         assert self._token is not None
-        match = _TC3_RE.fullmatch((request.header("authorization") or "").strip())
-        if match is None or match.group(4) != tc3.SIGNED_HEADERS:
-            raise ApiError("AuthFailure.InvalidAuthorization", "malformed TC3 Authorization "
-                           f"(signed headers must be {tc3.SIGNED_HEADERS})")
-        secret_id, date, service, _, given = match.groups()
-        if secret_id != TC3_SECRET_ID:
-            raise ApiError("AuthFailure.SecretIdNotFound", f"use SecretId {TC3_SECRET_ID!r} "
-                           "with the admin token as SecretKey")
-        stamp = request.header("x-tc-timestamp") or ""
-        if not stamp.isdigit() or abs(self._clock() - int(stamp)) > SIGNATURE_WINDOW:
-            raise ApiError("AuthFailure.SignatureExpire", "X-TC-Timestamp is missing or more "
-                           "than 5 minutes off the gateway's clock")
-        if request.header("x-tc-content-sha256") is not None:
-            raise ApiError("AuthFailure.SignatureFailure", "unsigned payloads are refused")
-        canonical = tc3.canonical_request(request.method, request.header("content-type") or "",
-                                          request.header("host") or "", body)
-        to_sign = tc3.string_to_sign(int(stamp), tc3.credential_scope(date, service), canonical)
-        expected = tc3.signature(self._token.decode(), date, service, to_sign)
-        if tc3.utc_date(int(stamp)) != date or not hmac.compare_digest(expected, given):
-            raise ApiError("AuthFailure.SignatureFailure", "the TC3 signature does not match")
+        token = self._token.decode()
+        try:
+            tc3.verify(request.method, request.header, body,
+                       lambda secret_id: token if secret_id == TC3_SECRET_ID else None,
+                       self._clock(), unknown_id_hint=f"use SecretId {TC3_SECRET_ID!r} with "
+                                                     "the admin token as SecretKey")
+        except tc3.SignatureError as exc:
+            raise ApiError(exc.code, exc.message) from None
 
     # -- endpoints -----------------------------------------------------------------------------
 
@@ -177,6 +172,27 @@ class AdminApp:
         body = await self._scrape() if self._scrape else self._metrics.render()
         return Response(200, (("Content-Type", CONTENT_TYPE),), body)
 
+    def _verify_v1(self, request: Request, form: dict[str, str]) -> None:
+        """API 3.0 signature v1 (clb-features.md §1.10) with the token as the key; the
+        Timestamp window is TC3's (the v1 one is undocumented)."""
+        assert self._token is not None
+        method = form.get("SignatureMethod") or sigv1.DEFAULT_METHOD
+        if method not in sigv1.DIGESTS:
+            raise ApiError("AuthFailure.SignatureFailure", "SignatureMethod must be HmacSHA1 "
+                           f"or HmacSHA256, got {method!r}")
+        if form.get("SecretId") != TC3_SECRET_ID:
+            raise ApiError("AuthFailure.SecretIdNotFound", f"use SecretId {TC3_SECRET_ID!r} "
+                           "with the admin token as SecretKey")
+        stamp = form.get("Timestamp", "")
+        if not stamp.isdigit() or abs(self._clock() - int(stamp)) > tc3.SIGNATURE_WINDOW:
+            raise ApiError("AuthFailure.SignatureExpire", "Timestamp is missing or more than "
+                           "5 minutes off the gateway's clock")
+        text = sigv1.string_to_sign(request.method, request.header("host") or "",
+                                    request.path, form)
+        expected = sigv1.signature(self._token.decode(), text, method)
+        if not hmac.compare_digest(expected.encode(), form.get("Signature", "").encode()):
+            raise ApiError("AuthFailure.SignatureFailure", "the signature does not match")
+
     async def _api(self, request: Request, authorized: bool) -> Response:
         request_id = str(uuid.uuid4())
         action = request.header("x-tc-action") or ""
@@ -184,10 +200,18 @@ class AdminApp:
             body = request.body
             if request.stream is not None:
                 body = await request.stream.read_all(MAX_BODY)
-            if not authorized:
-                self._verify_tc3(request, body)
-            payload = await self._call(action, request.header("x-tc-version"), body,
-                                       request_id)
+            if _v1_form(request):
+                form = self._form(request, body)
+                action = form.get("Action", "")
+                if not authorized:
+                    self._verify_v1(request, form)
+                payload = await self._call(action, form.get("Version"),
+                                           self._form_params(form), request_id)
+            else:
+                if not authorized:
+                    self._verify_tc3(request, body)
+                payload = await self._call(action, request.header("x-tc-version"),
+                                           self._json_params(body), request_id)
             code = "ok"
         except PayloadTooLarge:
             code, payload = "RequestSizeLimitExceeded", _error(
@@ -200,28 +224,49 @@ class AdminApp:
         self._calls.labels(action if known else "unknown", code).inc()
         return _envelope(payload, request_id)
 
-    async def _call(self, action: str, version: str | None, body: bytes,
-                    request_id: str) -> dict[str, Any]:
-        if version is not None and version != API_VERSION:
-            raise ApiError("NoSuchVersion", f"X-TC-Version must be {API_VERSION}")
-        if not action:
-            raise ApiError("MissingParameter", "the X-TC-Action header is required")
-        entry = ACTIONS.get(action)
-        if entry is None and action != TASK_ACTION:
-            raise ApiError("InvalidAction", f"unknown action {action!r}")
+    @staticmethod
+    def _form(request: Request, body: bytes) -> dict[str, str]:
+        try:
+            text = request.query if request.method == "GET" else body.decode()
+            return sigv1.parse_form(text)
+        except (sigv1.FormError, UnicodeDecodeError) as exc:
+            raise ApiError("InvalidParameter", str(exc)) from None
+
+    @staticmethod
+    def _form_params(form: dict[str, str]) -> dict[str, Any]:
+        try:
+            return sigv1.unflatten(form)
+        except sigv1.FormError as exc:
+            raise ApiError("InvalidParameter", str(exc)) from None
+
+    @staticmethod
+    def _json_params(body: bytes) -> dict[str, Any]:
         try:
             params = orjson.loads(body) if body.strip() else {}
         except orjson.JSONDecodeError as exc:
             raise ApiError("InvalidParameter", f"the body is not JSON: {exc}") from None
         if not isinstance(params, dict):
             raise ApiError("InvalidParameter", "the body must be a JSON object")
+        return params
+
+    async def _call(self, action: str, version: str | None, params: dict[str, Any],
+                    request_id: str) -> dict[str, Any]:
+        if version is not None and version != API_VERSION:
+            raise ApiError("NoSuchVersion", f"the Version must be {API_VERSION}")
+        if not action:
+            raise ApiError("MissingParameter", "the X-TC-Action header (or the Action "
+                           "parameter) is required")
+        entry = ACTIONS.get(action)
+        if entry is None and action != TASK_ACTION:
+            raise ApiError("InvalidAction", f"unknown action {action!r}")
         if entry is None:
             return self._task_status(params)
         only_params(params, entry.params, "", "UnknownParameter")
         if not entry.mutates:  # reads need no lock
-            return entry.run(ActionContext(self._get_config(), self._environ), params)[1]
+            return entry.run(self._context(self._get_config()), params)[1]
+
         def change(config: Config) -> tuple[Config | None, dict[str, Any]]:
-            return entry.run(ActionContext(config, self._environ), params)
+            return entry.run(self._context(config), params)
 
         async with self._lock:  # one change at a time, each on top of the last
             try:
@@ -237,6 +282,9 @@ class AdminApp:
         while len(self._tasks) > TASKS_KEPT:
             self._tasks.popitem(last=False)
         return answer
+
+    def _context(self, config: Config) -> ActionContext:
+        return ActionContext(config, self._environ, self._target_health)
 
     def _task_status(self, params: Params) -> dict[str, Any]:
         only_params(params, frozenset({"TaskId"}), "", "UnsupportedOperation")

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from .config import Listener, parse_listen
 from .connection import HttpConnection, ListenerContext, ServerState
@@ -54,25 +55,60 @@ def parse_admin(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", port
 
 
-async def start_admin(app: object, host: str, port: int,
-                      parser_kind: str = "auto") -> asyncio.AbstractServer:
-    """Bind the admin address and serve ``app`` (anything with ``async handle(Request)``)."""
+async def start_admin(app: object, host: str, port: int, parser_kind: str = "auto", *,
+                      what: str = "admin", max_body: int = 1 << 20,
+                      sock: socket.socket | None = None) -> asyncio.AbstractServer:
+    """Bind the admin address (or serve ``sock``, bound already) and serve ``app`` (anything
+    with ``async handle(Request)``). ``what`` names it in the start-up line and errors (the
+    local SCF API is served the same way: ``what="scf-api"``)."""
     # the admin's client limits: API bodies are small and callers are tools, not browsers
-    listener = Listener(name="admin", protocol="HTTP", port=port, host=host,
+    listener = Listener(name=what, protocol="HTTP", port=port, host=host,
                         client_header_timeout=10.0, client_body_timeout=10.0,
-                        keepalive_timeout=30.0, client_max_body_size=1 << 20,
+                        keepalive_timeout=30.0, client_max_body_size=max_body,
                         max_header_size=16384, max_header_count=64, max_connections=256)
     state = ServerState(app, AccessLog(enabled=False))  # type: ignore[arg-type]
     ctx = ListenerContext(listener, parser_kind, state)
     loop = asyncio.get_running_loop()
     try:
-        server = await loop.create_server(lambda: HttpConnection(ctx), host=host, port=port,
-                                          reuse_address=True)
+        if sock is not None:
+            server = await loop.create_server(lambda: HttpConnection(ctx), sock=sock)
+        else:
+            server = await loop.create_server(lambda: HttpConnection(ctx), host=host,
+                                              port=port, reuse_address=True)
     except OSError as exc:
-        raise ConfigError(f"--admin: cannot listen on {host}:{port}: {exc.strerror}") from exc
-    for sock in server.sockets:
-        bound_host, bound_port = sock.getsockname()[:2]
-        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        print(f"clbscf-proxy: admin on http://{shown}:{bound_port}", file=sys.stderr,
-              flush=True)
+        raise ConfigError(f"--{what}: cannot listen on {host}:{port}: {exc.strerror}") from exc
+    if sock is None:
+        announce_app(what, server.sockets)
     return server
+
+
+def announce_app(what: str, sockets: Iterable[socket.socket]) -> None:
+    """``clbscf-proxy: WHAT on http://HOST:PORT`` for each bound socket (the real port)."""
+    for bound in sockets:
+        bound_host, bound_port = bound.getsockname()[:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        print(f"clbscf-proxy: {what} on http://{shown}:{bound_port}", file=sys.stderr,
+              flush=True)
+
+
+def bind_app(what: str, host: str, port: int) -> socket.socket:
+    """A listening socket for ``start_admin(..., sock=)``, bound now (the supervisor binds the
+    local SCF API once and hands it to every worker, as it does the listeners)."""
+    try:
+        sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host
+                                    else socket.AF_INET, reuse_port=True)
+    except OSError as exc:
+        raise ConfigError(f"--{what}: cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+def bind_scf_api(text: str | None) -> socket.socket | None:
+    """The bound, announced socket of ``--scf-api [HOST]:PORT`` (scf/api.py), or None."""
+    if text is None:
+        return None
+    from .scf.api import parse_scf_api
+
+    sock = bind_app("scf-api", *parse_scf_api(text))
+    announce_app("scf-api", [sock])
+    return sock

@@ -80,6 +80,11 @@ class Balancer:
             self._in_flight[index] += 1
         return index
 
+    def take(self, index: int) -> int:
+        """Counts a request sent to ``index`` by other means (a session cookie) as in flight."""
+        self._in_flight[index] += 1
+        return index
+
     def release(self, index: int) -> None:
         """The request that ``pick`` sent to ``index`` has ended."""
         if self._in_flight[index] <= 0:

@@ -23,9 +23,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from .config import (SCHEDULERS, SECRET_VARIABLES, Config, HealthCheck, Listener, Rule,
-                     Target, location_id, normalize_domain, normalize_url)
+from .config import (COOKIE_NAME_EXPECTED, COOKIE_NAME_PATTERN, SCHEDULERS,
+                     SECRET_VARIABLES, SESSION_EXPIRE_MAX, SESSION_EXPIRE_MIN, Config,
+                     HealthCheck, Listener, Rule, Target, location_id, normalize_domain,
+                     normalize_url)
 from .errors import ConfigError
+from .sigv1 import FormText
 
 Params = Mapping[str, Any]
 T = TypeVar("T")
@@ -40,10 +43,16 @@ class ApiError(Exception):
         self.message = message
 
 
+#: (listener name, LocationId, CVM address) -> CLB's HealthStatusDetail
+TargetHealth = Callable[[str, str, str], str]
+
+
 @dataclass(frozen=True, slots=True)
 class ActionContext:
     config: Config
     environ: Mapping[str, str]
+    #: where DescribeTargetHealth reads health; None (a supervisor's admin): all Unknown
+    target_health: TargetHealth | None = None
 
 
 Result = tuple[Config | None, dict[str, Any]]
@@ -54,10 +63,24 @@ _TYPE_NAMES: dict[type, str] = {str: "a string", int: "an integer", list: "an ar
                                 dict: "an object", bool: "a boolean"}
 
 
+_FORM_BOOLEANS = {"true": True, "false": False, "1": True, "0": False}
+
+
+def _from_form(value: FormText, kind: type) -> object:
+    """A signature-v1 form value read as the integer or boolean the action expects."""
+    if kind is int and value.lstrip("-").isdigit():
+        return int(value)
+    if kind is bool and value.lower() in _FORM_BOOLEANS:
+        return _FORM_BOOLEANS[value.lower()]
+    return value
+
+
 def _opt(params: Params, name: str, kind: type[T], where: str = "") -> T | None:
     value = params.get(name)
     if value is None:
         return None
+    if isinstance(value, FormText) and kind is not str:
+        value = _from_form(value, kind)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ApiError("InvalidParameter.FormatError",
                        f"{where}{name} must be {_TYPE_NAMES[kind]}")
@@ -319,6 +342,82 @@ def _weighted_cvm_targets(params: Params) -> list[Target]:
     return _cvm_targets(params, _range(params, "Weight", 0, 100, 10))
 
 
+def _batch_targets(params: Params) -> list[tuple[dict[str, Any], Target]]:
+    """BatchRegisterTargets/BatchDeregisterTargets' Targets[BatchTarget]: (where, target)."""
+    out = []
+    for where, item in _objects(params, "Targets"):
+        only_params(item, _CVM_KEYS | {"ListenerId", "LocationId", "InstanceId"}, where,
+                    "UnsupportedOperation")
+        at = {"LoadBalancerId": params.get("LoadBalancerId"),
+              "ListenerId": required_param(item, "ListenerId", str, where),
+              "LocationId": required_param(item, "LocationId", str, where)}
+        target = {k: item[k] for k in _CVM_KEYS | {"InstanceId"} if k in item}
+        [parsed] = _cvm_targets({"Targets": [target]})
+        out.append((at, parsed))
+    return out
+
+
+def _batch(kind: Callable[[Callable[[Params], list[Target]]],
+                          Callable[[ActionContext, Params], Result]]
+           ) -> Callable[[ActionContext, Params], Result]:
+    """A Batch action: the single-rule action run once per (listener, rule) named."""
+    def action(ctx: ActionContext, params: Params) -> Result:
+        _check_lb(ctx.config, params)
+        groups: dict[tuple[str, str], list[Target]] = {}
+        for at, target in _batch_targets(params):
+            groups.setdefault((at["ListenerId"], at["LocationId"]), []).append(target)
+        config = ctx.config
+        for (listener, location), targets in groups.items():
+            single = kind(lambda _params, targets=targets: targets)  # type: ignore[misc]
+            new, _ = single(replace(ctx, config=config), {
+                "LoadBalancerId": params["LoadBalancerId"], "ListenerId": listener,
+                "LocationId": location})
+            assert new is not None
+            config = new
+        # every change is checked before any applies, so no listener fails alone
+        return config, {"FailListenerIdSet": [], "Message": ""}
+    return action
+
+
+def _batch_modify_target_weight(ctx: ActionContext, params: Params) -> Result:
+    _check_lb(ctx.config, params)
+    config = ctx.config
+    for where, item in _objects(params, "ModifyList"):
+        only_params(item, frozenset({"ListenerId", "LocationId", "Domain", "Url", "Targets",
+                                     "Weight"}), where, "UnsupportedOperation")
+        at = {"LoadBalancerId": params["LoadBalancerId"], **{
+            k: item[k] for k in ("ListenerId", "LocationId", "Domain", "Url") if k in item}}
+        try:
+            targets = _weighted_cvm_targets(item)
+        except ApiError as exc:
+            raise ApiError(exc.code, where + exc.message) from None
+        single = _reweigh(lambda _params, targets=targets: targets)  # type: ignore[misc]
+        new, _ = single(replace(ctx, config=config), at)
+        assert new is not None
+        config = new
+    return config, {}
+
+
+def _modify_target_port(ctx: ActionContext, params: Params) -> Result:
+    moved = _cvm_targets(params)
+    new_port = _range(params, "NewPort", 1, 65535, 0)
+    if not new_port:
+        raise ApiError("MissingParameter", "NewPort is required")
+
+    def change(rule: Rule) -> tuple[Target, ...]:
+        keys = _bound(rule, moved)
+        out = []
+        for t in rule.targets:
+            if target_key(t) in keys:
+                t = replace(t, address=f"{t.address.rpartition(':')[0]}:{new_port}")
+            out.append(t)
+        if len({target_key(t) for t in out}) != len(out):
+            raise ApiError("InvalidParameterValue.Duplicate", f"a target on port {new_port} "
+                           f"is already bound to {rule.location_id}")
+        return tuple(out)
+    return _with_targets(ctx, params, change)
+
+
 # --- rules --------------------------------------------------------------------------------
 
 #: API HealthCheck field -> (config field, lo, hi); ranges as the config loader has them
@@ -330,16 +429,21 @@ _HEALTH_TEXTS = {"HttpCheckPath": "path", "HttpCheckDomain": "domain",
                  "HttpCheckMethod": "method"}
 #: RuleInput fields we accept only with the value that means "nothing special"
 _NEUTRAL_RULE_FIELDS: dict[str, object] = {"ForwardType": "HTTP", "TargetType": "NODE",
-                                           "SessionExpireTime": 0, "Http2": False,
-                                           "Quic": False}
+                                           "Http2": False, "Quic": False}
 _RULE_KEYS = frozenset({"Url", "Domain", "Domains", "Scheduler", "HealthCheck",
-                        "DefaultServer"})
+                        "DefaultServer", "SessionExpireTime", "CookieName"})
+_COOKIE_NAME_RE = re.compile(COOKIE_NAME_PATTERN)
 _CHECK_PATH_RE = re.compile(r"/[!-~]{0,199}")  # as the loader: visible ASCII, 1..200
 
 
-def _health_check(value: Params | None, where: str) -> HealthCheck:
+_DEFAULT_CHECK = HealthCheck()
+
+
+def _health_check(value: Params | None, where: str,
+                  base: HealthCheck = _DEFAULT_CHECK) -> HealthCheck:
+    """A HealthCheck input: the fields given, the others as in ``base``."""
     if value is None:
-        return HealthCheck()
+        return base
     only_params(value, frozenset(_HEALTH_NUMBERS) | frozenset(_HEALTH_TEXTS), where,
           "UnsupportedOperation")
     fields: dict[str, Any] = {}
@@ -352,7 +456,7 @@ def _health_check(value: Params | None, where: str) -> HealthCheck:
             fields[field] = text.upper() if field == "method" else text
     if "enabled" in fields:
         fields["enabled"] = bool(fields["enabled"])
-    check = HealthCheck(**fields)
+    check = replace(base, **fields)
     if check.method not in ("HEAD", "GET") or not _CHECK_PATH_RE.fullmatch(check.path):
         raise ApiError("InvalidParameterValue", f"{where}HttpCheckMethod must be HEAD or GET "
                        "and HttpCheckPath a path of 1..200 visible characters starting with /")
@@ -365,9 +469,29 @@ def _health_check(value: Params | None, where: str) -> HealthCheck:
     return check
 
 
+def _session(item: Params, where: str, rule: Rule) -> Rule:
+    """RuleInput/ModifyRule's SessionExpireTime and CookieName applied to ``rule``, checked as
+    the config loader checks session_expire_time and cookie_name."""
+    seconds = _range(item, "SessionExpireTime", 0, SESSION_EXPIRE_MAX,
+                     rule.session_expire_time, where)
+    if 0 < seconds < SESSION_EXPIRE_MIN:
+        raise ApiError("InvalidParameterValue.Range", f"{where}SessionExpireTime must be 0 "
+                       f"(off) or {SESSION_EXPIRE_MIN}..{SESSION_EXPIRE_MAX}, got {seconds}")
+    name = _opt(item, "CookieName", str, where)
+    if name is None:
+        name = rule.cookie_name
+    elif name and not _COOKIE_NAME_RE.fullmatch(name):
+        raise ApiError("InvalidParameterValue", f"{where}CookieName must be "
+                       f"{COOKIE_NAME_EXPECTED}, got {name!r}")
+    if seconds and rule.scheduler != "WRR":  # CLB: only WRR inserts the cookie
+        raise ApiError("InvalidParameterValue", f"{where}SessionExpireTime needs Scheduler "
+                       f"WRR, got {rule.scheduler}")
+    return replace(rule, session_expire_time=seconds, cookie_name=name if seconds else "")
+
+
 def _rule_input(listener: Listener, where: str, item: Params) -> tuple[Rule, bool]:
     for key, neutral in _NEUTRAL_RULE_FIELDS.items():
-        if item.get(key) not in (None, neutral):
+        if _opt(item, key, type(neutral), where) not in (None, neutral):
             raise ApiError("UnsupportedOperation", f"{where}{key}: only {neutral!r} is "
                            "supported by clbscf-proxy")
     only_params(item, _RULE_KEYS | frozenset(_NEUTRAL_RULE_FIELDS), where, "UnsupportedOperation")
@@ -383,8 +507,9 @@ def _rule_input(listener: Listener, where: str, item: Params) -> tuple[Rule, boo
         raise ApiError("InvalidParameterValue", f"{where}Scheduler must be one of "
                        f"{', '.join(SCHEDULERS)}, got {scheduler!r}")
     health = _health_check(_opt(item, "HealthCheck", dict, where), where + "HealthCheck.")
-    rule = Rule(domain=domain, url=url, scheduler=scheduler, health_check=health,
-                location_id=location_id(listener.name, domain, url))
+    rule = _session(item, where, Rule(domain=domain, url=url, scheduler=scheduler,
+                                      health_check=health,
+                                      location_id=location_id(listener.name, domain, url)))
     return rule, bool(_opt(item, "DefaultServer", bool, where))
 
 
@@ -429,6 +554,89 @@ def _delete_rule(ctx: ActionContext, params: Params) -> Result:
     return _with_listener(ctx.config, li, new), {}
 
 
+_MODIFY_RULE_KEYS = frozenset({"Url", "HealthCheck", "Scheduler", "SessionExpireTime",
+                               "CookieName", "ForwardType"})
+
+
+def _modify_rule(ctx: ActionContext, params: Params) -> Result:
+    """ModifyRule: the fields given change, the others stay; the LocationId stays, as on CLB,
+    even when the Url changes."""
+    li = _listener(ctx.config, params)
+    listener = ctx.config.listeners[li]
+    ri = _rule(listener, {"LocationId": required_param(params, "LocationId", str)})
+    rule = listener.rules[ri]
+    if params.get("ForwardType") not in (None, "HTTP"):
+        raise ApiError("UnsupportedOperation", "ForwardType: only 'HTTP' is supported by "
+                       "clbscf-proxy")
+    url = _opt(params, "Url", str)
+    if url is not None:
+        url = _normalized(normalize_url, url, "Url: ")
+        if any((r.domain, r.url) == (rule.domain, url) for i, r in enumerate(listener.rules)
+               if i != ri):
+            raise ApiError("InvalidParameterValue.Duplicate", f"listener "
+                           f"{listener_id(listener)} already has {rule.domain} {url}")
+    scheduler = _opt(params, "Scheduler", str) or rule.scheduler
+    if scheduler not in SCHEDULERS:
+        raise ApiError("InvalidParameterValue", f"Scheduler must be one of "
+                       f"{', '.join(SCHEDULERS)}, got {scheduler!r}")
+    if scheduler != "WRR" and params.get("SessionExpireTime") is None:
+        params = {**params, "SessionExpireTime": 0}  # CLB keeps sessions only under WRR
+    health = _health_check(_opt(params, "HealthCheck", dict), "HealthCheck.", rule.health_check)
+    new = _session(params, "", replace(rule, url=url or rule.url, scheduler=scheduler,
+                                       health_check=health))
+    rules = list(listener.rules)
+    rules[ri] = new
+    return _with_listener(ctx.config, li, replace(listener, rules=tuple(rules))), {}
+
+
+def _modify_domain_attributes(ctx: ActionContext, params: Params) -> Result:
+    """ModifyDomainAttributes: rename a domain (NewDomain, or NewDomains with one name) and
+    choose the listener's default domain (DefaultServer, NewDefaultServerDomain)."""
+    li = _listener(ctx.config, params)
+    listener = ctx.config.listeners[li]
+    for key, neutral in (("Http2", False), ("Quic", False)):
+        if _opt(params, key, type(neutral)) not in (None, neutral):
+            raise ApiError("UnsupportedOperation", f"{key}: only {neutral!r} is supported by "
+                           "clbscf-proxy")
+    domain = _normalized(normalize_domain, required_param(params, "Domain", str), "Domain: ")
+    if all(r.domain != domain for r in listener.rules):
+        raise ApiError("InvalidParameter.DomainNotFound", f"no rule of listener "
+                       f"{listener_id(listener)} has domain {domain!r}")
+    names = _strings(params, "NewDomains")
+    renamed = _opt(params, "NewDomain", str)
+    if names is not None and renamed is not None:
+        raise ApiError("InvalidParameter", "NewDomain and NewDomains are exclusive")
+    if names is not None:
+        if len(names) != 1:
+            raise ApiError("UnsupportedOperation", "NewDomains: clbscf-proxy rules have one "
+                           "domain each; give one name")
+        renamed = names[0]
+    new_domain = domain if renamed is None else _normalized(normalize_domain, renamed,
+                                                            "NewDomain: ")
+    rules = tuple(replace(r, domain=new_domain) if r.domain == domain else r
+                  for r in listener.rules)
+    keys = [(r.domain, r.url) for r in rules]
+    if len(set(keys)) != len(keys):
+        raise ApiError("InvalidParameterValue.Duplicate", f"listener {listener_id(listener)} "
+                       f"already has rules of {new_domain!r} with the same Url")
+    default = new_domain if listener.default_domain == domain else listener.default_domain
+    flag = _opt(params, "DefaultServer", bool)
+    named = _opt(params, "NewDefaultServerDomain", str)
+    if flag:
+        default = new_domain
+    elif flag is False and default == new_domain:
+        if not named:  # a listener always has a default domain (CLB)
+            raise ApiError("MissingParameter", "NewDefaultServerDomain is required to switch "
+                           "the default domain off")
+    if named and flag is not True:
+        default = _normalized(normalize_domain, named, "NewDefaultServerDomain: ")
+        if all(r.domain != default for r in rules):
+            raise ApiError("InvalidParameterValue", f"NewDefaultServerDomain {default!r} is "
+                           "not the domain of a rule of the listener")
+    new = replace(listener, rules=rules, default_domain=default)
+    return _with_listener(ctx.config, li, new), {}
+
+
 # --- describing -------------------------------------------------------------------------------
 
 
@@ -455,7 +663,8 @@ def _rule_output(listener: Listener, rule: Rule) -> dict[str, Any]:
             "Domains": [rule.domain], "Scheduler": rule.scheduler,
             "ListenerId": listener_id(listener), "HealthCheck": _health_output(rule.health_check),
             "DefaultServer": rule.domain == listener.default_domain, "ForwardType": "HTTP",
-            "TargetType": "NODE", "SessionExpireTime": 0, "Http2": False}
+            "TargetType": "NODE", "SessionExpireTime": rule.session_expire_time,
+            "CookieName": rule.cookie_name, "Http2": False}
 
 
 def _describe_listeners(ctx: ActionContext, params: Params) -> Result:
@@ -528,6 +737,39 @@ def _describe_targets(ctx: ActionContext, params: Params) -> Result:
     return None, {"Listeners": listeners}
 
 
+def _describe_target_health(ctx: ActionContext, params: Params) -> Result:
+    lbs = _strings(params, "LoadBalancerIds")
+    if lbs is not None and ctx.config.load_balancer_id not in lbs:
+        return None, {"LoadBalancers": []}
+    listener_ids = _strings(params, "ListenerIds")
+    locations = _strings(params, "LocationIds")
+    health = ctx.target_health
+    listeners = []
+    for lst in ctx.config.listeners:
+        if listener_ids is not None and listener_id(lst) not in listener_ids:
+            continue
+        rules = []
+        for rule in lst.rules:
+            if locations is not None and rule.location_id not in locations:
+                continue
+            targets = []
+            for t in rule.targets:
+                if t.type != "CVM":  # CLB reports the health of servers only
+                    continue
+                host, _, port = t.address.rpartition(":")
+                detail = health(lst.name, rule.location_id, t.address) if health else "Unknown"
+                targets.append({"IP": host.strip("[]"), "Port": int(port), "TargetId": "",
+                                "HealthStatus": detail == "Alive",
+                                "HealthStatusDetail": detail, "Weight": t.weight})
+            rules.append({"LocationId": rule.location_id, "Domain": rule.domain,
+                          "Url": rule.url, "Targets": targets})
+        listeners.append({"ListenerId": listener_id(lst), "ListenerName": lst.name,
+                          "Protocol": lst.protocol, "Port": lst.port, "Rules": rules})
+    return None, {"LoadBalancers": [{"LoadBalancerId": ctx.config.load_balancer_id,
+                                     "LoadBalancerName": ctx.config.load_balancer_id,
+                                     "Listeners": listeners}]}
+
+
 # --- the action table ---------------------------------------------------------------------
 
 _AT_RULE = frozenset({"LoadBalancerId", "ListenerId", "LocationId", "Domain", "Url"})
@@ -547,6 +789,20 @@ ACTIONS: dict[str, Action] = {
     "CreateRule": Action(_create_rule, frozenset({"LoadBalancerId", "ListenerId", "Rules"})),
     "DeleteRule": Action(_delete_rule, _AT_RULE - {"LocationId"}
                           | {"LocationIds", "NewDefaultServerDomain"}),
+    "DescribeTargetHealth": Action(_describe_target_health, frozenset({
+        "LoadBalancerIds", "ListenerIds", "LocationIds"}), mutates=False),
+    "BatchRegisterTargets": Action(_batch(_register), frozenset({"LoadBalancerId",
+                                                                "Targets"})),
+    "BatchDeregisterTargets": Action(_batch(_deregister), frozenset({"LoadBalancerId",
+                                                                    "Targets"})),
+    "BatchModifyTargetWeight": Action(_batch_modify_target_weight, frozenset({
+        "LoadBalancerId", "ModifyList"})),
+    "ModifyTargetPort": Action(_modify_target_port, _AT_RULE | {"Targets", "NewPort"}),
+    "ModifyRule": Action(_modify_rule, frozenset({"LoadBalancerId", "ListenerId",
+                                                  "LocationId"}) | _MODIFY_RULE_KEYS),
+    "ModifyDomainAttributes": Action(_modify_domain_attributes, frozenset({
+        "LoadBalancerId", "ListenerId", "Domain", "NewDomain", "NewDomains", "DefaultServer",
+        "NewDefaultServerDomain", "Http2", "Quic"})),
     "RegisterFunctionTargets": Action(_register(_function_targets),
                                        _AT_RULE | {"FunctionTargets"}),
     "DeregisterFunctionTargets": Action(_deregister(_function_targets),

@@ -58,7 +58,9 @@ OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
     (("--drain-timeout",), dict(type=float, default=30.0, metavar="SECONDS",
                                 help="on SIGTERM, how long in-flight requests may take")),
     (("--state-dir",), dict(type=Path, metavar="DIR",
-                            help="where generated development certificates are kept")),
+                            help="where generated development certificates and request-body "
+                                 "temp files (client_body_temp/) are kept (default: "
+                                 "$CLBSCF_PROXY_STATE, else the XDG state folder)")),
     (("--admin",), dict(metavar="[HOST]:PORT",
                         help="serve the admin API (healthz, metrics, CLB API actions) here; "
                              "the host defaults to 127.0.0.1; off loopback the bearer token "
@@ -67,6 +69,17 @@ OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
                           help="N worker processes share the listening sockets under a "
                                "supervisor that restarts any that dies (default 1: one "
                                "process, no supervisor)")),
+    (("--scf-api",), dict(metavar="[HOST]:PORT",
+                          help="serve the local SCF API (Invoke, InvokeFunction; TC3-signed "
+                               "with CLBSCF_SCF_API_SECRET_ID / CLBSCF_SCF_API_SECRET_KEY) "
+                               "here; the host defaults to 127.0.0.1")),
+    (("--reload",), dict(action="store_true",
+                         help="watch each local function's code and recycle its instances on "
+                              "a change (calls in flight finish on the old code)")),
+    (("--debug",), dict(metavar="NAMESPACE/FUNCTION[:[HOST:]PORT]",
+                        help="run that function in one instance under debugpy, listening for "
+                             "an attach (127.0.0.1:5678 unless given), its timeout lifted; "
+                             "needs the debug extra and --workers 1")),
 )
 
 
@@ -119,7 +132,8 @@ def document_parser(args: argparse.Namespace, source: Path | None,
 
     def parse(text: str) -> Config:
         config = parse_document(text, source, base, label)
-        return with_listen_overrides(config, listens, args.tls, certs) if listens else config
+        config = with_listen_overrides(config, listens, args.tls, certs) if listens else config
+        return _with_debug(config, args)
     return parse
 
 
@@ -170,6 +184,19 @@ def _read(backend: Backend) -> Snapshot:
 
 def resolve_config(args: argparse.Namespace) -> Config:
     """The config the flags describe: the file (with --listen overrides) or the default."""
+    return _with_debug(_resolve_config(args), args)
+
+
+def _with_debug(config: Config, args: argparse.Namespace) -> Config:
+    """--debug's transform of the served config (the file's, the store's, and on reloads)."""
+    if getattr(args, "debug", None):
+        from .scf.devloop import debug_config, parse_debug
+
+        config = debug_config(config, parse_debug(args.debug))
+    return config
+
+
+def _resolve_config(args: argparse.Namespace) -> Config:
     listens = [parse_listen(text) for text in args.listen]
     certs = _certificates(args)
     if args.config is not None:
@@ -219,12 +246,45 @@ def admin_address(args: argparse.Namespace) -> tuple[str, int, str | None] | Non
     return host, port, admin_token(host, os.environ)
 
 
+def check_devloop(args: argparse.Namespace) -> None:
+    """--scf-api, --reload and --debug: what they need, checked before anything starts
+    (ConfigError, exit 2)."""
+    if args.scf_api is not None:
+        from .scf.api import api_credentials, parse_scf_api
+
+        parse_scf_api(args.scf_api)
+        api_credentials(os.environ)
+    if args.reload:
+        import importlib.util
+
+        if importlib.util.find_spec("watchfiles") is None:
+            raise ConfigError("--reload needs watchfiles, which is not installed: "
+                              "pip install watchfiles")
+    if args.debug is not None:
+        from .scf.devloop import parse_debug, require_debugpy
+
+        target = parse_debug(args.debug)
+        if args.workers > 1:
+            raise ConfigError("--debug runs the function in one instance: it needs --workers 1")
+        require_debugpy()
+        print(f"clbscf-proxy: debugging {target.key} under debugpy on {target.address} (one "
+              "instance, timeouts lifted)", file=sys.stderr, flush=True)
+
+
+def _bind_scf_api(args: argparse.Namespace) -> Any:
+    from .adminserver import bind_scf_api
+
+    return bind_scf_api(args.scf_api)
+
+
 async def serve(config: Config, table: Table | None, args: argparse.Namespace) -> int:
     from .server import ProxyServer
 
     server = ProxyServer(config, parser_kind=args.http,
                          access_log=AccessLog(enabled=not args.no_access_log),
-                         admin=admin_address(args), table=table)
+                         admin=admin_address(args), table=table,
+                         load=lambda: resolve_config(args),
+                         scf_api=_bind_scf_api(args), reload=args.reload)
     try:
         await server.start()
     except BaseException:
@@ -246,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         return store_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
+    if args.state_dir is not None:  # one answer for tls.default_state_dir, workers included
+        os.environ["CLBSCF_PROXY_STATE"] = os.path.abspath(args.state_dir)
     try:
         if args.check_config is not None:
             return check_config(args)
@@ -258,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             ensure_openssl_groups_config(args.state_dir or default_state_dir())
         if args.workers < 1:
             raise ConfigError("--workers must be at least 1")
+        check_devloop(args)
         import uvloop
 
         if args.workers > 1:

@@ -27,6 +27,7 @@ Decisions where the SPEC is silent (ours):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import json
@@ -41,7 +42,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import customconfig
 from .builtin import HELLO_CODE_DIR
+from .customconfig import CustomConfig
 from .errors import ConfigError
 
 SCHEDULERS = ("WRR", "LEAST_CONN", "IP_HASH")
@@ -53,6 +56,12 @@ DEFAULT_ENDPOINT = "https://scf.tencentcloudapi.com"
 SECRET_VARIABLES = ("TENCENTCLOUD_SECRETID", "TENCENTCLOUD_SECRETKEY")
 #: environment prefixes the SCF runtime reserves for itself (SPEC §7)
 RESERVED_ENV_PREFIXES = ("SCF_", "QCLOUD_", "TENCENTCLOUD_")
+#: session persistence (CLB's SessionExpireTime range; the cookie name is our choice, see
+#: docs/BEHAVIOUR.md "Session persistence")
+SESSION_EXPIRE_MIN, SESSION_EXPIRE_MAX = 30, 86400
+SESSION_COOKIE = "tgw_l7_route"
+COOKIE_NAME_PATTERN = r"[A-Za-z0-9_-]{1,64}"  # an RFC 6265 §4.1.1 token, kept simple
+COOKIE_NAME_EXPECTED = "a cookie name of letters, digits, - and _ (1..64)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +110,13 @@ class Rule:
     targets: tuple[Target, ...] = ()
     #: stable id from listener name + domain + url ("loc-" + 8 hex digits)
     location_id: str = ""
+    #: the personalised configuration of this rule's domain (customconfig.DOMAIN_DIRECTIVES;
+    #: every rule of the domain carries the same one)
+    custom_config: CustomConfig = field(default_factory=CustomConfig)
+    #: CLB session persistence (cookie insertion, WRR only): 0 = off, else 30..86400 s
+    session_expire_time: int = 0
+    #: the inserted cookie's name; "" = SESSION_COOKIE (CLB's CookieName)
+    cookie_name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +141,12 @@ class Listener:
     client_max_body_size: int = 62914560
     proxy_connect_timeout: float = 4.0
     proxy_read_timeout: float = 60.0
+    proxy_send_timeout: float = 60.0  # the longest wait for a CVM upstream to take the body
+    #: the longest wait for a client to take some of a response; 0: client_body_timeout's
+    send_timeout: float = 0.0
+    keepalive_requests: int = 0  # requests per client connection; 0: no limit (CLB: 100)
+    #: read a CVM-bound request body whole before sending it, with Content-Length (CLB's on)
+    proxy_request_buffering: bool = True
     trusted_proxies: tuple[str, ...] = ()  # CIDRs
     # our limits (SPEC §9)
     max_header_size: int = 65536
@@ -135,6 +157,8 @@ class Listener:
     hsts_max_age: int = 0  # HTTPS: > 0 adds Strict-Transport-Security with this max-age
     ssl_handshake_timeout: float = 10.0  # HTTPS: a handshake not done by then is dropped
     redirect_https_port: int = 0  # HTTP: > 0 answers every request with 301 to https://host:port
+    #: the personalised configuration; what it sets is also laid over the fields above at load
+    custom_config: CustomConfig = field(default_factory=CustomConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -638,9 +662,32 @@ def _target(ctx: _Ctx, path: str, value: object) -> Target:
     return target
 
 
+def _custom_config(domain: bool) -> Check:
+    def check(ctx: _Ctx, path: str, value: object) -> CustomConfig:
+        if not isinstance(value, str) or len(value) > 64 * 1024:  # CLB: 64 KB per config
+            raise _bad(path, "must be a string of nginx directives of at most 64 KB", value)
+        try:
+            return customconfig.parse(value, domain)
+        except ConfigError as exc:
+            raise _Invalid(path, str(exc)) from None
+    return check
+
+
+def _session_time(ctx: _Ctx, path: str, value: object) -> int:
+    # CLB's SessionExpireTime: 0 turns it off, else 30..86400 s (clb-features.md §1.1)
+    number = _integer(0, SESSION_EXPIRE_MAX)(ctx, path, value)
+    if 0 < number < SESSION_EXPIRE_MIN:
+        raise _bad(path, f"must be 0 (off) or {SESSION_EXPIRE_MIN}..{SESSION_EXPIRE_MAX}",
+                   value)
+    return int(number)
+
+
 _RULE_FIELDS: dict[str, Check] = {
     "domain": _domain, "url": _url, "scheduler": _choice(SCHEDULERS),
     "health_check": _health_check, "targets": _array(_target),
+    "custom_config": _custom_config(True),
+    "session_expire_time": _session_time,
+    "cookie_name": _string(COOKIE_NAME_PATTERN, COOKIE_NAME_EXPECTED),
 }
 
 _LISTENER_FIELDS: dict[str, Check] = {
@@ -655,7 +702,9 @@ _LISTENER_FIELDS: dict[str, Check] = {
     "keepalive_timeout": _number(0, 3600),  # 0 turns keep-alive off, as on CLB
     "client_max_body_size": _integer(1, 10240 * 1024 * 1024),  # CLB: 1..10240M
     "proxy_connect_timeout": _number(0.001, 120), "proxy_read_timeout": _number(0.001, 3600),
-    "trusted_proxies": _array(_cidr),
+    "proxy_send_timeout": _number(0.001, 3600), "send_timeout": _number(0, 3600),
+    "keepalive_requests": _integer(0, 1_000_000), "custom_config": _custom_config(False),
+    "proxy_request_buffering": _boolean, "trusted_proxies": _array(_cidr),
     "max_header_size": _integer(1024, 1024 * 1024), "max_header_count": _integer(1, 1000),
     "max_request_line": _integer(256, 65536), "max_connections": _integer(1, 1_000_000),
     "hsts_max_age": _integer(0, 10 * 365 * 86400), "ssl_handshake_timeout": _number(0.1, 300),
@@ -666,6 +715,9 @@ _LISTENER_FIELDS: dict[str, Check] = {
 def _listener(ctx: _Ctx, path: str, value: object) -> Listener:
     values = _fields(ctx, path, value, _LISTENER_FIELDS, ("protocol", "port"))
     values.setdefault("name", f"{values['protocol'].lower()}-{values['port']}")
+    if "custom_config" in values:  # CLB's text wins over the listener's own keys
+        values.update((k, v) for k, v in values["custom_config"].overrides().items()
+                      if k in _LISTENER_FIELD_NAMES)
     listener = Listener(**values)
     if listener.protocol == "HTTPS" and listener.redirect_https_port:
         raise _bad(f"{path}.redirect_https_port", "only for an HTTP listener",
@@ -677,6 +729,7 @@ def _listener(ctx: _Ctx, path: str, value: object) -> Listener:
         expected = {"HTTPS": "an HTTPS listener needs at least one { cert, key }",
                     "HTTP": "only an HTTPS listener takes certificates"}[listener.protocol]
         raise _bad(f"{path}.certificates", expected, values.get("certificates", []))
+    listener = replace(listener, rules=_domain_configs(path, listener.rules))
     seen: dict[tuple[str, str], int] = {}
     for j, rule in enumerate(listener.rules):
         first = seen.setdefault((rule.domain, rule.url), j)
@@ -684,6 +737,12 @@ def _listener(ctx: _Ctx, path: str, value: object) -> Listener:
             raise _Invalid(f"{path}.rule[{j}]", "domain and url must be unique in a listener, "
                            f"got {_show(rule.domain)} {_show(rule.url)} again "
                            f"(first at {path}.rule[{first}])")
+        if rule.session_expire_time and rule.scheduler != "WRR":
+            # CLB: only WRR inserts the cookie (clb-features.md §1.1)
+            raise _Invalid(f"{path}.rule[{j}].session_expire_time", "needs scheduler WRR "
+                           f"(CLB persists sessions only under WRR), got {rule.scheduler}")
+        if rule.cookie_name and not rule.session_expire_time:
+            raise _Invalid(f"{path}.rule[{j}].cookie_name", "needs session_expire_time > 0")
     domains = [rule.domain for rule in listener.rules]
     if listener.default_domain and listener.default_domain not in domains:
         raise _bad(f"{path}.default_domain", "must be the domain of one of the listener's rules "
@@ -691,6 +750,25 @@ def _listener(ctx: _Ctx, path: str, value: object) -> Listener:
                    listener.default_domain)
     return _with_location_ids(replace(listener, default_domain=listener.default_domain
                                       or (domains[0] if domains else "")))
+
+
+_LISTENER_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Listener))
+
+
+def _domain_configs(path: str, rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
+    """A domain has one custom_config: rules of it that set one must agree, and those that
+    set none get it."""
+    first: dict[str, int] = {}
+    for j, rule in enumerate(rules):
+        if rule.custom_config == CustomConfig():
+            continue
+        k = first.setdefault(rule.domain, j)
+        if rules[k].custom_config != rule.custom_config:
+            raise _Invalid(f"{path}.rule[{j}].custom_config", "a domain has one custom_config: "
+                           f"{path}.rule[{k}] of domain {_show(rule.domain)} sets another")
+    return tuple(rule if rule.domain not in first else
+                 replace(rule, custom_config=rules[first[rule.domain]].custom_config)
+                 for rule in rules)
 
 
 _FUNCTION_FIELDS: dict[str, Check] = {

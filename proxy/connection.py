@@ -11,7 +11,7 @@ it is processed); a body left unread by the backend closes the connection after 
 idle -> 408, keep-alive idle -> quiet close); backpressure both ways (unread body, queued
 requests or a full write buffer pause reading); streamed responses (Content-Length or chunked;
 a backend that breaks off mid-body aborts the connection instead of ending it cleanly); a send
-timeout for a client that stops reading (``client_body_timeout``, as nginx's send_timeout);
+timeout for a client that stops reading (``send_timeout``, by default ``client_body_timeout``);
 lingering close after an error with input still arriving; and a 101 hand-over to a tunnel
 (WebSocket).
 
@@ -29,13 +29,15 @@ so a reload applies to the next request.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import writer
+from . import customconfig, writer
 from .errors import ProxyError, RequestTimeout
 from .handover import Cancel, on_task
 from .http1 import Limits, RequestHead, make_parser
@@ -52,6 +54,15 @@ if TYPE_CHECKING:
     from .router import Router
 
 error_log = logging.getLogger("proxy.error")
+
+_ID_PREFIX = os.urandom(8).hex()
+_id_counter = itertools.count(1)
+
+
+def next_request_id() -> str:
+    """A stgw_request_id: 32 hex digits, a random prefix per process and a counter."""
+    return f"{_ID_PREFIX}{next(_id_counter):016x}"
+
 
 #: pipelined requests parsed ahead of the one in flight before we stop reading
 MAX_QUEUED = 8
@@ -148,8 +159,9 @@ class _OnTask:
 class ListenerContext:
     """Per-listener settings shared by all of its connections."""
 
-    __slots__ = ("listener", "scheme", "parser_kind", "limits", "state", "extra_headers",
-                 "gate")
+    __slots__ = ("listener", "scheme", "parser_kind", "limits", "state", "_extra_headers",
+                 "gate", "server_header", "response_headers", "domain_headers", "plain",
+                 "send_timeout", "wants_server_addr", "max_requests")
 
     def __init__(self, listener: Listener, parser_kind: str, state: ServerState,
                  extra_headers: tuple[tuple[str, str], ...] = ()) -> None:
@@ -163,10 +175,46 @@ class ListenerContext:
             max_body_size=listener.client_max_body_size,
         )
         self.state = state
-        #: headers added to every response of this listener (e.g. HSTS)
-        self.extra_headers = extra_headers
+        self._extra_headers = extra_headers
         #: counts this listener's connections against max_connections (listening.py)
         self.gate: AcceptGate | None = None
+        #: proxy_set_header X-clb-stgw-vip $server_addr is asked for somewhere
+        self.wants_server_addr = any(
+            "X-clb-stgw-vip" in cc.proxy_set_headers for cc in
+            (listener.custom_config, *(rule.custom_config for rule in listener.rules)))
+        #: keepalive_requests (0 in the config: no limit)
+        self.max_requests = listener.keepalive_requests or sys.maxsize
+        #: send_timeout; unset (0), client_body_timeout's value, as before there was a key
+        self.send_timeout = listener.send_timeout or listener.client_body_timeout
+        #: the Server line (server_tokens)
+        self.server_header = writer.server_header(
+            customconfig.server_tokens(listener.custom_config))
+        self.configure(listener)
+
+    def configure(self, listener: Listener) -> None:
+        """The response headers of custom_config (add_header, more_set_headers), listener's
+        and per domain; called again by a reload, so new answers follow the new config."""
+        self.response_headers = customconfig.response_headers(listener.custom_config)
+        self.domain_headers: dict[str, customconfig.ResponseHeaders | None] = {
+            rule.domain: customconfig.response_headers(listener.custom_config,
+                                                       rule.custom_config)
+            for rule in listener.rules if rule.custom_config != customconfig.CustomConfig()}
+        self._update_plain()
+
+    @property
+    def extra_headers(self) -> tuple[tuple[str, str], ...]:
+        """Headers added to every response of this listener (e.g. HSTS)."""
+        return self._extra_headers
+
+    @extra_headers.setter
+    def extra_headers(self, headers: tuple[tuple[str, str], ...]) -> None:
+        self._extra_headers = headers
+        self._update_plain()
+
+    def _update_plain(self) -> None:
+        #: nothing to add to any answer: responses pass untouched
+        self.plain = (not self._extra_headers and self.response_headers is None
+                      and not any(self.domain_headers.values()))
 
 
 class HttpConnection(asyncio.Protocol):
@@ -174,7 +222,8 @@ class HttpConnection(asyncio.Protocol):
         "ctx", "state", "transport", "parser", "client_ip", "client_port", "phase", "body",
         "received_at", "queue", "current", "cancel", "started", "stopped", "pending_error",
         "write_paused", "drain_waiter", "pauses", "tunnel", "linger_until", "deadline",
-        "on_deadline", "send_deadline", "send_buffered", "client_eof",
+        "on_deadline", "send_deadline", "send_buffered", "client_eof", "heads",
+        "server_addr", "served", "tls",
     )
 
     def __init__(self, ctx: ListenerContext) -> None:
@@ -217,6 +266,14 @@ class HttpConnection(asyncio.Protocol):
         self.send_buffered = 0
         #: the client has sent its FIN: there is nothing left to linger for
         self.client_eof = False
+        #: request heads received on this connection (keepalive_requests)
+        self.heads = 0
+        #: the local address (CLB's $server_addr), read only when custom_config wants it
+        self.server_addr = ""
+        #: requests answered on this connection (the access log's connection_requests)
+        self.served = 0
+        #: (ssl_protocol, ssl_cipher) for the access log, read once, at the first answer
+        self.tls: tuple[str, str] | None = None
 
     # -- asyncio callbacks ------------------------------------------------------------------
 
@@ -226,6 +283,10 @@ class HttpConnection(asyncio.Protocol):
         if isinstance(peer, tuple) and len(peer) >= 2:
             # interned: connections from one address (a NAT, a load balancer) share one string
             self.client_ip, self.client_port = sys.intern(peer[0]), peer[1]
+        if self.ctx.wants_server_addr:
+            local = transport.get_extra_info("sockname")
+            if isinstance(local, tuple) and local:
+                self.server_addr = sys.intern(local[0])
         self.state.connections.add(self)
         if self.ctx.gate is not None:
             self.ctx.gate.opened()
@@ -340,10 +401,14 @@ class HttpConnection(asyncio.Protocol):
         self.queue.append(Request(
             head.method, head.path, head.query, head.headers, b"", head.http_version,
             self.client_ip, self.client_port, self.ctx.scheme, self.ctx.listener.name,
-            self.received_at, head.keep_alive, body, head.upgrade,
+            self.received_at, head.keep_alive, body, head.upgrade, next_request_id(),
+            self.server_addr,
         ))
         self.phase = BODY if has_body else HEAD
-        if not head.keep_alive or head.upgrade:
+        self.heads += 1
+        if (not head.keep_alive or head.upgrade
+                or self.heads >= self.ctx.max_requests):
+            # keepalive_requests: this is the last request the connection serves (nginx).
             # RFC 9112 §9.6: nothing after "close" is processed; after an Upgrade request
             # the bytes that follow belong to the new protocol or to nobody (RFC 9931).
             # Its own body is still read: reading stops at its end (_on_end).
@@ -401,7 +466,8 @@ class HttpConnection(asyncio.Protocol):
         if request is None or transport is None or transport.is_closing():
             return
         self.cancel = None
-        response = self._with_listener_headers(outcome.response)
+        response = outcome.response if self.ctx.plain else self._with_listener_headers(
+            outcome.response, outcome.route.domain if outcome.route is not None else None)
         unread = request.stream is not None and not request.stream.ended
         # The last response on this connection says so: the client asked to close, we are
         # draining, the body was left unread, or reading stopped with nothing else owed.
@@ -411,7 +477,7 @@ class HttpConnection(asyncio.Protocol):
         if response.tunnel is not None and response.status == 101:
             self._answered(request, outcome, self._start_tunnel(response), last, unread)
         elif response.stream is None:
-            data = writer.serialize(response, not last, head_only)
+            data = writer.serialize(response, not last, head_only, self.ctx.server_header)
             transport.write(data)
             self._answered(request, outcome, len(data), last, unread)
         else:
@@ -419,19 +485,28 @@ class HttpConnection(asyncio.Protocol):
                 self._write_stream(request, outcome, response, last, unread, head_only))
             self.cancel = pump.cancel
 
-    def _with_listener_headers(self, response: Response) -> Response:
+    def _with_listener_headers(self, response: Response, domain: str | None = None
+                               ) -> Response:
         """``response`` with the headers its listener adds to every answer (HSTS), error
-        pages of our own included."""
-        extra = self.ctx.extra_headers
-        if not extra:
+        pages of our own included, and those of custom_config (the routed domain's, else
+        the listener's)."""
+        ctx = self.ctx
+        if ctx.plain:
             return response
-        return Response(response.status, response.headers + extra, response.body,
+        plan = ctx.domain_headers.get(domain, ctx.response_headers) if domain is not None \
+            else ctx.response_headers
+        headers = response.headers
+        if plan is not None:
+            headers = plan.apply(response.status, headers)
+        return Response(response.status, headers + ctx.extra_headers, response.body,
                         response.stream, response.length, response.tunnel)
 
     def _answered(self, request: Request, outcome: Outcome, nbytes: int, last: bool,
                   unread: bool) -> None:
+        self.served += 1
         self.state.recorder.answered(request, outcome, nbytes,
-                                     self.state.clock() - self.started)
+                                     self.state.clock() - self.started, self.served,
+                                     self.tls or self._tls_info())
         self.current = None
         self.cancel = None
         if self.tunnel is not None or self.linger_until or self.transport.is_closing():
@@ -456,7 +531,7 @@ class HttpConnection(asyncio.Protocol):
             if response.length is None and not chunked and not head_only:
                 # HTTP/1.0 client (keep-alive or not): the end of the body is the close
                 keep_alive = False
-        head = writer.serialize_head(response, keep_alive, chunked)
+        head = writer.serialize_head(response, keep_alive, chunked, self.ctx.server_header)
         transport = self.transport
         transport.write(head)
         total = len(head)
@@ -499,7 +574,7 @@ class HttpConnection(asyncio.Protocol):
             self.drain_waiter = None
 
     def _start_tunnel(self, response: Response) -> int:
-        data = writer.serialize_head(response, True, False)
+        data = writer.serialize_head(response, True, False, self.ctx.server_header)
         self.transport.write(data)
         self.tunnel = response.tunnel
         self._disarm()
@@ -551,9 +626,11 @@ class HttpConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        data = writer.serialize(self._with_listener_headers(writer.error_response(exc)), False)
+        data = writer.serialize(self._with_listener_headers(writer.error_response(exc)), False,
+                                server=self.ctx.server_header)
         transport.write(data)
-        self.state.recorder.refused(self.ctx.listener.name, self.client_ip, exc, len(data))
+        self.state.recorder.refused(self.ctx.listener.name, self.client_ip, exc, len(data),
+                                    self.served + 1, self.tls or self._tls_info())
         # The request that broke may still be arriving: let the client read the answer.
         self._close(linger=True)
 
@@ -588,14 +665,14 @@ class HttpConnection(asyncio.Protocol):
             self._watch_send()
 
     def _watch_send(self) -> None:
-        """The client must take some of what we write within ``client_body_timeout`` (ours:
-        nginx's send_timeout, 60 s between two successful writes, has no knob of its own
-        here), or it is cut off: a client that asks and never reads must not hold the
+        """The client must take some of what we write within ``send_timeout`` (nginx's
+        send_timeout: between two successful writes; by default client_body_timeout's
+        value), or it is cut off: a client that asks and never reads must not hold the
         connection, its buffers and an upstream connection for ever. Progress is judged by
         the transport's write buffer shrinking, not by it draining to its low-water mark: a
         slow reader of a large response keeps its connection as long as it keeps reading."""
         if not self.send_deadline:
-            self.send_deadline = self.state.clock() + self.ctx.listener.client_body_timeout
+            self.send_deadline = self.state.clock() + self.ctx.send_timeout
             self.send_buffered = self.transport.get_write_buffer_size()
             self.state.watch()
 
@@ -603,12 +680,23 @@ class HttpConnection(asyncio.Protocol):
         buffered = self.transport.get_write_buffer_size()
         if buffered < self.send_buffered:  # it took some since: another window
             self.send_buffered = buffered
-            self.send_deadline = now + self.ctx.listener.client_body_timeout
+            self.send_deadline = now + self.ctx.send_timeout
             return
         self.send_deadline = 0.0
         error_log.info("%s:%s took nothing for %ss: connection aborted", self.client_ip,
-                       self.client_port, self.ctx.listener.client_body_timeout)
+                       self.client_port, self.ctx.send_timeout)
         self.transport.abort()
+
+    def _tls_info(self) -> tuple[str, str]:
+        """The connection's TLS protocol and cipher ("" without TLS), read once."""
+        info = ("", "")
+        ssl_object = self.transport.get_extra_info("ssl_object") \
+            if self.ctx.scheme == "https" and self.transport is not None else None
+        if ssl_object is not None:
+            cipher = ssl_object.cipher()
+            info = (ssl_object.version() or "", cipher[0] if cipher else "")
+        self.tls = info
+        return info
 
     def _header_timeout(self) -> None:
         self._fail(RequestTimeout("client header timeout"))

@@ -49,16 +49,23 @@ class WorkerSetup:
     #: listener name -> file descriptors of its listening sockets (inherited)
     sockets: dict[str, list[int]]
     index: int
+    #: --reload: the worker watches the functions' code and recycles its own instances
+    reload: bool = False
+    #: --scf-api: the file descriptor of the local SCF API's listening socket (-1: none)
+    scf_api_fd: int = -1
 
 
 #: what a setup or config pickle may contain: our frozen values, paths and builtin containers
 _ALLOWED = {"proxy.config", "proxy.control", "pathlib"}
 _BUILTINS = {"tuple", "frozenset", "set", "list", "dict", "str", "int", "float", "bool"}
+#: value classes of other modules the config holds (by name: never a module's functions)
+_CLASSES = {("proxy.customconfig", "CustomConfig")}
 
 
 class _ValuesOnly(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        if module in _ALLOWED or (module == "builtins" and name in _BUILTINS):
+        if module in _ALLOWED or (module == "builtins" and name in _BUILTINS) \
+                or (module, name) in _CLASSES:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"{module}.{name} is not a config value")
 

@@ -150,5 +150,55 @@ def forwarded_headers(request: Request, trusted: TrustedProxies) -> Headers:
     return tuple(kept)
 
 
+def optional_value(name: str, request: Request) -> str:
+    """The value of one of custom_config's optional proxy_set_header headers
+    (customconfig.OPTIONAL_HEADERS, canonical names)."""
+    if name == "X-Real-Port":
+        return str(request.client_port)
+    if name == "Stgw-request-id":
+        return request.request_id
+    return request.server_addr  # X-clb-stgw-vip
+
+
+def redirect_prefixes(address: str) -> tuple[str, ...]:
+    """What ``proxy_redirect default`` looks for at the start of an upstream's ``Location``
+    and ``Refresh`` url: the target as the proxy connects to it, ``http://host:port/`` (as
+    nginx matches its proxy_pass URL), plus ``http://host/`` for port 80, where a client
+    would write no port. Compared case-insensitively (scheme and host are, RFC 3986 §6.2.2.1)."""
+    host, _, port = address.rpartition(":")
+    prefixes = [f"http://{address}/".lower()]
+    if port == "80":
+        prefixes.append(f"http://{host}/".lower())
+    return tuple(prefixes)
+
+
+def rewrite_redirects(headers: Headers, prefixes: tuple[str, ...], request: Request) -> Headers:
+    """``headers`` with each ``Location`` (and the url of each ``Refresh``) that starts with
+    one of ``prefixes`` rewritten to the address the client used: its scheme and Host, or a
+    path alone when the client sent no Host (a relative Location is valid, RFC 9110 §10.2.2)."""
+    host = request.header("host")
+    base = f"{request.scheme}://{host}/" if host else "/"
+    out = []
+    for name, value in headers:
+        lname = name.lower()
+        if lname == "location":
+            value = _rewritten(value, 0, prefixes, base)
+        elif lname == "refresh":
+            at = value.lower().find("url=")
+            if at >= 0:
+                value = _rewritten(value, at + 4, prefixes, base)
+        out.append((name, value))
+    return tuple(out)
+
+
+def _rewritten(value: str, start: int, prefixes: tuple[str, ...], base: str) -> str:
+    head = value[start:start + 256].lower()
+    for prefix in prefixes:
+        if head.startswith(prefix):
+            return value[:start] + base + value[start + len(prefix):]
+    return value
+
+
 __all__ = ["CLB_HEADERS", "CLB_LINES", "DROPPED", "HOP_BY_HOP", "TrustedProxies", "clb_values",
-           "end_to_end", "forwarded_headers"]
+           "end_to_end", "forwarded_headers", "optional_value", "redirect_prefixes",
+           "rewrite_redirects"]

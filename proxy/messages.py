@@ -49,6 +49,11 @@ class Request:
     stream: RequestBody | None = None
     #: the Upgrade header value of a request that asks to switch protocols ("" otherwise)
     upgrade: str = ""
+    #: CLB's stgw_request_id: 32 hex digits, unique per process run (the access log's
+    #: ``stgw_request_id``, the ``Stgw-request-id`` header when custom_config asks for it)
+    request_id: str = ""
+    #: the local address the client connected to (CLB's $server_addr, the VIP), when wanted
+    server_addr: str = ""
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), or None."""
@@ -103,6 +108,25 @@ class Invocation:
 
 
 @dataclass(slots=True)
+class UpstreamTiming:
+    """One CVM exchange's times (monotonic clock) and answer, for the access log's
+    upstream_* fields (CLB's: each from the start of connecting to the upstream)."""
+
+    #: the target's host:port
+    address: str
+    #: connecting began (or a pooled connection was taken)
+    start: float
+    #: the request started going out
+    sent: float = 0.0
+    #: the response head arrived
+    header: float = 0.0
+    #: the response ended (0.0: it did not end cleanly)
+    done: float = 0.0
+    #: the upstream's status code
+    status: int = 0
+
+
+@dataclass(slots=True)
 class Outcome:
     """What the router hands back to the connection: the response and what served it."""
 
@@ -115,3 +139,5 @@ class Outcome:
     function_ms: float = 0.0
     #: the ProxyError class name when the response is an error page, for metrics
     error: str = ""
+    #: CVM targets: the exchange's times, for the access log
+    upstream: UpstreamTiming | None = None

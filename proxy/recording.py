@@ -7,6 +7,17 @@ carries its metric series, resolved when the router was built (``Route.meter``, 
 upstream failure for a CVM target), so recording is a few adds; the access-log record is built
 only when the log is on. Nothing here decides by parsing labels.
 
+The record keeps SPEC §10's fields (``time``, ``client``, ``bytes``, ``duration_ms``, ...: the
+log's users and tests read them) and adds CLB's access-log fields under CLB's names
+(clb-features.md §1.7): ``stgw_request_id``, ``request_time`` and the ``upstream_*`` times in
+seconds with millisecond resolution as CLB's (nginx's) variables give them, ``upstream_status``
+as text, ``upstream_addr``, ``request_length``, ``bytes_sent``, ``ssl_protocol``,
+``ssl_cipher``, ``connection_requests``, ``remote_port``, ``server_name``. What does not apply
+is null (numbers) or "" (text): no upstream for an SCF target or an answer of our own, no TLS
+on an HTTP listener. The upstream times come from the CVM exchange's ``UpstreamTiming``
+(monotonic clock reads it took anyway, no system call of their own); for a request retried on
+another target, the last attempt's.
+
 A leaf: it knows the message values, the metrics and the access log, nothing of connections,
 routing or backends.
 """
@@ -17,7 +28,7 @@ import time
 
 from .errors import ProxyError
 from .logs import AccessLog
-from .messages import Outcome, Request
+from .messages import Outcome, Request, UpstreamTiming
 from .metrics import ProxyMetrics
 
 
@@ -31,8 +42,11 @@ class Recorder:
         self.metrics = metrics
 
     def answered(self, request: Request, outcome: Outcome, nbytes: int,
-                 duration: float) -> None:
-        """A request was answered with ``nbytes`` written in ``duration`` seconds."""
+                 duration: float, connection_requests: int = 1,
+                 tls: tuple[str, str] = ("", "")) -> None:
+        """A request was answered with ``nbytes`` written in ``duration`` seconds; it was
+        the ``connection_requests``-th of its connection, whose TLS (protocol, cipher) is
+        ``tls``."""
         route = outcome.route
         metrics = self.metrics
         if metrics is not None:
@@ -48,6 +62,9 @@ class Recorder:
                 meter.observe_target(outcome.error, outcome.cold_start, outcome.function_ms)
         if not self.access_log.enabled:
             return
+        timing = outcome.upstream
+        stream = request.stream
+        received = stream.received if stream is not None else len(request.body)
         self.access_log.write({
             "time": request.received_at,
             "client": request.client_ip,
@@ -63,9 +80,20 @@ class Recorder:
             "target": route.target if route else "",
             "function_request_id": outcome.function_request_id,
             "cold_start": outcome.cold_start,
+            "stgw_request_id": request.request_id,
+            "remote_port": request.client_port,
+            "server_name": route.domain if route else "",
+            "request_time": round(duration, 3),
+            "request_length": request_length(request, received),
+            "bytes_sent": nbytes,
+            **(_upstream_fields(timing) if timing is not None else _NO_UPSTREAM),
+            "ssl_protocol": tls[0],
+            "ssl_cipher": tls[1],
+            "connection_requests": connection_requests,
         })
 
-    def refused(self, listener: str, client_ip: str, exc: ProxyError, nbytes: int) -> None:
+    def refused(self, listener: str, client_ip: str, exc: ProxyError, nbytes: int,
+                connection_requests: int = 0, tls: tuple[str, str] = ("", "")) -> None:
         """An error answered before any request could be routed (framing, limits, timeouts)."""
         if self.metrics is not None:
             self.metrics.observe_request(listener, "", "", exc.status_hint, 0.0, nbytes)
@@ -76,4 +104,36 @@ class Recorder:
             "path": "", "status": exc.status_hint, "bytes": nbytes, "duration_ms": 0.0,
             "listener": listener, "rule": "", "location_id": "", "target": "",
             "function_request_id": "", "cold_start": False, "error": str(exc),
+            "stgw_request_id": "", "remote_port": None, "server_name": "",
+            "request_time": 0.0, "request_length": None, "bytes_sent": nbytes, **_NO_UPSTREAM,
+            "ssl_protocol": tls[0], "ssl_cipher": tls[1],
+            "connection_requests": connection_requests,
         })
+
+
+_NO_UPSTREAM: dict[str, object] = {
+    "upstream_addr": "", "upstream_status": "", "upstream_connect_time": None,
+    "upstream_header_time": None, "upstream_response_time": None,
+}
+
+
+def _upstream_fields(timing: UpstreamTiming) -> dict[str, object]:
+    """CLB's upstream_* fields: seconds from the start of connecting to the upstream until
+    the request went out, the head came, the response ended (null: it did not end)."""
+    start = timing.start
+    return {
+        "upstream_addr": timing.address,
+        "upstream_status": str(timing.status) if timing.status else "",
+        "upstream_connect_time": round(timing.sent - start, 3) if timing.sent else None,
+        "upstream_header_time": round(timing.header - start, 3) if timing.header else None,
+        "upstream_response_time": round(timing.done - start, 3) if timing.done else None,
+    }
+
+
+def request_length(request: Request, body: int) -> int:
+    """CLB's request_length: the bytes of the request line, the header block and the body
+    as the proxy read them (fields the parser drops, and chunked framing, not counted)."""
+    line = len(request.method) + len(request.path) + 12  # " " + " HTTP/1.x\r\n"
+    if request.query:
+        line += len(request.query) + 1
+    return line + sum(len(k) + len(v) + 4 for k, v in request.headers) + 2 + body

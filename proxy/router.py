@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import writer
@@ -38,6 +38,7 @@ from .metrics import ProxyMetrics
 from .rules import RuleTable, normalize_path
 from .scf.backend import FunctionTarget, Invoker
 from .scf.local import LocalFunctions
+from .sessions import Session, for_rule
 
 error_log = logging.getLogger("proxy.error")
 
@@ -112,7 +113,7 @@ TARGET_BINDERS = {"SCF": _bind_scf, "CVM": _bind_cvm}
 
 
 class _BoundRule:
-    __slots__ = ("rule", "balancer", "starts", "usable", "routes", "no_target")
+    __slots__ = ("rule", "balancer", "starts", "usable", "routes", "no_target", "session")
 
     def __init__(self, listener: Listener, rule: Rule, backends: Backends,
                  metrics: ProxyMetrics | None) -> None:
@@ -126,6 +127,8 @@ class _BoundRule:
                             for t in rule.targets)
         #: the route of a request this rule matched but no target could take (or a redirect)
         self.no_target = _route(listener, rule, "", "", metrics)
+        #: session persistence (sessions.py); None = off, nothing done per request
+        self.session: Session | None = for_rule(rule, listener.protocol == "HTTPS")
 
     def usable_mask(self) -> list[bool] | None:
         if self.usable is None:
@@ -229,6 +232,11 @@ class _Call:
         pick = self.pick
         brule.balancer.release(pick)
         if isinstance(result, Outcome):
+            session = brule.session
+            if session is not None:  # CLB writes the cookie on every answer (§1.1)
+                response = result.response  # copies: a backend may reuse its answers
+                result = replace(result, response=replace(
+                    response, headers=tuple(response.headers) + (session.set_cookie[pick],)))
             self.reply(result)
             return
         route = brule.routes[pick]
@@ -257,6 +265,15 @@ def _answer_error(request: Request, exc: BaseException, route: Route | None) -> 
                         exc_info=exc)
         exc = ProxyError(str(exc))
     return _error_outcome(request, exc, route)
+
+
+def _session_pick(brule: _BoundRule, session: Session, request: Request) -> int:
+    """The target the request's session cookie names when it may take requests now, else a
+    new pick (whose cookie the answer then carries)."""
+    usable = brule.usable_mask()
+    balancer = brule.balancer
+    index = session.sticky(request, balancer.weights, usable)
+    return balancer.take(index) if index >= 0 else balancer.pick(request.client_ip, usable)
 
 
 class Router:
@@ -288,7 +305,11 @@ class Router:
                 query = "?" + request.query if request.query else ""
                 reply(Outcome(writer.redirect_response(request.path + "/" + query), route))
                 return None
-            pick = brule.balancer.pick(request.client_ip, brule.usable_mask())
+            session = brule.session
+            if session is None:
+                pick = brule.balancer.pick(request.client_ip, brule.usable_mask())
+            else:
+                pick = _session_pick(brule, session, request)
             if pick < 0:
                 raise NoTargetAvailable()
         except ProxyError as exc:

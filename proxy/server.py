@@ -57,18 +57,23 @@ class ProxyServer:
     def __init__(self, config: Config, *, parser_kind: str = "auto",
                  access_log: AccessLog | None = None,
                  admin: tuple[str, int, str | None] | None = None,
-                 load: Callable[[], Config] | None = None, table: Table | None = None) -> None:
+                 load: Callable[[], Config] | None = None, table: Table | None = None,
+                 scf_api: socket.socket | None = None, reload: bool = False) -> None:
         """``admin``: (host, port, token) to serve the admin API on, or None; ``load``: how
         SIGHUP reads the config again without a ``table`` (default: the file, as it is);
         ``table``: where the rule table is kept (store/table.py), which the admin API's
-        changes and SIGHUP go through."""
+        changes and SIGHUP go through; ``scf_api``: the bound socket of the local SCF API
+        (``--scf-api``, scf/api.py); ``reload``: watch the local functions' code and recycle
+        their instances on a change (``--reload``, scf/devloop.py)."""
         self.config = config
         self.load = load or (lambda: load_config(self.config.source or ""))
         self.admin = admin
         self._admin_server: asyncio.AbstractServer | None = None
         self.parser_kind = parser_kind
         region = config.scf.region if config.scf else DEFAULT_REGION
-        self.cvm = CvmUpstreams()  # upstream pools and health state outlive reloads
+        # upstream pools and health state outlive reloads; large buffered uploads are spooled
+        # under the state folder (as nginx's client_body_temp)
+        self.cvm = CvmUpstreams(spool_dir=tls.default_state_dir() / "client_body_temp")
         self.backends = Backends(local=LocalFunctions(config.functions, region=region),
                                  cvm=self.cvm.bind)
         self._remote: RemoteFunctions | None = None
@@ -84,9 +89,17 @@ class ProxyServer:
                                  access_log or AccessLog(), self.metrics)
         self._track()
         self._gates: list[AcceptGate] = []
+        self._contexts: dict[str, ListenerContext] = {}
         self._announce = False
         self._tls: dict[str, tls.ServerTLS] = {}
         self._stopped = asyncio.Event()
+        self._scf_api_socket = scf_api
+        self._scf_api: Any = None  # (ScfApi, its server) once started
+        self._watcher: Any = None
+        if reload:
+            from .scf.devloop import CodeWatcher
+
+            self._watcher = CodeWatcher(self.backends.local)
 
     def _sync_remote(self, config: Config) -> None:
         """(Re)build the cloud API and invoke-URL clients when their config changed."""
@@ -154,6 +167,7 @@ class ProxyServer:
         for listener in self.config.listeners:
             extra = (tls.hsts_header(listener.hsts_max_age),) if listener.hsts_max_age else ()
             ctx = ListenerContext(listener, self.parser_kind, self.state, extra)
+            self._contexts[listener.name] = ctx
             ssl_ctx = self._ssl_context(listener, certificates.get(listener.name, ()))
             if sockets is not None:
                 bound = sockets[listener.name]
@@ -169,9 +183,18 @@ class ProxyServer:
         if self.admin is not None:
             host, port, token = self.admin
             app = AdminApp(lambda: self.config, self.table.commit, self.metrics.registry,
-                           token=token, health=self.health)
+                           token=token, health=self.health, target_health=self.cvm.health_of)
             self._admin_server = await start_admin(app, host, port, self.parser_kind)
         self.table.start_watching()
+        if self._scf_api_socket is not None:
+            from .scf.api import MAX_BODY, ScfApi, api_credentials
+
+            api = ScfApi(self.backends.local, *api_credentials(os.environ))
+            self._scf_api = (api, await start_admin(
+                api, "", 0, self.parser_kind, what="scf-api", max_body=MAX_BODY,
+                sock=self._scf_api_socket))
+        if self._watcher is not None:
+            await self._watcher.watch(self.config)
         self._announce = sockets is None  # a worker's supervisor announces
 
     def _ssl_context(self, listener: Listener, certificates: Sequence[tls.LoadedCertificate]
@@ -213,6 +236,11 @@ class ProxyServer:
             if name in self._tls:
                 self._tls[name].reload(loaded)
         self.state.router = router
+        if self._watcher is not None:
+            await self._watcher.watch(config)
+        for listener in config.listeners:  # custom_config's response headers follow reloads
+            if listener.name in self._contexts:
+                self._contexts[listener.name].configure(listener)
         self.cvm.retain(config)  # health checks and pools no rule uses any more stop
         self.config = config
         error_log.info("config reloaded%s", f" from {config.source}" if config.source else "")
@@ -252,6 +280,11 @@ class ProxyServer:
         for conn in list(self.state.connections):
             if conn.transport is not None:
                 conn.transport.abort()
+        if self._watcher is not None:
+            await self._watcher.close()
+        if self._scf_api is not None:
+            self._scf_api[1].close()
+            await self._scf_api[0].close()
         await self.backends.local.close()
         await self.cvm.close()
         for client in [self._remote, self._invoke_url, *self._closing]:

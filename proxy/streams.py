@@ -8,19 +8,35 @@ from the client; the first ``read`` below ``LOW_WATER`` resumes it. The first ``
 sends the interim ``100 Continue`` a client asked for (RFC 9110 §10.1.1: only when we are
 actually going to read the body).
 
+``buffer_body`` is ``proxy_request_buffering on`` (CLB's and nginx's default): the whole body
+read before anything goes upstream, kept in memory up to ``CLIENT_BODY_BUFFER_SIZE`` bytes, then
+in a temp file under the spool folder; as nginx does with its client body temp files, the file
+is unlinked the moment it is created (``tempfile.TemporaryFile``), so nothing is left behind by
+an error, a cancel or a crash: closing it (``BufferedBody.close``) frees the space.
+
 A leaf module: it knows about asyncio futures and nothing about sockets or HTTP parsing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
 
 from .errors import PayloadTooLarge, ProxyError
 
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
+#: a buffered request body up to this size stays in memory; a larger one goes to a temp file
+#: (nginx's client_body_buffer_size is 16k; ours is larger because a Python write costs more
+#: per call than nginx's, and 64 KiB per upload in flight is still small)
+CLIENT_BODY_BUFFER_SIZE = 64 * 1024
+#: how much of a spooled body is read from its file per write upstream
+SPOOL_READ_SIZE = 256 * 1024
 
 
 class RequestBody:
@@ -125,3 +141,65 @@ class RequestBody:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+
+
+class BufferedBody:
+    """A request body read whole: ``data`` in memory, or ``file`` (unlinked already) holding
+    ``length`` bytes. ``close`` frees the file; calling it twice is harmless."""
+
+    __slots__ = ("length", "data", "file")
+
+    def __init__(self, length: int, data: bytes, file: BinaryIO | None) -> None:
+        self.length = length
+        self.data = data
+        self.file = file
+
+    def close(self) -> None:
+        file, self.file = self.file, None
+        if file is not None:
+            file.close()
+
+
+async def buffer_body(stream: RequestBody, limit: int, spool_dir: Path) -> BufferedBody:
+    """Read ``stream`` whole (``PayloadTooLarge`` past ``limit``; the client's ProxyError if it
+    breaks off), in memory up to CLIENT_BODY_BUFFER_SIZE, else in a temp file in
+    ``spool_dir`` (made on first use, mode 0700). Whatever ends it early, no file is left."""
+    if stream.declared_length is not None and stream.declared_length > limit:
+        raise PayloadTooLarge(f"body of {stream.declared_length} bytes over {limit}")
+    parts: list[bytes] = []
+    size = 0
+    file: BinaryIO | None = None
+    try:
+        while True:
+            chunk = await stream.read()
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"body over {limit} bytes")
+            if file is not None:
+                file.write(chunk)
+                continue
+            parts.append(chunk)
+            if size > CLIENT_BODY_BUFFER_SIZE:
+                file = _spool_file(spool_dir)
+                file.writelines(parts)
+                parts = []
+        if file is None:
+            return BufferedBody(size, parts[0] if len(parts) == 1 else b"".join(parts), None)
+        file.flush()
+        file.seek(0)
+        return BufferedBody(size, b"", file)
+    except BaseException:
+        if file is not None:
+            file.close()
+        raise
+
+
+def _spool_file(spool_dir: Path) -> BinaryIO:
+    try:
+        os.makedirs(spool_dir, mode=0o700, exist_ok=True)
+        return tempfile.TemporaryFile(dir=spool_dir, prefix="body-")
+    except OSError as exc:
+        raise ProxyError("cannot buffer the request body",
+                         log_detail=f"temp file in {spool_dir}: {exc}") from exc

@@ -34,7 +34,7 @@ from typing import Any
 
 from . import control, tls
 from .admin import AdminApp
-from .adminserver import start_admin
+from .adminserver import bind_scf_api, start_admin
 from .config import Config
 from .control import CONTROL_FD_VARIABLE, Channel, ChannelClosed, WorkerSetup
 from .errors import ConfigError
@@ -85,6 +85,8 @@ class Supervisor:
                           self.metrics.registry)
         self.workers = [WorkerProcess(i) for i in range(args.workers)]
         self.sockets: dict[str, list[socket.socket]] = {}
+        #: --scf-api: bound once here and served by every worker, like the listeners
+        self.scf_api: socket.socket | None = None
         self.stopping = False
         self._lock = asyncio.Lock()  # one config change at a time
         self._tasks: set[asyncio.Task[None]] = set()
@@ -132,6 +134,8 @@ class Supervisor:
         for listener in self.config.listeners:
             self.sockets[listener.name] = bind_listener(listener)
             announce(listener, self.sockets[listener.name])
+        if self.args.scf_api is not None:
+            self.scf_api = bind_scf_api(self.args.scf_api)
 
     async def _start(self, worker: WorkerProcess) -> None:
         """Start a process in ``worker``'s slot and wait until it serves."""
@@ -139,8 +143,11 @@ class Supervisor:
         fds = {name: [s.fileno() for s in socks] for name, socks in self.sockets.items()}
         setup = WorkerSetup(self.config, self.args.http, self.args.drain_timeout,
                             not self.args.no_access_log, self.args.log_level, fds,
-                            worker.index)
+                            worker.index, reload=self.args.reload,
+                            scf_api_fd=self.scf_api.fileno() if self.scf_api else -1)
         inherited = [theirs.fileno(), *(fd for group in fds.values() for fd in group)]
+        if self.scf_api is not None:
+            inherited.append(self.scf_api.fileno())
         env = {**os.environ, CONTROL_FD_VARIABLE: str(theirs.fileno())}
         worker.started_at = time.monotonic()
         try:
@@ -199,6 +206,8 @@ class Supervisor:
         for sockets in self.sockets.values():
             for sock in sockets:
                 sock.close()  # the workers' copies keep serving until they drain
+        if self.scf_api is not None:
+            self.scf_api.close()
         processes = [w.process for w in self.workers
                      if w.process is not None and w.process.returncode is None]
         for process in processes:

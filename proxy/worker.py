@@ -51,7 +51,9 @@ async def run(channel: Channel) -> int:
     setup: WorkerSetup = loads(body)
     setup_logging(setup.log_level)
     server = ProxyServer(setup.config, parser_kind=setup.parser_kind,
-                         access_log=AccessLog(enabled=setup.access_log, atomic_lines=True))
+                         access_log=AccessLog(enabled=setup.access_log, atomic_lines=True),
+                         scf_api=socket.socket(fileno=setup.scf_api_fd)
+                         if setup.scf_api_fd >= 0 else None, reload=setup.reload)
     sockets = {name: [socket.socket(fileno=fd) for fd in fds]
                for name, fds in setup.sockets.items()}
     await server.start(sockets)

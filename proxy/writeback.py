@@ -149,8 +149,8 @@ def patch(document: Container | Table | InlineTable, old: Any, new: Any) -> None
         before, after = getattr(old, f.name), getattr(new, f.name)
         if before == after:
             continue
-        if after is None:
-            document.pop(key, None)
+        if after is None or (key not in ("type", "weight") and _is_default(f, after)):
+            document.pop(key, None)  # back to its default: the key goes, as a person writes it
         elif dataclasses.is_dataclass(after) and dataclasses.is_dataclass(before) \
                 and isinstance(document.get(key), (Table, InlineTable)):
             patch(document[key], before, after)
@@ -161,6 +161,14 @@ def patch(document: Container | Table | InlineTable, old: Any, new: Any) -> None
             document[key] = _array_item(kind, f.name, after)
         else:
             document[key] = plain(after, isinstance(document, InlineTable))
+
+
+def _is_default(f: dataclasses.Field[Any], value: Any) -> bool:
+    if f.default is not dataclasses.MISSING:
+        return bool(f.default == value)
+    if f.default_factory is not dataclasses.MISSING:
+        return bool(f.default_factory() == value)
+    return False
 
 
 def _patch_array(document: Container | Table | InlineTable, key: str, kind: type, name: str,

@@ -30,6 +30,14 @@ STATUS_LINES: dict[int, bytes] = {
     s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode("ascii") for s in HTTPStatus
 }
 _SERVER_HEADER = f"Server: {SERVER_NAME}\r\n".encode("ascii")
+
+
+def server_header(tokens: bool) -> bytes:
+    """The ``Server`` line: the name alone, or with the version (``server_tokens on``)."""
+    if not tokens:
+        return _SERVER_HEADER
+    from . import __version__
+    return f"Server: {SERVER_NAME}/{__version__}\r\n".encode("ascii")
 _KEEP_ALIVE = b"Connection: keep-alive\r\n"
 _CLOSE = b"Connection: close\r\n"
 
@@ -54,7 +62,8 @@ def status_line(status: int) -> bytes:
     return line
 
 
-def serialize(response: Response, keep_alive: bool, head_only: bool = False) -> bytes:
+def serialize(response: Response, keep_alive: bool, head_only: bool = False,
+              server: bytes = _SERVER_HEADER) -> bytes:
     """The whole response as one ``bytes``; HEAD gets the headers of the GET, no body.
 
     An answer to HEAD that came without its body (a function that answers HEAD as HEAD) has
@@ -62,7 +71,7 @@ def serialize(response: Response, keep_alive: bool, head_only: bool = False) -> 
     otherwise it sends no Content-Length at all: a 0 would contradict the GET (RFC 9110 §8.6,
     a HEAD response's Content-Length, if sent, is the GET's)."""
     status = response.status
-    parts = [status_line(status), _SERVER_HEADER, date_header()]
+    parts = [status_line(status), server, date_header()]
     for name, value in response.headers:
         parts.append(f"{name}: {value}\r\n".encode("latin-1"))
     body = response.body
@@ -80,9 +89,10 @@ def serialize(response: Response, keep_alive: bool, head_only: bool = False) -> 
     return b"".join(parts)
 
 
-def serialize_head(response: Response, keep_alive: bool, chunked: bool) -> bytes:
+def serialize_head(response: Response, keep_alive: bool, chunked: bool,
+                   server: bytes = _SERVER_HEADER) -> bytes:
     """Status line and headers of a streamed response (or of a 101 hand-over)."""
-    parts = [status_line(response.status), _SERVER_HEADER, date_header()]
+    parts = [status_line(response.status), server, date_header()]
     for name, value in response.headers:
         parts.append(f"{name}: {value}\r\n".encode("latin-1"))
     if response.status == 101:

@@ -1,12 +1,14 @@
 """CVM targets: requests streamed to upstream servers over HTTP/1.1 keep-alive pools.
 
-Owns the exchange of one request with one upstream: the request head (the client's end-to-end
-headers from headers.py, Host kept, ``Expect`` dropped, our framing: Content-Length when the
-client declared one, else chunked), the body streamed up, the response head turned into a
-``Response`` whose body streams back as the client takes it, or a 101 handed to a ``Tunnel``;
-and ``CvmUpstreams``, the long-lived owner of every pool and health state, which binds targets
-for the router. The wire (llhttp parsing, flow control, pooling) is upstream.py's; health
-state is health.py's, fed and read here.
+Owns the exchange of one request with one upstream: the request body read whole first
+(``proxy_request_buffering``, on by default: streams.buffer_body, in memory or a temp file, then
+sent with Content-Length) or streamed; the request head (the client's end-to-end headers from
+headers.py, Host kept, ``Expect`` dropped, our framing: Content-Length when the body was
+buffered or the client declared one, else chunked), the body sent up, the response head turned
+into a ``Response`` whose body streams back as the client takes it, or a 101 handed to a
+``Tunnel``; and ``CvmUpstreams``, the long-lived owner of every pool and health state, which
+binds targets for the router. The wire (llhttp parsing, flow control, pooling) is upstream.py's;
+health state is health.py's, fed and read here.
 
 Strategy: the exchange (``_Exchange``) is callbacks: the request head is written on a pooled
 connection (or one connected for it, on a task: ``loop.create_connection`` is a coroutine),
@@ -34,6 +36,10 @@ retried once here on a fresh connection, for bodiless idempotent requests only. 
 failures (and only they: one endpoint that crashes on a request must not take the whole server
 out) feed passive ejection; any response head clears it.
 
+``proxy_redirect default``: a ``Location``/``Refresh`` naming the target's own address is
+rewritten to the client's scheme and Host (headers.rewrite_redirects; the prefixes are
+computed once per bound target, and a response without either field costs nothing).
+
 Decisions (ours): upstream ``Date`` and ``Server`` are replaced by ours (nginx's
 proxy_hide_header default; two Date fields would be invalid, RFC 9110 §6.6.1); a POST, PUT or
 PATCH without a body is sent with ``Content-Length: 0`` (RFC 9110 §8.6); a client without
@@ -47,15 +53,20 @@ Must not know routing, the client connection, or how the writer frames the respo
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..config import Config, Listener, Rule, Target
 from ..errors import UpstreamError
 from ..handover import Cancel, Done, awaited
-from ..headers import CLB_LINES, DROPPED, TrustedProxies, clb_values, end_to_end
-from ..messages import Headers, Outcome, Request, Response, Route
-from ..streams import RequestBody
+from ..customconfig import CustomConfig
+from ..headers import (CLB_LINES, DROPPED, TrustedProxies, clb_values, end_to_end,
+                       optional_value, redirect_prefixes, rewrite_redirects)
+from ..deadlines import clock
+from ..messages import Headers, Outcome, Request, Response, Route, UpstreamTiming
+from ..streams import SPOOL_READ_SIZE, BufferedBody, RequestBody, buffer_body
 from ..vocabulary import CONTENT_METHODS, FRAMING, IDEMPOTENT_METHODS, RESPONSE_DROPPED
 from .health import ActiveCheck, PassiveEjection
 from .tunnel import Tunnel
@@ -70,8 +81,11 @@ _NOT_FORWARDED = DROPPED | FRAMING | {"expect"}
 
 
 def request_head(request: Request, trusted: TrustedProxies, address: str,
-                 upgrade: bool) -> bytes:
-    """The request line and header block sent upstream (HTTP/1.1 whatever the client spoke)."""
+                 upgrade: bool, buffered: int = -1, optional: tuple[str, ...] = ()) -> bytes:
+    """The request line and header block sent upstream (HTTP/1.1 whatever the client spoke);
+    ``buffered``: the length of a body read whole first (proxy_request_buffering), which is
+    then sent with that Content-Length whatever the client's framing was; ``optional``: the
+    headers custom_config's proxy_set_header asks for (customconfig.OPTIONAL_HEADERS)."""
     kept, chain = end_to_end(request, trusted, _NOT_FORWARDED)
     query = request.query
     parts = [f"{request.method} {request.path}?{query} HTTP/1.1\r\n" if query
@@ -81,11 +95,15 @@ def request_head(request: Request, trusted: TrustedProxies, address: str,
         # an HTTP/1.0 client may send none; HTTP/1.1 requires one (RFC 9112 §3.2)
         parts.append(f"Host: {address}\r\n")
     parts.append(CLB_LINES.format(*clb_values(request, chain)))
+    if optional:
+        parts += [f"{name}: {optional_value(name, request)}\r\n" for name in optional]
     if upgrade:  # hop-by-hop, so headers.py dropped them: a WebSocket handshake needs both;
         # only the websocket protocol is offered (never h2c, which would bypass us)
         parts.append("Connection: upgrade\r\nUpgrade: websocket\r\n")
     stream = request.stream
-    if stream is not None:
+    if buffered >= 0:
+        parts.append(f"Content-Length: {buffered}\r\n")
+    elif stream is not None:
         length = stream.declared_length
         parts.append("Transfer-Encoding: chunked\r\n" if length is None
                      else f"Content-Length: {length}\r\n")
@@ -99,7 +117,9 @@ def request_head(request: Request, trusted: TrustedProxies, address: str,
 #: sends the same few names on every response)
 _VERDICTS: dict[str, int] = {}
 _VERDICTS_MAX = 512
-_KEEP, _DROP, _CONNECTION = 0, 1, 2
+_KEEP, _DROP, _CONNECTION, _REDIRECT = 0, 1, 2, 3
+#: response fields proxy_redirect may rewrite
+_REDIRECT_FIELDS = frozenset({"location", "refresh"})
 #: Connection options that name no field we would still forward
 _NOTHING_MORE = RESPONSE_DROPPED | {"close", ""}
 
@@ -107,32 +127,37 @@ _NOTHING_MORE = RESPONSE_DROPPED | {"close", ""}
 def _verdict(name: str) -> int:
     lname = name.lower()
     verdict = _CONNECTION if lname == "connection" else _DROP if lname in RESPONSE_DROPPED \
-        else _KEEP
+        else _REDIRECT if lname in _REDIRECT_FIELDS else _KEEP
     if len(_VERDICTS) >= _VERDICTS_MAX:  # bounded: names are the upstream's choice
         _VERDICTS.clear()
     _VERDICTS[name] = verdict
     return verdict
 
 
-def response_headers(raw: list[tuple[str, str]]) -> Headers:
+def response_headers(raw: list[tuple[str, str]]) -> tuple[Headers, bool]:
     """The upstream's end-to-end response fields: hop-by-hop ones, those named in Connection
-    (RFC 9110 §7.6.1), framing, Date and Server removed."""
+    (RFC 9110 §7.6.1), framing, Date and Server removed; and whether a Location or Refresh
+    field is among them (for proxy_redirect)."""
     named: set[str] | None = None
     out = []
     verdicts = _VERDICTS
+    redirect = False
     for field in raw:
         verdict = verdicts.get(field[0])
         if verdict is None:
             verdict = _verdict(field[0])
         if verdict == _KEEP:
             out.append(field)
+        elif verdict == _REDIRECT:
+            out.append(field)
+            redirect = True
         elif verdict == _CONNECTION:
             tokens = {token.strip().lower() for token in field[1].split(",")}
             if not tokens <= _NOTHING_MORE:  # "keep-alive", "close": nothing more to drop
                 named = (named or set()) | tokens
     if named:
-        return tuple(field for field in out if field[0].lower() not in named)
-    return tuple(out)
+        return tuple(field for field in out if field[0].lower() not in named), redirect
+    return tuple(out), redirect
 
 
 def _header(raw: list[tuple[str, str]], name: str) -> str | None:
@@ -162,6 +187,25 @@ async def send_body(conn: UpstreamConnection, stream: RequestBody, chunked: bool
             await conn.drain(timeout)
 
 
+async def send_file(conn: UpstreamConnection, body: BufferedBody, timeout: float) -> None:
+    """Send a body spooled to a temp file (proxy_request_buffering), waiting for the upstream
+    to drain; the file is closed (and so gone) whatever happens."""
+    try:
+        file = body.file
+        assert file is not None
+        transport = conn.transport
+        while not conn.closed:
+            chunk = file.read(SPOOL_READ_SIZE)
+            if not chunk:
+                conn.body_sent = True
+                return
+            transport.write(chunk)
+            if conn.write_paused:
+                await conn.drain(timeout)
+    finally:
+        body.close()
+
+
 def _stop(sender: asyncio.Task[None] | None) -> None:
     if sender is not None and not sender.done():
         sender.cancel()
@@ -176,13 +220,14 @@ class ResponseBody:
     """The streamed response body: chunks as the upstream sends them, pulled by the client
     connection; raises when the upstream breaks off, so the client never sees a clean end."""
 
-    __slots__ = ("_target", "_conn", "_sender")
+    __slots__ = ("_target", "_conn", "_sender", "_timing")
 
     def __init__(self, target: CvmTarget, conn: UpstreamConnection,
-                 sender: asyncio.Task[None] | None) -> None:
+                 sender: asyncio.Task[None] | None, timing: UpstreamTiming | None) -> None:
         self._target = target
         self._conn: UpstreamConnection | None = conn
         self._sender = sender
+        self._timing = timing
 
     def __aiter__(self) -> ResponseBody:
         return self
@@ -196,6 +241,8 @@ class ResponseBody:
                 if conn.error is not None:
                     raise conn.error
                 if conn.complete:
+                    if self._timing is not None:
+                        self._timing.done = clock()
                     self._end(True)
                     raise StopAsyncIteration
                 await conn.wait()
@@ -233,7 +280,8 @@ class _Exchange:
     (after the keep-alive race retry, see the module docstring)."""
 
     __slots__ = ("target", "request", "route", "done", "head", "upgrade", "replayable",
-                 "conn", "reused", "sender", "connecting", "over")
+                 "conn", "reused", "sender", "connecting", "over", "buffering", "buffered",
+                 "timing")
 
     def __init__(self, target: CvmTarget, request: Request, route: Route, done: Done) -> None:
         self.target = target
@@ -241,7 +289,8 @@ class _Exchange:
         self.route = route
         self.done = done
         self.upgrade = "websocket" in request.upgrade.lower()
-        self.head = request_head(request, target.trusted, target.pool.address, self.upgrade)
+        self.head = request_head(request, target.trusted, target.pool.address, self.upgrade,
+                                 optional=target.optional_headers)
         # Nothing of a bodiless idempotent request can be lost by sending it again.
         self.replayable = request.stream is None and request.method in IDEMPOTENT_METHODS
         self.conn: UpstreamConnection | None = None
@@ -249,8 +298,43 @@ class _Exchange:
         self.sender: asyncio.Task[None] | None = None
         self.connecting: asyncio.Task[UpstreamConnection] | None = None
         self.over = False
+        #: proxy_request_buffering: the task reading the body whole, then the body it read
+        self.buffering: asyncio.Task[BufferedBody] | None = None
+        self.buffered: BufferedBody | None = None
+        self.timing: UpstreamTiming | None = None
 
     def start(self) -> None:
+        stream = self.request.stream
+        target = self.target
+        if stream is not None and target.buffering and not self.upgrade:
+            # Read the whole body first: nothing goes upstream before it is whole and within
+            # client_max_body_size, and it goes with Content-Length (nginx and CLB's default).
+            task = self.buffering = asyncio.get_running_loop().create_task(
+                buffer_body(stream, target.body_limit, target.spool_dir))
+            task.add_done_callback(self._buffered)
+            return
+        self._take()
+
+    def _buffered(self, task: asyncio.Task[BufferedBody]) -> None:
+        self.buffering = None
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            if not self.over:
+                self._end(exc)
+            return
+        body = task.result()
+        if self.over:  # cancelled meanwhile
+            body.close()
+            return
+        self.buffered = body
+        self.head = request_head(self.request, self.target.trusted, self.target.pool.address,
+                                 False, body.length, self.target.optional_headers)
+        self._take()
+
+    def _take(self) -> None:
+        self.timing = UpstreamTiming(self.target.pool.address, clock())
         conn = self.target.pool.take()
         if conn is None:
             self._connect()
@@ -262,8 +346,12 @@ class _Exchange:
         if self.over:
             return
         self.over = True
+        if self.buffering is not None:
+            self.buffering.cancel()  # buffer_body closes its file
         if self.connecting is not None:
             self.connecting.cancel()
+        if self.buffered is not None and self.sender is None:
+            self.buffered.close()  # read, never handed to a sender (which would close it)
         conn, self.conn = self.conn, None
         if conn is not None:
             _stop(self.sender)
@@ -286,6 +374,10 @@ class _Exchange:
             return
         if exc is not None:
             self.target.passive.failure()
+            if self.buffered is not None and isinstance(exc, UpstreamError):
+                # the client's body was read into this exchange: another target's exchange
+                # would find the stream at its end and send an empty body
+                exc.retryable = False
             self._end(exc)
             return
         self._send(task.result(), False)
@@ -298,11 +390,25 @@ class _Exchange:
         conn.begin(request.method == "HEAD", self.upgrade)
         conn.read_timeout = target.read_timeout
         conn.notify = self._news
+        if self.timing is not None:
+            self.timing.sent = clock()
+        buffered = self.buffered
+        if buffered is not None:
+            if buffered.file is None:
+                conn.transport.write(self.head + buffered.data)
+                conn.body_sent = True
+                conn.arm(target.read_timeout)
+                return
+            conn.transport.write(self.head)
+            sender = self.sender = asyncio.get_running_loop().create_task(
+                send_file(conn, buffered, target.send_timeout))
+            sender.add_done_callback(self._sent)
+            return
         stream = request.stream
         if stream is not None:
             conn.transport.write(self.head)
             sender = self.sender = asyncio.get_running_loop().create_task(
-                send_body(conn, stream, stream.declared_length is None, target.read_timeout))
+                send_body(conn, stream, stream.declared_length is None, target.send_timeout))
             sender.add_done_callback(self._sent)
             return
         conn.transport.write(self.head + request.body if request.body else self.head)
@@ -313,6 +419,8 @@ class _Exchange:
         """The body went up (or failed): a client error fails the request; otherwise the read
         timeout starts now (nginx starts proxy_read_timeout once the request is sent)."""
         _consume(sender)
+        if self.buffered is not None:
+            self.buffered.close()  # a sender cancelled before it ran never closed it
         conn = self.conn
         if self.over or conn is None or self.sender is not sender:
             return
@@ -333,7 +441,12 @@ class _Exchange:
             self.conn = None
             conn.notify = None
             self.target.passive.success()
-            self.done(Outcome(self.target.response(conn, self.sender), self.route))
+            timing = self.timing
+            if timing is not None:
+                timing.header = clock()
+                timing.status = conn.status
+            self.done(Outcome(self.target.response(conn, self.sender, self.request, timing),
+                              self.route, upstream=timing))
 
     def _failed(self, exc: BaseException) -> None:
         conn = self.conn
@@ -357,16 +470,35 @@ class _Exchange:
 class CvmTarget:
     """One CVM target of one rule: what the router starts requests on."""
 
-    __slots__ = ("pool", "passive", "check", "trusted", "connect_timeout", "read_timeout")
+    __slots__ = ("pool", "passive", "check", "trusted", "connect_timeout", "read_timeout",
+                 "buffering", "body_limit", "spool_dir", "redirect_prefixes", "send_timeout",
+                 "optional_headers")
 
     def __init__(self, pool: Pool, passive: PassiveEjection, check: ActiveCheck,
-                 listener: Listener) -> None:
+                 listener: Listener, spool_dir: Path,
+                 domain: CustomConfig | None = None) -> None:
+        """``domain``: the rule's domain's custom_config, over the listener's settings (which
+        already hold the listener's custom_config)."""
+        own = domain.overrides() if domain is not None else {}
         self.pool = pool
         self.passive = passive
         self.check = check
         self.trusted = TrustedProxies(listener.trusted_proxies)
-        self.connect_timeout = listener.proxy_connect_timeout
-        self.read_timeout = listener.proxy_read_timeout
+        self.connect_timeout = own.get("proxy_connect_timeout", listener.proxy_connect_timeout)
+        self.read_timeout = own.get("proxy_read_timeout", listener.proxy_read_timeout)
+        self.send_timeout = own.get("proxy_send_timeout", listener.proxy_send_timeout)
+        #: proxy_request_buffering: read the body whole (memory, then spool_dir) before sending
+        self.buffering = own.get("proxy_request_buffering", listener.proxy_request_buffering)
+        self.body_limit = listener.client_max_body_size
+        self.spool_dir = spool_dir
+        #: proxy_redirect default: Location/Refresh prefixes naming this target, rewritten
+        redirect = own.get("proxy_redirect", listener.custom_config.proxy_redirect)
+        self.redirect_prefixes = redirect_prefixes(pool.address) if redirect is not False \
+            else ()
+        #: proxy_set_header: the optional CLB headers (the domain's, else the listener's)
+        self.optional_headers = (domain.proxy_set_headers if domain is not None
+                                 and domain.proxy_set_headers
+                                 else listener.custom_config.proxy_set_headers)
 
     def usable(self) -> bool:
         """Healthy by the active check and not ejected by real traffic."""
@@ -387,11 +519,13 @@ class CvmTarget:
         outcome: Outcome = await awaited(lambda done: self.start(request, route, done))
         return outcome
 
-    def response(self, conn: UpstreamConnection, sender: asyncio.Task[None] | None
-                 ) -> Response:
+    def response(self, conn: UpstreamConnection, sender: asyncio.Task[None] | None,
+                 request: Request, timing: UpstreamTiming | None = None) -> Response:
         """The client's Response from the upstream's head (and body, when it came whole)."""
         status, raw = conn.status, conn.raw_headers
-        headers = response_headers(raw)
+        headers, redirect = response_headers(raw)
+        if redirect and self.redirect_prefixes:
+            headers = rewrite_redirects(headers, self.redirect_prefixes, request)
         if status == 101:
             _stop(sender)
             self.pool.detach()
@@ -404,6 +538,8 @@ class CvmTarget:
             return Response(101, headers + (("Connection", "upgrade"), ("Upgrade", upgrade)),
                             tunnel=tunnel)
         if conn.phase == DONE:  # HEAD, 204, 304: the head was all of it
+            if timing is not None:
+                timing.done = timing.header
             self.finish(conn, sender, True)
             if status == 204 or status == 304:
                 return Response(status, headers)
@@ -414,10 +550,12 @@ class CvmTarget:
             # The whole body came with the head (most small answers): a plain body, so the
             # client gets head and body in one write.
             body = conn.take_all() if conn.chunks else b""
+            if timing is not None:
+                timing.done = timing.header
             self.finish(conn, sender, True)
             return Response(status, headers, body)
         length = _header(raw, "content-length")
-        return Response(status, headers, stream=ResponseBody(self, conn, sender),
+        return Response(status, headers, stream=ResponseBody(self, conn, sender, timing),
                         length=int(length) if length is not None else None)
 
     def finish(self, conn: UpstreamConnection, sender: asyncio.Task[None] | None,
@@ -444,7 +582,11 @@ class CvmUpstreams:
     """
 
     def __init__(self, *, max_idle: int = MAX_IDLE, idle_timeout: float = IDLE_TIMEOUT,
-                 eject_after: int = 3, eject_for: float = 10.0) -> None:
+                 eject_after: int = 3, eject_for: float = 10.0,
+                 spool_dir: Path | None = None) -> None:
+        """``spool_dir``: where buffered request bodies too large for memory are kept (the
+        system's temp folder when not given; the server gives the state folder's)."""
+        self.spool_dir = spool_dir or Path(tempfile.gettempdir())
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.eject_after = eject_after
@@ -476,7 +618,7 @@ class CvmUpstreams:
             pass  # no loop yet: the first usable() starts it
         else:
             check.start()
-        bound = CvmTarget(pool, passive, check, listener)
+        bound = CvmTarget(pool, passive, check, listener, self.spool_dir, rule.custom_config)
         return bound, bound.usable
 
     def retain(self, config: Config) -> None:
@@ -488,6 +630,19 @@ class CvmUpstreams:
         for address in [a for a in self._pools if a not in addresses]:
             self._pools.pop(address).retire()
             self._passive.pop(address, None)
+
+    def health_of(self, listener: str, location_id: str, address: str) -> str:
+        """CLB's HealthStatusDetail of one bound target: Alive, Dead, Unknown (fewer checks
+        than the unhealthy threshold so far, or not bound in this process), Close (the rule's
+        check is off)."""
+        check = self._checks.get((listener, location_id, address))
+        if check is None:
+            return "Unknown"
+        if not check.config.enabled:
+            return "Close"
+        if check.checks < check.config.unhealthy_threshold:  # no verdict can be made yet
+            return "Unknown"
+        return "Alive" if check.healthy else "Dead"
 
     def state(self) -> dict[str, Any]:
         """Pools, ejection and health-check state, for metrics."""

@@ -138,6 +138,8 @@ class LocalFunction:
         self.closed = False
         #: replaced by a reload: callers already holding it are served, then instances go
         self.retiring = False
+        #: instances started before the code changed (``recycle``): they go when released
+        self._stale: set[Instance] = set()
 
     def start(self, event: bytes, request_id: str, done: Done) -> Cancel:
         """Run the function on ``event`` (JSON bytes); ``done`` gets the Invocation, or the
@@ -306,7 +308,7 @@ class LocalFunction:
         """An instance is free: to the first caller waiting, else on top of the idle stack."""
         if instance.dead:
             return
-        if self.closed:
+        if self.closed or (self._stale and instance in self._stale):
             instance.kill(None)
             return
         if self._grant(instance):
@@ -346,6 +348,7 @@ class LocalFunction:
 
     def gone(self, instance: Instance) -> None:
         """An instance was killed or died: its slot is free (its process may still be dying)."""
+        self._stale.discard(instance)
         if instance in self._instances:
             self._instances.discard(instance)
             if instance in self._idle:
@@ -410,6 +413,33 @@ class LocalFunction:
                                  self.config.handler, errors[0])
         for instance in instances:
             self.release(instance)
+
+    def recycle(self) -> None:
+        """Its code changed (``--reload``): the invocations running finish on the old code and
+        their instances go when released; idle ones go now; one instance starts on the new
+        code at once (its import is checked: a WARNING if it fails), so the next call is warm."""
+        if self.closed or self.retiring:
+            return
+        self._stale.update(self._instances)
+        for instance in list(self._idle):
+            instance.kill(None)
+        if self._slots < self.config.concurrency:
+            self._slots += 1
+            task = asyncio.get_running_loop().create_task(self._rewarm())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _rewarm(self) -> None:
+        try:
+            instance = await self._started()
+        except (ProxyError, OSError) as exc:
+            function_log.warning("function=%s could not start an instance on the new code: %s",
+                                 self.key, getattr(exc, "log_detail", "") or exc)
+            return
+        if instance.import_error:
+            function_log.warning("function=%s handler %r cannot be imported after the change: "
+                                 "%s", self.key, self.config.handler, instance.import_error)
+        self.release(instance)
 
     async def _started(self) -> Instance:
         instance = await self._new_instance()
@@ -585,6 +615,14 @@ class LocalFunctions:
 
     def get(self, namespace: str, name: str) -> LocalFunction | None:
         return self._functions.get((namespace, name))
+
+    def recycle(self, namespace: str, name: str) -> bool:
+        """``--reload``: the function's code changed (``LocalFunction.recycle``); False when
+        there is no such function."""
+        fn = self._functions.get((namespace, name))
+        if fn is not None:
+            fn.recycle()
+        return fn is not None
 
     async def start(self) -> None:
         """Check every handler imports (a WARNING for each that does not) and warm up

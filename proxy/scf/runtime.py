@@ -87,6 +87,8 @@ DEFAULT_ENV = {
     "MALLOC_ARENA_MAX": "1",
 }
 VERSION = "$LATEST"
+#: ``--debug``: the instance listens for a debugpy attach at this HOST:PORT (scf/devloop.py)
+DEBUG_VARIABLE = "CLBSCF_DEBUGPY"
 
 _VMSIZE = re.compile(rb"^VmSize:\s+(\d+) kB", re.MULTILINE)
 
@@ -278,9 +280,22 @@ def _flush_output() -> None:
             pass
 
 
+def listen_for_debugger(address: str) -> None:
+    """``--debug``: listen for a debugpy attach at ``HOST:PORT`` (before the memory limit, so
+    debugpy's adapter process is not held to it, and before the handler's import)."""
+    import debugpy  # only when debugging: the proxy checked it is installed
+
+    host, _, port = address.rpartition(":")
+    bound = debugpy.listen((host.strip("[]"), int(port)))
+    print(f"debugpy listening on {bound[0]}:{bound[1]}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str]) -> int:
     """Worker entry point: ``argv`` = [proxy source root, socket fd, handler, memory MB]."""
     root, fd, handler, memory_mb = argv[0], int(argv[1]), argv[2], int(argv[3])
+    debug = os.environ.pop(DEBUG_VARIABLE, "")  # not for the handler's own subprocesses
+    if debug:
+        listen_for_debugger(debug)
     # The proxy's root was only needed to import us; the code directory comes first (SPEC §7).
     if root in sys.path:
         sys.path.remove(root)

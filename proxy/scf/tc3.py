@@ -2,10 +2,11 @@
 
 Owns the signing algorithm of the API 3.0 "signature v3" document (reference
 clb-scf-facts.md §4.4): the canonical request, the string to sign, the derived signing key,
-the signature and the header set of a signed POST. Strategy: each step is its own function so a
-test can check every intermediate value of the documented example; ``sign`` composes them.
-Only ``hmac`` and ``hashlib``; no I/O, no clock (the caller passes the timestamp), no
-knowledge of SCF, of connections or of where credentials come from.
+the signature and the header set of a signed POST, and its check on the server side
+(``verify``, used by the admin API and the local SCF API alike). Strategy: each step is its own
+function so a test can check every intermediate value of the documented example; ``sign``
+composes them. Only ``hmac``, ``hashlib`` and ``re``; no I/O, no clock (the caller passes the
+timestamp), no knowledge of SCF, of connections or of where credentials come from.
 
 The signed headers are exactly ``content-type;host``, as the official SDKs sign them; the
 ``Content-Type`` and ``Host`` values signed must be byte-identical to the ones sent.
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
+from collections.abc import Callable
 
 ALGORITHM = "TC3-HMAC-SHA256"
 SIGNED_HEADERS = "content-type;host"
@@ -107,3 +110,53 @@ def sign(secret_id: str, secret_key: str, service: str, host: str, action: str, 
     if language:
         headers["X-TC-Language"] = language
     return headers
+
+
+#: API 3.0 rejects a timestamp further off the server's clock than this (seconds)
+SIGNATURE_WINDOW = 300
+
+_AUTHORIZATION_RE = re.compile(
+    r"TC3-HMAC-SHA256 Credential=([^/\s,]+)/(\d{4}-\d\d-\d\d)/([a-z0-9-]+)/"
+    r"tc3_request,\s*SignedHeaders=([a-z0-9;-]+),\s*Signature=([0-9a-f]{64})")
+
+
+class SignatureError(Exception):
+    """A request whose TC3 signature does not verify: ``code`` is the API's AuthFailure.*."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def verify(method: str, header: Callable[[str], str | None], payload: bytes,
+           secret_key_of: Callable[[str], str | None], now: float, *,
+           unknown_id_hint: str = "unknown SecretId", query: str = "") -> str:
+    """Check a signed request as the API does (5-minute window, payload signed, signed headers
+    ``content-type;host``); ``header`` looks a request header up by name, ``secret_key_of``
+    the key of a SecretId (None: unknown); ``query`` is a GET's query string as sent (its
+    canonical query string; the payload is then empty). Returns the SecretId; raises
+    SignatureError with
+    the API's code (AuthFailure.InvalidAuthorization, .SecretIdNotFound, .SignatureExpire,
+    .SignatureFailure)."""
+    match = _AUTHORIZATION_RE.fullmatch((header("authorization") or "").strip())
+    if match is None or match.group(4) != SIGNED_HEADERS:
+        raise SignatureError("AuthFailure.InvalidAuthorization", "malformed TC3 Authorization "
+                             f"(signed headers must be {SIGNED_HEADERS})")
+    secret_id, date, service, _, given = match.groups()
+    secret_key = secret_key_of(secret_id)
+    if secret_key is None:
+        raise SignatureError("AuthFailure.SecretIdNotFound", unknown_id_hint)
+    stamp = header("x-tc-timestamp") or ""
+    if not stamp.isdigit() or abs(now - int(stamp)) > SIGNATURE_WINDOW:
+        raise SignatureError("AuthFailure.SignatureExpire", "X-TC-Timestamp is missing or more "
+                             "than 5 minutes off the server's clock")
+    if header("x-tc-content-sha256") is not None:
+        raise SignatureError("AuthFailure.SignatureFailure", "unsigned payloads are refused")
+    canonical = canonical_request(method, header("content-type") or "", header("host") or "",
+                                  payload, query=query)
+    to_sign = string_to_sign(int(stamp), credential_scope(date, service), canonical)
+    expected = signature(secret_key, date, service, to_sign)
+    if utc_date(int(stamp)) != date or not hmac.compare_digest(expected, given):
+        raise SignatureError("AuthFailure.SignatureFailure", "the TC3 signature does not match")
+    return secret_id

@@ -44,7 +44,12 @@ class Stage:
 
     @property
     def port(self) -> int:
-        return self.proxy.port()
+        return self.proxy.port("web")
+
+    @property
+    def stream_port(self) -> int:
+        """The listener with proxy_request_buffering off."""
+        return self.proxy.port("stream")
 
 
 @pytest.fixture(scope="module", params=PARSERS)
@@ -52,9 +57,12 @@ def stage(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
           ) -> Iterator[Stage]:
     with RecordingUpstream() as up:
         rules = cvm_rule("s.test", "/", up.address) + cvm_rule("n.test", "/only/", up.address)
-        config = listener("web", rules, default_domain="s.test", client_header_timeout=2,
-                          client_body_timeout=2, keepalive_timeout=5, proxy_read_timeout=2,
-                          client_max_body_size=MAX_BODY)
+        knobs: dict[str, object] = dict(
+            default_domain="s.test", client_header_timeout=2, client_body_timeout=2,
+            keepalive_timeout=5, proxy_read_timeout=2, client_max_body_size=MAX_BODY)
+        # "web" buffers request bodies (the default); "stream" streams them as they come
+        config = listener("web", rules, **knobs) + listener(
+            "stream", rules, proxy_request_buffering=False, **knobs)
         with ProxyProcess.with_config(config, tmp_path_factory.mktemp("smuggling"),
                                       "--http", request.param, "--no-access-log") as proc:
             yield Stage(proc, up)
@@ -229,9 +237,19 @@ def test_a_good_request_before_a_malformed_one_is_answered_and_only_it_is_forwar
     assert targets == ["/first"] and b"smuggled" not in raw_up
 
 
+def test_buffered_chunked_body_broken_midway_reaches_nothing_upstream(st: Stage) -> None:
+    with connect(st.port) as sock:
+        sock.sendall(req(CHUNKED, line=b"POST /chunks HTTP/1.1") + b"5\r\nhello\r\n")
+        time.sleep(0.3)  # time for a wrongly streamed chunk to go up
+        sock.sendall(b"zz\r\n" + SMUGGLED)
+        ex = read_until(sock, None)
+    assert_refused(ex, 400)
+    assert_nothing_reached(st)
+
+
 def test_chunked_body_broken_after_dispatch_never_reaches_the_upstream_whole(st: Stage
                                                                              ) -> None:
-    with connect(st.port) as sock:
+    with connect(st.stream_port) as sock:
         sock.sendall(req(CHUNKED, line=b"POST /chunks HTTP/1.1") + b"5\r\nhello\r\n")
         # the head and the first chunk are on their way up before anything is wrong
         wait_for_raw(st, b"hello")

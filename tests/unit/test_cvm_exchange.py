@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
+import socket
 import json
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +22,7 @@ import uvloop
 from proxy.backends.cvm import CvmTarget, CvmUpstreams, request_head, response_headers
 from proxy.backends.upstream import HIGH_WATER
 from proxy.config import Config, HealthCheck, Listener, Rule, Target
-from proxy.errors import RequestTimeout, UpstreamError, UpstreamTimeout
+from proxy.errors import PayloadTooLarge, RequestTimeout, UpstreamError, UpstreamTimeout
 from proxy.headers import TrustedProxies
 from proxy.messages import Request, Response, Route
 from proxy.streams import RequestBody
@@ -64,17 +67,22 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 
 
 def run(test: Callable[[Env], Awaitable[Any]], *, read_timeout: float = 5.0,
-        handler: Handler | None = None, address: str | None = None) -> Any:
+        handler: Handler | None = None, address: str | None = None,
+        buffering: bool = False, spool_dir: Path | None = None) -> Any:
+    """``buffering``: proxy_request_buffering (off by default here: most tests are about the
+    streamed exchange)."""
     async def main() -> Any:
         upstream = Server("A")
         server = await asyncio.start_server(handler or upstream.serve, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         target = Target("CVM", address=address or f"127.0.0.1:{port}")
         listener = Listener("web", "HTTP", 0, proxy_read_timeout=read_timeout,
-                            proxy_connect_timeout=1.0)
+                            proxy_connect_timeout=1.0, proxy_request_buffering=buffering,
+                            client_max_body_size=1 << 20)
         rule = Rule("a.test", "/", health_check=HealthCheck(enabled=False), targets=(target,),
                     location_id="loc-1")
-        upstreams = CvmUpstreams(eject_after=3, eject_for=10)
+        upstreams = CvmUpstreams(eject_after=3, eject_for=10,
+                                 **({"spool_dir": spool_dir} if spool_dir else {}))
         bound, _ = upstreams.bind(listener, rule, target)
         assert isinstance(bound, CvmTarget)
         try:
@@ -138,8 +146,9 @@ def test_response_headers_drop_hop_by_hop_named_framing_date_and_server() -> Non
            ("Keep-Alive", "timeout=5"), ("Transfer-Encoding", "chunked"),
            ("Content-Length", "5"), ("Date", "x"), ("Server", "y"), ("Set-Cookie", "a=1"),
            ("Set-Cookie", "b=2")]
-    assert response_headers(raw) == (("Content-Type", "text/plain"), ("Set-Cookie", "a=1"),
-                                     ("Set-Cookie", "b=2"))
+    assert response_headers(raw) == ((("Content-Type", "text/plain"), ("Set-Cookie", "a=1"),
+                                      ("Set-Cookie", "b=2")), False)
+    assert response_headers([("location", "/x")]) == ((("location", "/x"),), True)
 
 
 # --- responses -------------------------------------------------------------------------------
@@ -387,6 +396,63 @@ def test_client_body_error_fails_the_request_and_drops_the_upstream_connection()
             await task
         assert env.target.pool.state() == {"idle": 0, "busy": 0, "connects": 1}
     run(test)
+
+
+@pytest.mark.parametrize("size", [10, 500_000])
+def test_buffered_upload_is_sent_whole_with_content_length(size: int, tmp_path: Path) -> None:
+    parts = [b"x" * (size // 2), b"y" * (size - size // 2)]
+
+    async def test(env: Env) -> None:
+        stream = RequestBody(None, lambda: None, lambda: None)
+        feeder = asyncio.ensure_future(_feed(stream, parts))
+        response = await env.call(_request("POST", "/upload", "hash=1", stream=stream))
+        out = json.loads(await _read(response))
+        await feeder
+        assert (out["received"], out["content_length"], out["transfer_encoding"]) == (
+            size, str(size), None)
+        assert out["sha256"] == hashlib.sha256(b"".join(parts)).hexdigest()
+        assert list(tmp_path.iterdir()) == []  # the spool file (if any) was never named
+    run(test, buffering=True, spool_dir=tmp_path)
+
+
+def test_buffered_upload_broken_by_the_client_never_connects() -> None:
+    async def test(env: Env) -> None:
+        stream = RequestBody(None, lambda: None, lambda: None)
+        stream.feed(b"x" * 100_000)
+        task = asyncio.ensure_future(env.call(_request("POST", "/upload", stream=stream)))
+        await asyncio.sleep(0.05)
+        stream.abort(RequestTimeout("client body timeout"))
+        with pytest.raises(RequestTimeout):
+            await task
+        assert env.target.pool.state()["connects"] == 0
+        assert env.upstream.stats["connections"] == 0
+    run(test, buffering=True)
+
+
+def test_buffered_upload_over_the_limit_is_413_before_connecting() -> None:
+    async def test(env: Env) -> None:
+        stream = RequestBody(None, lambda: None, lambda: None)
+        feeder = asyncio.ensure_future(_feed(stream, [b"x" * 600_000] * 2))
+        with pytest.raises(PayloadTooLarge):
+            await env.call(_request("POST", "/upload", stream=stream))
+        feeder.cancel()
+        assert env.target.pool.state()["connects"] == 0
+    run(test, buffering=True)
+
+
+def test_buffered_upload_whose_connect_fails_is_not_retryable() -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+
+    async def test(env: Env) -> None:
+        stream = RequestBody(3, lambda: None, lambda: None)
+        stream.feed(b"abc")
+        stream.end()
+        with pytest.raises(UpstreamError) as info:
+            await env.call(_request("POST", "/upload", stream=stream))
+        assert info.value.retryable is False  # its body was read: no other target gets it
+    run(test, buffering=True, address=address)
 
 
 # --- the keep-alive race ---------------------------------------------------------------------

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.headers import CLB_HEADERS, HOP_BY_HOP, TrustedProxies, forwarded_headers
+from proxy.headers import (CLB_HEADERS, HOP_BY_HOP, TrustedProxies, forwarded_headers,
+                           redirect_prefixes, rewrite_redirects)
 from proxy.messages import Headers, Request
 
 NOBODY = TrustedProxies([])
@@ -158,3 +159,29 @@ def test_trusted_proxies_cache_stays_bounded() -> None:
 def test_bad_cidr_is_rejected() -> None:
     with pytest.raises(ValueError):
         TrustedProxies(["10.0.0.0/33"])
+
+
+# --- proxy_redirect default ------------------------------------------------------------------
+
+
+def _redirect_request(host: str | None, scheme: str = "http") -> Request:
+    headers = (("Host", host),) if host is not None else ()
+    return Request("GET", "/", "", headers, b"", "1.1", "1.2.3.4", 5, scheme, "web", 0.0)
+
+
+def test_redirect_prefixes_name_the_target_and_port_80_without_port() -> None:
+    assert redirect_prefixes("10.0.0.1:8080") == ("http://10.0.0.1:8080/",)
+    assert redirect_prefixes("Up.Local:80") == ("http://up.local:80/", "http://up.local/")
+    assert redirect_prefixes("[::1]:80") == ("http://[::1]:80/", "http://[::1]/")
+
+
+def test_rewrite_redirects_location_and_refresh_only_for_the_target() -> None:
+    prefixes = redirect_prefixes("10.0.0.1:8080")
+    headers = (("Location", "http://10.0.0.1:8080/a?b"), ("Refresh", "5; URL=http://10.0.0.1:8080/n"),
+               ("X-Other", "http://10.0.0.1:8080/keep"), ("location", "http://10.0.0.1:80801/no"))
+    out = rewrite_redirects(headers, prefixes, _redirect_request("shop.test", "https"))
+    assert out == (("Location", "https://shop.test/a?b"), ("Refresh", "5; URL=https://shop.test/n"),
+                   ("X-Other", "http://10.0.0.1:8080/keep"),
+                   ("location", "http://10.0.0.1:80801/no"))
+    assert rewrite_redirects(headers[:1], prefixes, _redirect_request(None)) == (
+        ("Location", "/a?b"),)
