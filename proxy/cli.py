@@ -154,6 +154,21 @@ def _backend(args: argparse.Namespace) -> tuple[Backend, Callable[[str], Config]
     return None
 
 
+def config_of(argv: list[str], document: str | None) -> tuple[argparse.Namespace, Config]:
+    """A worker's options and config: the supervisor's command line, and the document its
+    rule table holds read with the same loader (None: the command line alone says it)."""
+    args = build_parser().parse_args(argv)
+    if document is None:
+        return args, resolve_config(args)
+    if args.store:
+        from .store.etcd import parse_store_url
+
+        return args, document_parser(args, None, str(parse_store_url(args.store)))(document)
+    from .store.file import FileBackend
+
+    return args, document_parser(args, FileBackend(args.config).path)(document)
+
+
 def open_table(args: argparse.Namespace) -> tuple[Config, Table | None]:
     """The config to serve and the Table that keeps it (None: the embedded default)."""
     found = _backend(args)
@@ -326,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.workers > 1:
             from .supervisor import Supervisor
 
-            supervisor = Supervisor(config, args, lambda: resolve_config(args),
+            supervisor = Supervisor(config, args, argv, lambda: resolve_config(args),
                                     admin_address(args), table)
             return uvloop.run(supervisor.run())
         return uvloop.run(serve(config, table, args))

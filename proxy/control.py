@@ -2,18 +2,21 @@
 
 Owns the conversation over the socket pair the supervisor creates for each worker. Every
 message is two frames (scf/frames.py framing): a JSON header and a body, so the metrics text and
-a pickled ``Config`` travel without being re-encoded.
+the rule table's document travel without being re-encoded.
 
-    supervisor -> worker  {"op": "setup"}    pickled WorkerSetup   (first, once)
+    supervisor -> worker  {"op": "setup"}    WorkerSetup as JSON   (first, once)
     worker -> supervisor  {"op": "ready"}    b""                   (once its sockets are served)
     supervisor -> worker  {"op": "metrics"}  b""      -> reply {"ok": true}  exposition text
     supervisor -> worker  {"op": "health"}   b""      -> reply {"ok": true}  JSON
-    supervisor -> worker  {"op": "reload"}   pickled Config -> reply {"ok": bool, "error": str}
+    supervisor -> worker  {"op": "reload"}   document -> reply {"ok": bool, "error": str}
 
-Requests from the supervisor are answered in order, one at a time. The channel is a socket
-pair between a process and the child it started, nothing else can reach it; even so the worker
-unpickles only the config's own value types (``loads``), never arbitrary objects.
-The worker treats the channel's EOF as "the supervisor is gone" and drains and exits.
+A worker is told what the supervisor was told: its command line, and the TOML document the
+rule table holds (the file's text, or the store's), which it reads with the same loader
+(cli.document_parser). No ``Config`` object crosses the channel: what a worker serves is what
+the document says, as on every other instance of a fleet. An empty document means "none":
+the command line alone describes the config (the embedded default, --listen).
+Requests from the supervisor are answered in order, one at a time. The worker treats the
+channel's EOF as "the supervisor is gone" and drains and exits.
 
 Must not know: what the ops do (the worker's handlers) or how workers are supervised.
 """
@@ -21,16 +24,13 @@ Must not know: what the ops do (the worker's handlers) or how workers are superv
 from __future__ import annotations
 
 import asyncio
-import io
-import pickle
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
 
-from .config import Config
 from .scf import frames
 
 #: the environment variable that gives a worker its end of the channel (a file descriptor)
@@ -39,44 +39,45 @@ CONTROL_FD_VARIABLE = "CLBSCF_CONTROL_FD"
 
 @dataclass(frozen=True)
 class WorkerSetup:
-    """What a worker needs to serve: its config, options and the listening sockets' fds."""
+    """What a worker needs to serve: the supervisor's command line and rule-table document,
+    and the listening sockets' file descriptors it inherited."""
 
-    config: Config
-    parser_kind: str
-    drain_timeout: float
-    access_log: bool
-    log_level: str
+    #: the command line the supervisor was started with (its options are the worker's)
+    argv: list[str]
+    #: the rule table's TOML document; None: the command line alone describes the config
+    document: str | None
     #: listener name -> file descriptors of its listening sockets (inherited)
     sockets: dict[str, list[int]]
     index: int
-    #: --reload: the worker watches the functions' code and recycles its own instances
-    reload: bool = False
     #: --scf-api: the file descriptor of the local SCF API's listening socket (-1: none)
     scf_api_fd: int = -1
 
+    def encode(self) -> bytes:
+        return orjson.dumps(asdict(self))
 
-#: what a setup or config pickle may contain: our frozen values, paths and builtin containers
-_ALLOWED = {"proxy.config", "proxy.control", "pathlib"}
-_BUILTINS = {"tuple", "frozenset", "set", "list", "dict", "str", "int", "float", "bool"}
-#: value classes of other modules the config holds (by name: never a module's functions)
-_CLASSES = {("proxy.customconfig", "CustomConfig")}
+    @classmethod
+    def decode(cls, data: bytes) -> WorkerSetup:
+        """The setup ``encode`` wrote; ValueError for anything else."""
+        try:
+            value = orjson.loads(data)
+            setup = cls(**value)
+        except (orjson.JSONDecodeError, TypeError) as exc:
+            raise ValueError(f"not a worker setup: {exc}") from None
+        if not (isinstance(setup.argv, list) and all(isinstance(a, str) for a in setup.argv)
+                and (setup.document is None or isinstance(setup.document, str))
+                and isinstance(setup.sockets, dict) and isinstance(setup.index, int)
+                and isinstance(setup.scf_api_fd, int)):
+            raise ValueError("not a worker setup: a field has the wrong type")
+        return setup
 
 
-class _ValuesOnly(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if module in _ALLOWED or (module == "builtins" and name in _BUILTINS) \
-                or (module, name) in _CLASSES:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not a config value")
+def encode_document(document: str | None) -> bytes:
+    """The body of a reload: the document as UTF-8, empty for none."""
+    return document.encode() if document is not None else b""
 
 
-def dumps(value: Config | WorkerSetup) -> bytes:
-    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def loads(data: bytes) -> Any:
-    """A Config or WorkerSetup from ``dumps``; UnpicklingError for anything else."""
-    return _ValuesOnly(io.BytesIO(data)).load()
+def decode_document(body: bytes) -> str | None:
+    return body.decode() if body else None
 
 
 class ChannelClosed(Exception):

@@ -70,11 +70,12 @@ class WorkerProcess:
 
 
 class Supervisor:
-    def __init__(self, config: Config, args: argparse.Namespace,
+    def __init__(self, config: Config, args: argparse.Namespace, argv: list[str],
                  load: Callable[[], Config],
                  admin: tuple[str, int, str | None] | None, table: Table | None = None) -> None:
         self.config = config
         self.args = args
+        self.argv = argv  # what each worker is started with, beside the table's document
         self.load = load
         self.admin = admin
         self.metrics = ProxyMetrics()  # its own: admin calls, reloads, worker restarts
@@ -141,9 +142,7 @@ class Supervisor:
         """Start a process in ``worker``'s slot and wait until it serves."""
         ours, theirs = socket.socketpair()
         fds = {name: [s.fileno() for s in socks] for name, socks in self.sockets.items()}
-        setup = WorkerSetup(self.config, self.args.http, self.args.drain_timeout,
-                            not self.args.no_access_log, self.args.log_level, fds,
-                            worker.index, reload=self.args.reload,
+        setup = WorkerSetup(self.argv, self.table.text, fds, worker.index,
                             scf_api_fd=self.scf_api.fileno() if self.scf_api else -1)
         inherited = [theirs.fileno(), *(fd for group in fds.values() for fd in group)]
         if self.scf_api is not None:
@@ -158,7 +157,7 @@ class Supervisor:
             theirs.close()
         channel = await Channel.open(ours)
         try:
-            await channel.send({"op": "setup"}, control.dumps(setup))
+            await channel.send({"op": "setup"}, setup.encode())
             header, _ = await asyncio.wait_for(channel.receive(), START_TIMEOUT)
         except (ChannelClosed, asyncio.TimeoutError, OSError) as exc:
             channel.close()
@@ -250,7 +249,9 @@ class Supervisor:
                 self.metrics.observe_reload(False)
                 raise
             self.config = config  # a worker restarted from now on starts with it
-            data = control.dumps(config)
+            # the document the table now holds (the table sets it before applying); none
+            # without a file or store: the command line alone gives the config again
+            data = control.encode_document(self.table.text)
             errors = []
             for worker in self.workers:
                 if worker.serving:

@@ -3,10 +3,11 @@
 Owns the worker's side of ``--workers N``: read the ``WorkerSetup`` from the control channel
 (control.py), serve the inherited listening sockets with a ``ProxyServer`` (its own function
 instances, upstream pools and metrics), and answer the supervisor's ops: its metrics text, its
-health, and a config to reload (from SIGHUP or the admin API, applied the same way as in a
-single process). It exits when told by SIGTERM/SIGINT (graceful drain) or when the supervisor
-is gone (the channel's EOF, and the kernel's parent-death signal for a supervisor killed hard),
-so no worker outlives its supervisor.
+health, and the rule table's document to reload (from SIGHUP or the admin API), read with the
+supervisor's own command line and applied the same way as in a single process. It exits when
+told by SIGTERM/SIGINT (graceful drain) or when the supervisor is gone (the channel's EOF, and
+the kernel's parent-death signal for a supervisor killed hard), so no worker outlives its
+supervisor.
 
 Must not know: other workers, the admin API, how it is restarted.
 """
@@ -24,8 +25,7 @@ from typing import Any
 
 import orjson
 
-from .config import Config
-from .control import CONTROL_FD_VARIABLE, Channel, WorkerSetup, loads
+from .control import CONTROL_FD_VARIABLE, Channel, WorkerSetup, decode_document
 from .errors import ConfigError
 from .logs import AccessLog, setup_logging
 
@@ -43,17 +43,20 @@ def _die_with_parent() -> None:
 
 
 async def run(channel: Channel) -> int:
+    from .cli import config_of
     from .server import ProxyServer
 
     header, body = await channel.receive()
     if header.get("op") != "setup":
         raise RuntimeError(f"expected the setup message, got {header!r}")
-    setup: WorkerSetup = loads(body)
-    setup_logging(setup.log_level)
-    server = ProxyServer(setup.config, parser_kind=setup.parser_kind,
-                         access_log=AccessLog(enabled=setup.access_log, atomic_lines=True),
+    setup = WorkerSetup.decode(body)
+    args, config = config_of(setup.argv, setup.document)
+    setup_logging(args.log_level)
+    server = ProxyServer(config, parser_kind=args.http,
+                         access_log=AccessLog(enabled=not args.no_access_log,
+                                              atomic_lines=True),
                          scf_api=socket.socket(fileno=setup.scf_api_fd)
-                         if setup.scf_api_fd >= 0 else None, reload=setup.reload)
+                         if setup.scf_api_fd >= 0 else None, reload=args.reload)
     sockets = {name: [socket.socket(fileno=fd) for fd in fds]
                for name, fds in setup.sockets.items()}
     await server.start(sockets)
@@ -65,9 +68,8 @@ async def run(channel: Channel) -> int:
         return {"ok": True}, orjson.dumps(server.health())
 
     async def reload(data: bytes) -> tuple[dict[str, Any], bytes]:
-        config: Config = loads(data)
         try:
-            await server.reload(config)
+            await server.reload(config_of(setup.argv, decode_document(data))[1])
         except ConfigError as exc:
             return {"ok": False, "error": str(exc)}, b""
         return {"ok": True}, b""
@@ -80,9 +82,9 @@ async def run(channel: Channel) -> int:
     def orphaned(_: asyncio.Task[None]) -> None:
         if not server.state.draining:
             error_log.warning("worker %d: the supervisor is gone; draining", setup.index)
-            loop.create_task(server.stop(setup.drain_timeout))
+            loop.create_task(server.stop(args.drain_timeout))
     serving.add_done_callback(orphaned)
-    await server.run_until_signalled(setup.drain_timeout, reload_on_hup=False)
+    await server.run_until_signalled(args.drain_timeout, reload_on_hup=False)
     serving.cancel()
     return 0
 

@@ -250,13 +250,17 @@ class Table:
         if snapshot.text is None:
             self._refuse(snapshot, "empty", EMPTY_STORE)
             return False
+        before = self.text, self.revision
         try:
             config = self.parse(snapshot.text)
+            # the document is the table's while it is applied (workers are sent it), and
+            # stays only if the apply succeeds
+            self.text, self.revision = snapshot.text, snapshot.revision
             await self._apply(config)
         except ConfigError as exc:
+            self.text, self.revision = before
             self._refuse(snapshot, "invalid", str(exc))
             return False
-        self.text, self.revision = snapshot.text, snapshot.revision
         self._refused = ""
         if self.backend is not None and self.backend.kind == "etcd":
             error_log.info("store %s: revision %s applied", self.location, snapshot.revision)

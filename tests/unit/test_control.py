@@ -1,11 +1,10 @@
-"""The supervisor <-> worker control channel: config values round-trip, nothing else unpickles,
-and requests over a real socket pair are answered in order."""
+"""The supervisor <-> worker control channel: a worker setup round-trips as JSON, nothing else
+decodes as one, a worker reads the same config from the same command line and document, and
+requests over a real socket pair are answered in order."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import pickle
 import socket
 from pathlib import Path
 from typing import Any
@@ -14,22 +13,44 @@ import pytest
 import uvloop
 
 from proxy import control
+from proxy.cli import config_of
 from proxy.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "deploy" / "config.example.toml"
 
 
-def test_a_config_and_a_worker_setup_round_trip() -> None:
-    config = load_config(ROOT / "deploy" / "config.example.toml")
-    assert control.loads(control.dumps(config)) == config
-    setup = control.WorkerSetup(config, "h11", 5.0, False, "info", {"web": [7, 8]}, 1)
-    assert control.loads(control.dumps(setup)) == setup
+def test_a_worker_setup_round_trips() -> None:
+    setup = control.WorkerSetup(["--config", str(EXAMPLE), "--workers", "2"],
+                                EXAMPLE.read_text(), {"web": [7, 8]}, 1, scf_api_fd=9)
+    assert control.WorkerSetup.decode(setup.encode()) == setup
+    assert control.decode_document(control.encode_document("a = 1\n")) == "a = 1\n"
+    assert control.decode_document(control.encode_document(None)) is None
 
 
-@pytest.mark.parametrize("foreign", [os.system, Exception("x"), socket.socket])
-def test_anything_but_config_values_is_refused(foreign: Any) -> None:
-    with pytest.raises(pickle.UnpicklingError, match="not a config value"):
-        control.loads(pickle.dumps(foreign))
+@pytest.mark.parametrize("foreign", [b"\x80\x04\x95", b"[]", b'{"argv": "x"}',
+                                     b'{"argv": [], "document": 1, "sockets": {}, "index": 0}',
+                                     b'{"argv": [1], "document": null, "sockets": {}, '
+                                     b'"index": 0}'])
+def test_anything_but_a_worker_setup_is_refused(foreign: bytes) -> None:
+    with pytest.raises(ValueError, match="not a worker setup"):
+        control.WorkerSetup.decode(foreign)
+
+
+def test_a_worker_reads_the_config_the_supervisor_serves() -> None:
+    # the file's document, read with the supervisor's command line, is the file's config
+    args, config = config_of(["--config", str(EXAMPLE), "--workers", "2", "--http", "h11"],
+                             EXAMPLE.read_text())
+    assert config == load_config(EXAMPLE) and args.http == "h11" and args.workers == 2
+    # a document that differs from the file is what the worker serves (the table's, not
+    # the disk's): the store's revision or a change written back moments ago
+    changed = EXAMPLE.read_text().replace('function = "hello", weight = 10 }',
+                                          'function = "hello", weight = 7 }', 1)
+    [target] = config_of(["--config", str(EXAMPLE)], changed)[1].listeners[0].rules[0].targets
+    assert target.weight == 7
+    # no document: the command line alone (the embedded default, --listen)
+    _, default = config_of(["--listen", "127.0.0.1:0"], None)
+    assert [l.port for l in default.listeners] == [0]
 
 
 def test_requests_are_answered_in_order_until_eof() -> None:
