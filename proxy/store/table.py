@@ -17,8 +17,8 @@ revision in its backend), and
   moved (polled every ``POLL_INTERVAL``; a change lands within about that). A document that
   does not validate, or changes the listeners, is refused, logged with its field path, counted
   (``clbscf_store_rejected_total``) and the last good table stays.
-- ``health()``: the store's state for /healthz and the status page: ok / unreachable (and
-  since when, and why), the revision served.
+- ``health()``: the store's state for /healthz: ok / unreachable (and since when, and why),
+  the revision served; ``status()`` the same for the status page, in a stable shape.
 
 Without a backend (the embedded default, no --config) every change is refused: there is
 nowhere to make it durable.
@@ -117,6 +117,15 @@ class Table:
     @property
     def location(self) -> str:
         return self.backend.location if self.backend else "embedded default"
+
+    def status(self) -> dict[str, Any]:
+        """The store's state for the status page (a stable shape): ``mode`` ("file", "etcd"
+        or "none": the embedded default), ``location``, ``state`` ("ok" or "unreachable"),
+        ``since`` (epoch seconds of the last state change), ``revision`` (the one served:
+        the file's SHA-256 or etcd's mod_revision) and ``last_error`` ("" when none)."""
+        return {"mode": self.kind, "location": self.location, "state": self.state,
+                "since": round(self.since, 3), "revision": self.revision,
+                "last_error": self.error}
 
     def health(self) -> dict[str, Any]:
         return {"kind": self.kind, "location": self.location, "state": self.state,
