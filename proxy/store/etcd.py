@@ -189,6 +189,12 @@ class EtcdClient:
             return None, 0
         return base64.b64decode(kvs[0].get("value", "")), int(kvs[0].get("mod_revision", 0))
 
+    async def mod_revision(self, key: str) -> int:
+        """The key's mod_revision (0 when absent), without its value."""
+        answer = await self.call("kv/range", {"key": _b64(key), "keys_only": True})
+        kvs = answer.get("kvs") or []
+        return int(kvs[0].get("mod_revision", 0)) if kvs else 0
+
     async def put_if(self, key: str, value: bytes, mod_revision: int) -> int | None:
         """Put when the key's mod_revision is still ``mod_revision``: the new revision, or
         None when the compare failed."""
@@ -221,6 +227,9 @@ class EtcdBackend:
         if value is None:
             return Snapshot(None, "0")
         return Snapshot(value.decode("utf-8", "replace"), str(revision))
+
+    async def peek(self) -> str:
+        return str(await self.client.mod_revision(self.url.key))
 
     async def write(self, text: str, expected: str) -> str:
         data = text.encode("utf-8")

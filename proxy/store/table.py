@@ -14,7 +14,8 @@ revision in its backend), and
   (``ApiError``: FailedOperation for conflicts and store trouble, InvalidParameterValue for a
   value the loader refuses).
 - ``reload()``: SIGHUP; in store mode also what ``watch()`` does when the store's revision
-  moved (polled every ``POLL_INTERVAL``; a change lands within about that). A document that
+  moved (polled every ``POLL_INTERVAL``, the revision alone, the document only when it
+  moved; a change lands within about that). A document that
   does not validate, or changes the listeners, is refused, logged with its field path, counted
   (``clbscf_store_rejected_total``) and the last good table stays.
 - ``health()``: the store's state for /healthz: ok / unreachable (and since when, and why),
@@ -288,6 +289,11 @@ class Table:
         while True:
             await asyncio.sleep(POLL_INTERVAL)
             try:
+                # the revision alone (keys_only) at each poll; the document only when it moved
+                revision = await self.backend.peek()
+                if revision in (self.revision, self._refused) or self._lock.locked():
+                    self._reachable(True)
+                    continue
                 snapshot = await self.backend.read()
             except StoreError as exc:
                 self._reachable(False, str(exc))
