@@ -137,6 +137,20 @@ def test_push_validates_and_pull_prints_what_was_pushed(
     done = _cli("store", "push", str(bad), "--store", url)  # a bad file replaces nothing
     assert done.returncode == 2 and etcd.get(_key(url))[0] == text
 
+    # --if-empty: a seed that keeps what is there (and still refuses a bad file)
+    other = tmp_path / "other.toml"
+    other.write_text(_table(cvm.address, weight=55))
+    revision = etcd.get(_key(url))[1]
+    done = _cli("store", "push", "--if-empty", str(other), "--store", url)
+    assert done.returncode == 0 and "already holds a table" in done.stderr
+    assert etcd.get(_key(url)) == (text, revision)
+    done = _cli("store", "push", "--if-empty", str(bad), "--store", url)
+    assert done.returncode == 2 and "weight" in done.stderr
+    fresh = url + "-seed"
+    done = _cli("store", "push", "--if-empty", str(other), "--store", fresh)
+    assert done.returncode == 0 and "stored in" in done.stderr
+    assert etcd.get(_key(fresh))[0] == other.read_text()
+
 
 @pytest.mark.parametrize("bad", ["etcd:/127.0.0.1:2379/x", "etcd://127.0.0.1:2379",
                                  "http://127.0.0.1:2379/x", "etcd://127.0.0.1:99999/x",
