@@ -82,6 +82,7 @@ class Table:
         self.error = ""
         self.since = time.time()
         self._refused = ""  # the revision last refused, so it is logged once
+        self._refused_error = ""  # and why
 
     def attach(self, current: Callable[[], Config], apply: Callable[[Config], Awaitable[None]],
                check: Callable[[Config], None], registry: Registry) -> None:
@@ -123,15 +124,24 @@ class Table:
         """The store's state for the status page (a stable shape): ``mode`` ("file", "etcd"
         or "none": the embedded default), ``location``, ``state`` ("ok" or "unreachable"),
         ``since`` (epoch seconds of the last state change), ``revision`` (the one served:
-        the file's SHA-256 or etcd's mod_revision) and ``last_error`` ("" when none)."""
+        the file's SHA-256 or etcd's mod_revision), ``last_error`` ("" when none) and
+        ``refused`` (the newer stored revision that was not applied and why, as
+        ``{"revision", "error"}``, or None)."""
         return {"mode": self.kind, "location": self.location, "state": self.state,
                 "since": round(self.since, 3), "revision": self.revision,
-                "last_error": self.error}
+                "last_error": self.error, "refused": self._refused_info()}
+
+    def _refused_info(self) -> dict[str, str] | None:
+        if not self._refused:
+            return None
+        return {"revision": self._refused, "error": self._refused_error}
 
     def health(self) -> dict[str, Any]:
+        refused = self._refused_info()
         return {"kind": self.kind, "location": self.location, "state": self.state,
                 "revision": self.revision, "since": round(self.since, 3),
-                **({"error": self.error} if self.error else {})}
+                **({"error": self.error} if self.error else {}),
+                **({"refused": refused} if refused else {})}
 
     # -- a change ------------------------------------------------------------------------------
 
@@ -267,7 +277,7 @@ class Table:
             self._refuse(snapshot, "invalid", str(exc))
             return False
         self.text, self.revision = snapshot.text, snapshot.revision
-        self._refused = ""
+        self._refused = self._refused_error = ""
         if self.backend is not None and self.backend.kind == "etcd":
             error_log.info("store %s: revision %s applied", self.location, snapshot.revision)
         return True
@@ -275,7 +285,7 @@ class Table:
     def _refuse(self, snapshot: Snapshot, reason: str, message: str) -> None:
         if self._refused == snapshot.revision:
             return  # logged and counted once per revision, not at every poll
-        self._refused = snapshot.revision
+        self._refused, self._refused_error = snapshot.revision, message
         self._rejected.labels(reason).inc()
         error_log.error("reload refused, the running config stays (revision %s): %s: %s",
                         self.revision, self.location if self.kind == "etcd" else "", message)

@@ -221,6 +221,9 @@ def test_an_instance_serves_the_store_and_follows_its_changes(
             _wait_for(lambda: _metric(proc.admin_port, "clbscf_store_rejected_total") == 2,
                       what="the rejection counted")
             assert http_get(port, "api.test")[1] == b"second"
+            store = _healthz(proc.admin_port)["store"]
+            assert store["state"] == "ok" and int(store["refused"]["revision"]) > int(
+                store["revision"]) and "target[0].weight" in store["refused"]["error"]
             # ... and a change made through the API now says what is wrong with the store
             answer = _set_weight(proc.admin_port, second, 5)
             assert answer["Error"]["Code"] == "FailedOperation"
@@ -231,6 +234,7 @@ def test_an_instance_serves_the_store_and_follows_its_changes(
             _push(url, tmp_path, _table(cvm.address, weight=7))
             _wait_for(lambda: http_get(port, "api.test")[1] == b"cvm", what="a good table")
             assert _weight(proc.admin_port) == 7
+            assert "refused" not in _healthz(proc.admin_port)["store"]
             _still_warm(warm, _calls(port, 6), workers)
     finally:
         second.stop()
@@ -260,7 +264,8 @@ def _still_warm(before: dict[int, int], after: dict[int, int], workers: int) -> 
 def test_an_api_change_on_one_of_three_instances_reaches_the_other_two(
         url: str, etcd: Etcd, tmp_path: Path, cvm: Upstream) -> None:
     _push(url, tmp_path, _table(cvm.address))
-    with _instance(url) as a, _instance(url) as b, _instance(url) as c:
+    # the one changed through the API runs 2 workers: its supervisor commits and applies
+    with _instance(url, "--workers", "2") as a, _instance(url) as b, _instance(url) as c:
         times = []
         for weight in (20, 30, 40):
             started = time.monotonic()
