@@ -503,3 +503,32 @@ def test_a_tls_error_names_the_endpoint(tmp_path: Path, cvm: Upstream) -> None:
         with _instance(url, env=trusted) as proc:
             assert http_get(proc.port(), "api.test")[1] == b"cvm"
             assert "Error" not in _set_weight(proc.admin_port, cvm, 30)
+
+
+def test_a_dead_endpoint_is_skipped_and_a_deleted_table_is_refused(
+        url: str, etcd: Etcd, tmp_path: Path, cvm: Upstream) -> None:
+    # the first endpoint never answers: push, pull and the instance use the second
+    dead = url.replace("etcd://", "etcd://127.0.0.1:1,")
+    _push(dead, tmp_path, _table(cvm.address))
+    with _instance(dead) as proc:
+        assert http_get(proc.port(), "api.test")[1] == b"cvm"
+        assert "Error" not in _set_weight(proc.admin_port, cvm, 25)
+        assert tomllib.loads(etcd.get(_key(url))[0] or "")["listener"][0]["rule"][0][
+            "targets"][0]["weight"] == 25
+
+        # the key deleted by hand: the instance keeps its table, says so, refuses changes
+        done = etcd.etcdctl("del", _key(url))
+        assert done.returncode == 0 and done.stdout.strip() == "1", done.stderr
+        proc.wait_for_log(EMPTY, 15)
+        _wait_for(lambda: _metric(proc.admin_port, 'clbscf_store_rejected_total{reason="empty"}')
+                  == 1, what="the empty store counted")
+        assert http_get(proc.port(), "api.test")[1] == b"cvm"
+        answer = _set_weight(proc.admin_port, cvm, 35)
+        assert answer["Error"]["Code"] == "FailedOperation" and EMPTY in answer["Error"]["Message"]
+        assert etcd.get(_key(url)) == (None, 0)
+        assert _weight(proc.admin_port) == 25
+    # every endpoint down: each is named with its reason
+    done = _cli("store", "pull", "--store", "etcd://127.0.0.1:1,127.0.0.1:2/x")
+    assert done.returncode == 2
+    assert "127.0.0.1:1: connect failed" in done.stderr
+    assert "127.0.0.1:2: connect failed" in done.stderr
