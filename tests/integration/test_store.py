@@ -13,6 +13,7 @@ whole table; refused authentication and TLS errors name the endpoint.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import itertools
 import json
@@ -32,6 +33,8 @@ from typing import Any
 import pytest
 import trustme
 
+from proxy.store import Conflict
+from proxy.store.etcd import EtcdBackend, parse_store_url
 from tests.clbcall import clb, targets
 from tests.configs import function, listener, rule, scf_rule
 from tests.etcd import Etcd
@@ -544,3 +547,22 @@ def test_a_dead_endpoint_is_skipped_and_a_deleted_table_is_refused(
     assert done.returncode == 2
     assert "127.0.0.1:1: connect failed" in done.stderr
     assert "127.0.0.1:2: connect failed" in done.stderr
+
+
+def test_a_write_sent_twice_is_taken_once_and_a_stale_one_is_a_conflict(
+        url: str, etcd: Etcd) -> None:
+    """The etcd backend itself, against the real etcd: a resent write (its first answer lost)
+    finds its own document and succeeds; a write on a stale revision is a Conflict."""
+    async def run() -> None:
+        backend = EtcdBackend(parse_store_url(url))
+        try:
+            assert await backend.read() == (None, "0")
+            first = await backend.write("a = 1\n", "0")
+            assert await backend.peek() == first
+            assert await backend.write("a = 1\n", "0") == first  # the resend: no conflict
+            with pytest.raises(Conflict):
+                await backend.write("a = 2\n", "0")  # another writer came first
+            assert (await backend.read()).text == "a = 1\n"
+        finally:
+            await backend.close()
+    asyncio.run(run())
