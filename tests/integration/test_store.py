@@ -8,7 +8,8 @@ invalid document refused, logged and counted); three instances see one API chang
 propagation time is printed); two instances' simultaneous changes both land; etcd stopped and
 restarted under load loses no request, refuses changes meanwhile (FailedOperation, nothing
 half-applied, /healthz says so) and catches up; kill -9 in the middle of changes leaves a
-whole table; refused authentication and TLS errors name the endpoint.
+whole table; refused authentication and TLS errors name the endpoint; a dead first endpoint
+is skipped; a deleted table is refused; a resent write is taken once.
 """
 
 from __future__ import annotations
