@@ -45,6 +45,10 @@ class Backend(Protocol):
 
     async def read(self) -> Snapshot: ...
 
+    async def peek(self) -> str:
+        """The revision ``read`` would give, without the document (the watch's cheap poll)."""
+        ...
+
     async def write(self, text: str, expected: str) -> str:
         """Store ``text`` if the revision is still ``expected``; the new revision.
         Raises Conflict, ReadOnly or StoreError."""

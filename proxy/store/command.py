@@ -4,7 +4,9 @@ push validates FILE as an instance in store mode will read it (the loader, relat
 the working directory, the certificates as start-up checks them) and stores its text as it is,
 comments included; a bad file exits 2 naming the field path, and nothing is stored. The write is
 a compare-and-swap on the revision push read, so a change an instance made meanwhile is not
-silently overwritten: push fails and says so (run it again to overwrite). pull prints the
+silently overwritten: push fails and says so (run it again to overwrite); with ``--if-empty``
+it stores nothing when a table is already there (a seed, e.g. a Kubernetes Job, that can run
+again without undoing the fleet's changes), still validating FILE. pull prints the
 stored document. Exit 0, 2 for a bad file, a bad URL, an empty store or a store that cannot be
 reached (the message names it).
 
@@ -31,13 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     push = sub.add_parser("push", help="validate FILE and store it")
     push.add_argument("file", type=Path, metavar="FILE")
+    push.add_argument("--if-empty", action="store_true",
+                      help="store FILE only when the store holds no table yet (a seed that "
+                           "is safe to run again: the fleet's changes are kept)")
     pull = sub.add_parser("pull", help="print the stored table (TOML)")
     for each in (push, pull):
         each.add_argument("--store", required=True, metavar="etcd://HOST:PORT[,...]/PREFIX")
     return parser
 
 
-async def push(url_text: str, path: Path) -> str:
+async def push(url_text: str, path: Path, if_empty: bool = False) -> str:
     url = parse_store_url(url_text)
     try:
         text = path.read_bytes().decode("utf-8")
@@ -52,6 +57,9 @@ async def push(url_text: str, path: Path) -> str:
     backend = EtcdBackend(url)
     try:
         current = await backend.read()
+        if if_empty and current.text is not None:
+            return (f"{path}: not pushed, {url} already holds a table (revision "
+                    f"{current.revision}); --if-empty keeps it")
         try:
             revision = await backend.write(text, current.revision)
         except Conflict:
@@ -78,7 +86,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "push":
-            print(asyncio.run(push(args.store, args.file)), file=sys.stderr)
+            print(asyncio.run(push(args.store, args.file, args.if_empty)), file=sys.stderr)
         else:
             sys.stdout.write(asyncio.run(pull(args.store)))
     except ConfigError as exc:

@@ -15,7 +15,9 @@ Owns the store URL's syntax, a small etcd v3 client and the etcd backend of stor
   the one that answered is tried first next time.
 - Writes are one transaction: compare the key's ``mod_revision`` with the revision the change
   was made on, put if equal (a key never written compares as 0). The table is one key, so a
-  reader sees the old document or the new one, never a mix.
+  reader sees the old document or the new one, never a mix. A write is safe to send twice
+  (the keep-alive race, failover to the next endpoint): when the compare fails and the key
+  already holds exactly this document at a newer revision, it was this write that landed.
 
 Errors name the endpoint: ``StoreError`` for unreachable (every endpoint's reason), refused
 authentication and TLS failures; ``Conflict`` when the compare failed.
@@ -163,7 +165,7 @@ class EtcdClient:
         try:
             response = await self._http.request("POST", f"{self._base(endpoint)}/v3/{path}",
                                                 headers, orjson.dumps(body),
-                                                idempotent=path == "kv/range")
+                                                idempotent=True)
         except UpstreamError as exc:
             detail = exc.log_detail.split(": ", 1)[-1] if exc.log_detail else str(exc)
             if "TLS" in detail or "certificate" in detail:
@@ -186,6 +188,12 @@ class EtcdClient:
         if not kvs:
             return None, 0
         return base64.b64decode(kvs[0].get("value", "")), int(kvs[0].get("mod_revision", 0))
+
+    async def mod_revision(self, key: str) -> int:
+        """The key's mod_revision (0 when absent), without its value."""
+        answer = await self.call("kv/range", {"key": _b64(key), "keys_only": True})
+        kvs = answer.get("kvs") or []
+        return int(kvs[0].get("mod_revision", 0)) if kvs else 0
 
     async def put_if(self, key: str, value: bytes, mod_revision: int) -> int | None:
         """Put when the key's mod_revision is still ``mod_revision``: the new revision, or
@@ -220,9 +228,20 @@ class EtcdBackend:
             return Snapshot(None, "0")
         return Snapshot(value.decode("utf-8", "replace"), str(revision))
 
+    async def peek(self) -> str:
+        return str(await self.client.mod_revision(self.url.key))
+
     async def write(self, text: str, expected: str) -> str:
-        revision = await self.client.put_if(self.url.key, text.encode("utf-8"), int(expected))
+        data = text.encode("utf-8")
+        revision = await self.client.put_if(self.url.key, data, int(expected))
         if revision is None:
+            # Either another writer came first, or this very write landed on an earlier
+            # attempt whose answer was lost (a connection dropped after etcd applied it, or
+            # an endpoint that timed out before the next one was asked): the key then holds
+            # exactly this document at a newer revision, which is success, not a conflict.
+            value, now = await self.client.get(self.url.key)
+            if value == data and now > int(expected):
+                return str(now)
             raise Conflict(f"{self.url} changed since revision {expected}")
         return str(revision)
 

@@ -45,6 +45,9 @@ class FileBackend:
         data = self._read_bytes()
         return Snapshot(data.decode("utf-8", "replace"), revision(data))
 
+    async def peek(self) -> str:
+        return revision(self._read_bytes())
+
     async def write(self, text: str, expected: str) -> str:
         return await asyncio.get_running_loop().run_in_executor(None, self._write, text,
                                                                 expected)

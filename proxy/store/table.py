@@ -14,11 +14,12 @@ revision in its backend), and
   (``ApiError``: FailedOperation for conflicts and store trouble, InvalidParameterValue for a
   value the loader refuses).
 - ``reload()``: SIGHUP; in store mode also what ``watch()`` does when the store's revision
-  moved (polled every ``POLL_INTERVAL``; a change lands within about that). A document that
+  moved (polled every ``POLL_INTERVAL``, the revision alone, the document only when it
+  moved; a change lands within about that). A document that
   does not validate, or changes the listeners, is refused, logged with its field path, counted
   (``clbscf_store_rejected_total``) and the last good table stays.
-- ``health()``: the store's state for /healthz and the status page: ok / unreachable (and
-  since when, and why), the revision served.
+- ``health()``: the store's state for /healthz: ok / unreachable (and since when, and why),
+  the revision served; ``status()`` the same for the status page, in a stable shape.
 
 Without a backend (the embedded default, no --config) every change is refused: there is
 nowhere to make it durable.
@@ -81,6 +82,7 @@ class Table:
         self.error = ""
         self.since = time.time()
         self._refused = ""  # the revision last refused, so it is logged once
+        self._refused_error = ""  # and why
 
     def attach(self, current: Callable[[], Config], apply: Callable[[Config], Awaitable[None]],
                check: Callable[[Config], None], registry: Registry) -> None:
@@ -118,10 +120,28 @@ class Table:
     def location(self) -> str:
         return self.backend.location if self.backend else "embedded default"
 
+    def status(self) -> dict[str, Any]:
+        """The store's state for the status page (a stable shape): ``mode`` ("file", "etcd"
+        or "none": the embedded default), ``location``, ``state`` ("ok" or "unreachable"),
+        ``since`` (epoch seconds of the last state change), ``revision`` (the one served:
+        the file's SHA-256 or etcd's mod_revision), ``last_error`` ("" when none) and
+        ``refused`` (the newer stored revision that was not applied and why, as
+        ``{"revision", "error"}``, or None)."""
+        return {"mode": self.kind, "location": self.location, "state": self.state,
+                "since": round(self.since, 3), "revision": self.revision,
+                "last_error": self.error, "refused": self._refused_info()}
+
+    def _refused_info(self) -> dict[str, str] | None:
+        if not self._refused:
+            return None
+        return {"revision": self._refused, "error": self._refused_error}
+
     def health(self) -> dict[str, Any]:
+        refused = self._refused_info()
         return {"kind": self.kind, "location": self.location, "state": self.state,
                 "revision": self.revision, "since": round(self.since, 3),
-                **({"error": self.error} if self.error else {})}
+                **({"error": self.error} if self.error else {}),
+                **({"refused": refused} if refused else {})}
 
     # -- a change ------------------------------------------------------------------------------
 
@@ -261,7 +281,7 @@ class Table:
             self.text, self.revision = before
             self._refuse(snapshot, "invalid", str(exc))
             return False
-        self._refused = ""
+        self._refused = self._refused_error = ""
         if self.backend is not None and self.backend.kind == "etcd":
             error_log.info("store %s: revision %s applied", self.location, snapshot.revision)
         return True
@@ -269,7 +289,7 @@ class Table:
     def _refuse(self, snapshot: Snapshot, reason: str, message: str) -> None:
         if self._refused == snapshot.revision:
             return  # logged and counted once per revision, not at every poll
-        self._refused = snapshot.revision
+        self._refused, self._refused_error = snapshot.revision, message
         self._rejected.labels(reason).inc()
         error_log.error("reload refused, the running config stays (revision %s): %s: %s",
                         self.revision, self.location if self.kind == "etcd" else "", message)
@@ -283,6 +303,11 @@ class Table:
         while True:
             await asyncio.sleep(POLL_INTERVAL)
             try:
+                # the revision alone (keys_only) at each poll; the document only when it moved
+                revision = await self.backend.peek()
+                if revision in (self.revision, self._refused) or self._lock.locked():
+                    self._reachable(True)
+                    continue
                 snapshot = await self.backend.read()
             except StoreError as exc:
                 self._reachable(False, str(exc))
