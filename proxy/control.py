@@ -8,6 +8,7 @@ a pickled ``Config`` travel without being re-encoded.
     worker -> supervisor  {"op": "ready"}    b""                   (once its sockets are served)
     supervisor -> worker  {"op": "metrics"}  b""      -> reply {"ok": true}  exposition text
     supervisor -> worker  {"op": "health"}   b""      -> reply {"ok": true}  JSON
+    supervisor -> worker  {"op": "status"}   b""      -> reply {"ok": true}  JSON (status page)
     supervisor -> worker  {"op": "reload"}   pickled Config -> reply {"ok": bool, "error": str}
 
 Requests from the supervisor are answered in order, one at a time. The channel is a socket

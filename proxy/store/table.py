@@ -17,8 +17,9 @@ revision in its backend), and
   moved (polled every ``POLL_INTERVAL``; a change lands within about that). A document that
   does not validate, or changes the listeners, is refused, logged with its field path, counted
   (``clbscf_store_rejected_total``) and the last good table stays.
-- ``health()``: the store's state for /healthz and the status page: ok / unreachable (and
-  since when, and why), the revision served.
+- ``health()``: the store's state for /healthz: ok / unreachable (and since when, and why),
+  the revision served; ``status()`` the same for the status page (mode, state, revision,
+  last error).
 
 Without a backend (the embedded default, no --config) every change is refused: there is
 nowhere to make it durable.
@@ -122,6 +123,12 @@ class Table:
         return {"kind": self.kind, "location": self.location, "state": self.state,
                 "revision": self.revision, "since": round(self.since, 3),
                 **({"error": self.error} if self.error else {})}
+
+    def status(self) -> dict[str, Any]:
+        """The store at a glance, for the status page: ``mode`` (none, file or etcd),
+        ``state`` (ok or unreachable), the ``revision`` served, ``last_error`` ("" if none)."""
+        return {"mode": self.kind, "state": self.state, "revision": self.revision,
+                "last_error": self.error}
 
     # -- a change ------------------------------------------------------------------------------
 
