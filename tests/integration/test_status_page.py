@@ -7,33 +7,14 @@ or ``?token=`` once setting the page's cookie).
 
 from __future__ import annotations
 
-import http.client
-import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.configs import function, listener, rule, scf_rule
 from tests.proxyproc import ProxyProcess, free_port, http_get
+from tests.statusdemo import BEARER, TOKEN, admin_get, health, status_config, wait_for
 from tests.upstreams import Upstream
-
-TOKEN = "status-page-token"
-CHECK = ('health_check = { interval = 2, healthy_threshold = 2, unhealthy_threshold = 2, '
-         'timeout = 1, path = "/health", http_codes = 2 }')
-
-
-def status_config(cvm_address: str, dead_address: str) -> str:
-    """ops.test -> a live CVM target (weight 7); dead.test -> a port nothing listens on;
-    fn.test -> the whoami function; bad.test -> a function that raises."""
-    def cvm(domain: str, address: str, weight: int) -> str:
-        return rule(domain, "/", f'[{{ type = "CVM", address = "{address}", weight = {weight} }}]'
-                    ).rstrip("\n") + "\n  " + CHECK + "\n"
-    return (listener() + cvm("ops.test", cvm_address, 7) + cvm("dead.test", dead_address, 4)
-            + scf_rule("fn.test", "/", "echo", weight=3) + scf_rule("bad.test", "/", "raises")
-            + function("echo", "whoami", concurrency=2) + function("raises"))
 
 
 @pytest.fixture(params=[1, 2], ids=["1-process", "2-workers"])
@@ -43,42 +24,6 @@ def proxy(request: pytest.FixtureRequest, tmp_path: Path,
     with ProxyProcess.with_config(config, tmp_path, "--admin", "127.0.0.1:0", "--workers",
                                   str(request.param), env={"CLBSCF_ADMIN_TOKEN": TOKEN}) as proc:
         yield proc
-
-
-def admin_get(proc: ProxyProcess, path: str, headers: dict[str, str] | None = None
-              ) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", proc.admin_port, timeout=30)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    finally:
-        conn.close()
-
-
-BEARER = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def figures(proc: ProxyProcess) -> dict[str, Any]:
-    status, _, body = admin_get(proc, "/status.json", BEARER)
-    assert status == 200
-    answer: dict[str, Any] = json.loads(body)
-    return answer
-
-
-def wait_for(proc: ProxyProcess, test: Callable[[dict[str, Any]], bool],
-             timeout: float = 60.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        snap = figures(proc)
-        if test(snap) or time.monotonic() > deadline:
-            return snap
-        time.sleep(0.3)
-
-
-def health(snap: dict[str, Any], domain: str) -> str:
-    rules = [r for r in snap["listeners"][0]["rules"] if r["domain"] == domain]
-    return str(rules[0]["targets"][0]["health"])
 
 
 def test_the_page_without_javascript_shows_rules_targets_and_health(proxy: ProxyProcess,
