@@ -1,4 +1,5 @@
-"""The admin API: ``GET /healthz``, ``GET /metrics`` and the CLB API 3.0 actions (SPEC §10).
+"""The admin API: ``GET /healthz``, ``GET /metrics`` and the CLB API 3.0 actions (SPEC §10);
+``GET /`` without a signature and ``GET /status.json`` are the status page (statuspage.py).
 
 Owns the admin's HTTP surface as a request handler (``AdminApp.handle(Request) -> Outcome``,
 served by the same connection machinery as the listeners, see adminserver.py), its
@@ -41,6 +42,7 @@ from .clbapi import (ACTIONS, TASK_ACTION, ActionContext, ApiError, Params, Targ
 from .config import Config
 from .errors import ConfigError, PayloadTooLarge, ProxyError
 from .messages import Outcome, Request, Response
+from .statuspage import PATHS as STATUS_PATHS, StatusPage
 from .store.table import Change
 from .metrics import CONTENT_TYPE, Registry
 from . import sigv1
@@ -84,9 +86,11 @@ class AdminApp:
                  scrape: Callable[[], Awaitable[bytes]] | None = None,
                  environ: Mapping[str, str] | None = None,
                  clock: Callable[[], float] = time.time,
-                 target_health: TargetHealth | None = None) -> None:
+                 target_health: TargetHealth | None = None,
+                 status: StatusPage | None = None) -> None:
         """``scrape`` replaces ``metrics.render()`` for /metrics (the supervisor's merge of
-        its workers); ``environ`` is where remote-invocation credentials are looked for."""
+        its workers); ``environ`` is where remote-invocation credentials are looked for;
+        ``status`` serves ``GET /`` (not a signed call) and ``GET /status.json``."""
         self._get_config = get_config
         self._commit = commit
         self._metrics = metrics
@@ -96,6 +100,7 @@ class AdminApp:
         self._environ = os.environ if environ is None else environ
         self._clock = clock
         self._target_health = target_health
+        self._status = status
         self._lock = asyncio.Lock()
         self._tasks: OrderedDict[str, str] = OrderedDict()
         self._calls = metrics.counter("clbscf_admin_requests_total", "Admin API calls by "
@@ -108,6 +113,12 @@ class AdminApp:
         }
 
     async def handle(self, request: Request) -> Outcome:
+        authorized = self._bearer_ok(request)
+        signed = request.path == "/" and ((request.header("authorization") or "").startswith(
+            tc3.ALGORITHM + " ") or _v1_form(request))
+        if self._status is not None and request.method == "GET" and not signed \
+                and request.path in STATUS_PATHS:  # the status page: its own token rules
+            return Outcome(await self._status.handle(request, authorized))
         endpoint = self._endpoints.get(request.path)
         if endpoint is None:
             return Outcome(Response(404, (("Content-Type", "text/plain"),), b"not found\n"))
@@ -116,9 +127,6 @@ class AdminApp:
             return Outcome(Response(405, (("Allow", ", ".join(methods)),
                                           ("Content-Type", "text/plain")),
                                     b"method not allowed\n"))
-        authorized = self._bearer_ok(request)
-        signed = request.path == "/" and ((request.header("authorization") or "").startswith(
-            tc3.ALGORITHM + " ") or _v1_form(request))
         # /healthz is open (probes carry no token), but says only ok/not ok without one
         if not authorized and not signed and request.path != "/healthz":
             return Outcome(self._unauthorized(request))

@@ -8,6 +8,7 @@ the rule table's document travel without being re-encoded.
     worker -> supervisor  {"op": "ready"}    b""                   (once its sockets are served)
     supervisor -> worker  {"op": "metrics"}  b""      -> reply {"ok": true}  exposition text
     supervisor -> worker  {"op": "health"}   b""      -> reply {"ok": true}  JSON
+    supervisor -> worker  {"op": "status"}   b""      -> reply {"ok": true}  JSON (status page)
     supervisor -> worker  {"op": "reload"}   document -> reply {"ok": bool, "error": str}
 
 A worker is told what the supervisor was told: its command line, and the TOML document the

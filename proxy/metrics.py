@@ -171,6 +171,10 @@ class Family(Generic[C]):
     def remove(self, *values: str) -> None:
         self._children.pop(tuple(values), None)
 
+    def series(self) -> Iterable[tuple[tuple[str, ...], C]]:
+        """Each child with its label values (traffic.py sums them once a second)."""
+        return self._children.items()
+
     def clear(self) -> None:
         """Forget every child (a collector about to set the current ones)."""
         self._children.clear()

@@ -40,9 +40,11 @@ from .listening import AcceptGate, announce, bind_listener
 from .logs import AccessLog
 from .metrics import ProxyMetrics
 from .router import Backends, Router
-from .scf.local import LocalFunctions
+from .scf.local import INSTANCE_STATES, LocalFunctions
 from .scf.remote import Credentials, InvokeUrlClient, RemoteFunctions
+from .statuspage import StatusPage, process_view
 from .store.table import Table
+from .traffic import TrafficRing, totals
 
 if TYPE_CHECKING:
     import ssl
@@ -88,6 +90,9 @@ class ProxyServer:
         self.state = ServerState(Router(config, self.backends, self.metrics),
                                  access_log or AccessLog(), self.metrics)
         self._track()
+        #: the last minute's totals, sampled once a second for the status page while an
+        #: admin shows it (this process's, or the supervisor's for a worker)
+        self.traffic = TrafficRing(lambda: totals(self.metrics))
         self._gates: list[AcceptGate] = []
         self._contexts: dict[str, ListenerContext] = {}
         self._announce = False
@@ -158,6 +163,12 @@ class ProxyServer:
                 "connections": len(self.state.connections),
                 "functions": self.backends.local.stats(), "store": self.table.health()}
 
+    def status_view(self) -> dict[str, Any]:
+        """This process's part of the status page (statuspage.py; a worker's answer to the
+        supervisor's ``status`` op)."""
+        return process_view(self.config, self.backends.local.stats(), self.cvm.health_of,
+                            self.traffic)
+
     async def start(self, sockets: dict[str, list[socket.socket]] | None = None) -> None:
         """Bind the listeners (or serve ``sockets``, listener name -> bound sockets, handed
         over by the supervisor) and the admin API."""
@@ -182,10 +193,19 @@ class ProxyServer:
             await gate.start()
         if self.admin is not None:
             host, port, token = self.admin
+
+
+            async def views() -> list[dict[str, Any]]:
+                return [self.status_view()]
+            status = StatusPage(lambda: self.config, views, self.table.status,
+                                lambda: {"pid": os.getpid()}, token=token)
             app = AdminApp(lambda: self.config, self.table.commit, self.metrics.registry,
-                           token=token, health=self.health, target_health=self.cvm.health_of)
+                           token=token, health=self.health, target_health=self.cvm.health_of,
+                           status=status)
             self._admin_server = await start_admin(app, host, port, self.parser_kind)
         self.table.start_watching()
+        if self.admin is not None or sockets is not None:  # a worker's admin is the supervisor
+            self.traffic.start(asyncio.get_running_loop())
         if self._scf_api_socket is not None:
             from .scf.api import MAX_BODY, ScfApi, api_credentials
 
@@ -268,6 +288,7 @@ class ProxyServer:
     async def stop(self, drain_timeout: float = 30.0) -> None:
         """Stop accepting, finish in-flight requests (up to ``drain_timeout``), then close."""
         self.state.draining = True
+        self.traffic.stop()
         for gate in self._gates:
             gate.close()
         deadline = time.monotonic() + drain_timeout
@@ -334,10 +355,6 @@ def settle_gc() -> None:
     gc.freeze()
     _, second, third = gc.get_threshold()
     gc.set_threshold(GC_THRESHOLD, second, third)
-
-
-#: the LocalFunction.stats() keys that are instance counts (the rest are running totals)
-INSTANCE_STATES = ("busy", "idle", "starting", "queued")
 
 
 def _bindings(config: Config) -> list[tuple[str, str, str, int]]:

@@ -32,6 +32,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from . import control, tls
 from .admin import AdminApp
 from .adminserver import bind_scf_api, start_admin
@@ -41,6 +43,7 @@ from .errors import ConfigError
 from .listening import announce, bind_listener
 from .metrics import ProxyMetrics, merge_expositions
 from .server import check_same_listeners
+from .statuspage import StatusPage
 from .store.table import Table
 
 error_log = logging.getLogger("proxy.error")
@@ -101,8 +104,11 @@ class Supervisor:
             admin_server = None
             if self.admin is not None:
                 host, port, token = self.admin
+                status = StatusPage(lambda: self.config, self.status_views, self.table.status,
+                                    self.process, token=token)
                 app = AdminApp(lambda: self.config, self.table.commit, self.metrics.registry,
-                               token=token, health=self.health, scrape=self.scrape)
+                               token=token, health=self.health, scrape=self.scrape,
+                               status=status)
                 admin_server = await start_admin(app, host, port, self.args.http)
             self.table.start_watching()
         except BaseException:
@@ -286,6 +292,16 @@ class Supervisor:
         """/metrics: every worker's exposition merged with the supervisor's own."""
         texts = await self._ask("metrics")
         return merge_expositions([*texts, self.metrics.render()], ProxyMetrics.MERGE)
+
+    async def status_views(self) -> list[dict[str, Any]]:
+        """The status page's figures: every serving worker's ``status_view`` (instances,
+        target health, traffic), merged by statuspage.snapshot."""
+        return [orjson.loads(body) for body in await self._ask("status")]
+
+    def process(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "workers": [
+            {"index": w.index, "pid": w.pid, "serving": w.serving, "restarts": w.restarts}
+            for w in self.workers]}
 
     def health(self) -> dict[str, Any]:
         alive = [w for w in self.workers if w.serving]

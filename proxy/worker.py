@@ -67,6 +67,9 @@ async def run(channel: Channel) -> int:
     async def health(_: bytes) -> tuple[dict[str, Any], bytes]:
         return {"ok": True}, orjson.dumps(server.health())
 
+    async def status(_: bytes) -> tuple[dict[str, Any], bytes]:
+        return {"ok": True}, orjson.dumps(server.status_view())
+
     async def reload(data: bytes) -> tuple[dict[str, Any], bytes]:
         try:
             await server.reload(config_of(setup.argv, decode_document(data))[1])
@@ -77,7 +80,7 @@ async def run(channel: Channel) -> int:
     await channel.send({"op": "ready", "pid": os.getpid()})
     loop = asyncio.get_running_loop()
     serving = loop.create_task(channel.serve({"metrics": metrics, "health": health,
-                                              "reload": reload}))
+                                              "status": status, "reload": reload}))
 
     def orphaned(_: asyncio.Task[None]) -> None:
         if not server.state.draining:

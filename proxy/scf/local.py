@@ -62,6 +62,8 @@ function_log = logging.getLogger("proxy.function")
 CHECKS_AT_ONCE = max(2, os.cpu_count() or 2)
 #: how often invocation deadlines are checked: a timeout fires up to this much late
 TIMEOUT_SWEEP = 0.1
+#: the ``LocalFunction.stats()`` keys that are instance counts (the rest are running totals)
+INSTANCE_STATES = ("busy", "idle", "starting", "queued")
 
 
 # -- outcomes: reply status -> (result or error, keep the instance) ----------------------------

@@ -14,11 +14,12 @@ PROXY = Path(__file__).resolve().parents[2] / "proxy"
 
 LEAVES = {"messages", "errors", "config", "headers", "streams", "_native", "logs", "builtin",
           "metrics", "vocabulary", "recording", "deadlines", "handover",
-          "_speedups", "__init__", "customconfig", "writeback"}
+          "_speedups", "__init__", "customconfig", "writeback", "traffic"}
 # layer number per top-level module or package name; higher = later in the flow
 LAYERS = {
     "cli": 0, "invoke": 0, "server": 0, "tls": 0, "admin": 0, "clbapi": 0, "sigv1": 0,
     "supervisor": 0, "worker": 0, "control": 0, "adminserver": 0, "store": 0,
+    "statuspage": 0,
     "connection": 1, "http1": 1, "listening": 1,
     "router": 2, "rules": 2, "balancer": 2, "sessions": 2,
     "scf": 3, "backends": 3,
