@@ -26,8 +26,9 @@ Decisions (ours, where SCF is silent):
   128 KB at most.
 - Only local functions are served: a function that is not a local ``[[function]]`` is
   ``ResourceNotFound.Function``. ``X-TC-Region`` is not checked.
-- Qualifiers go through ``select``, the one place that picks what runs: ``$LATEST`` and
-  ``$DEFAULT`` are the function itself; anything else is ``ResourceNotFound.Qualifier``.
+- Qualifiers go through ``select``: ``$LATEST``, a published version or an alias (its
+  routing by weight, or by a ``RoutingKey`` key for ``invoke.headers.NAME``; scf/aliases.py);
+  ``$DEFAULT`` is ``$LATEST`` unless declared; anything else is ``ResourceNotFound.Qualifier``.
 
 Must not know: sockets, the connection, how the functions run (scf/local.py).
 """
@@ -49,8 +50,8 @@ import orjson
 from .. import writer
 from ..config import parse_listen
 from ..errors import (BadFunctionResponse, ConfigError, FunctionCrashed, FunctionError,
-                      FunctionResponseTooLarge, FunctionTimeout, Overloaded, PayloadTooLarge,
-                      ProxyError)
+                      FunctionInitTimeout, FunctionResponseTooLarge, FunctionTimeout,
+                      Overloaded, PayloadTooLarge, ProxyError)
 from ..messages import Invocation, Outcome, Request, Response
 from . import tc3
 from .backend import new_request_id
@@ -68,6 +69,8 @@ MAX_QUERY = 32 * 1024
 #: an asynchronous invocation's event, at most (reference §4.1)
 MAX_ASYNC_EVENT = 128 * 1024
 LATEST, DEFAULT = "$LATEST", "$DEFAULT"
+#: an alias's RoutingKey, at most (reference §4.1)
+MAX_ROUTING_KEY = 1024
 SYNC, ASYNC = "RequestResponse", "Event"
 LOG_TYPES = frozenset({"None", "Tail", ""})
 
@@ -94,6 +97,8 @@ ACTIONS = {
 
 #: a failed invocation -> SCF's status code and message (clb-scf-facts.md §2.2 [SCF-STATUS])
 _FAILURES: dict[type[ProxyError], tuple[int, str]] = {
+    FunctionInitTimeout: (433, "init timeout: the function did not initialize within its "
+                               "init_timeout"),
     FunctionTimeout: (433, "time out"),
     FunctionCrashed: (439, "the function's process exited"),
     FunctionResponseTooLarge: (407, "The size of response exceeds the upper limit (6MB)"),
@@ -138,15 +143,34 @@ def api_credentials(environ: Mapping[str, str]) -> tuple[str, str]:
 
 def select(functions: LocalFunctions, namespace: str, name: str, qualifier: str,
            routing_key: str) -> LocalFunction:
-    """What runs for ``namespace/name:qualifier``: the one place a qualifier (and an alias's
-    ``RoutingKey``) is resolved. ``$LATEST`` and ``$DEFAULT`` are the function as configured."""
-    fn = functions.get(namespace, name)
-    if fn is None:
+    """What runs for ``namespace/name:qualifier``: the version, or the alias routed by the
+    ``RoutingKey`` (a JSON object of string keys and values, scf/aliases.py)."""
+    if functions.config(namespace, name) is None:
         raise ApiFault("ResourceNotFound.Function", f"no local function {namespace}/{name}")
-    if qualifier not in (LATEST, DEFAULT):
+    selected = functions.select(namespace, name, qualifier)
+    if selected is None:
         raise ApiFault("ResourceNotFound.Qualifier",
                        f"{namespace}/{name} has no version or alias {qualifier!r}")
-    return fn
+    fixed = selected.fixed
+    if fixed is not None:
+        return fixed
+    return selected.pick(_routing_keys(routing_key).get)
+
+
+def _routing_keys(text: str) -> dict[str, str]:
+    if not text:
+        return {}
+    if len(text.encode()) > MAX_ROUTING_KEY:
+        raise ApiFault("InvalidParameterValue.RoutingKey",
+                       f"RoutingKey is at most {MAX_ROUTING_KEY} bytes")
+    try:
+        keys = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        keys = None
+    if not isinstance(keys, dict) or not all(isinstance(v, str) for v in keys.values()):
+        raise ApiFault("InvalidParameterValue.RoutingKey",
+                       'RoutingKey must be a JSON object of strings, such as {"User":"Bob"}')
+    return keys
 
 
 def _string(params: Mapping[str, Any], name: str, default: str, code: str) -> str:

@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from ..errors import FunctionCrashed, FunctionTimeout, Overloaded, ProxyError
+from ..errors import (FunctionCrashed, FunctionInitTimeout, FunctionTimeout, Overloaded,
+                      ProxyError)
 from . import frames, runtime
 
 if TYPE_CHECKING:
@@ -49,8 +50,8 @@ function_log = logging.getLogger("proxy.function")
 
 #: the directory holding the ``proxy`` package, for the worker's bootstrap
 SOURCE_ROOT = str(Path(__file__).resolve().parents[2])
-#: a cold start (interpreter + handler import) may take this long, apart from ``timeout``
-INIT_TIMEOUT = 30.0
+#: what the caller of a cold start over ``init_timeout`` is told
+INIT_TIMEOUT_MESSAGE = "function initialization timed out"
 #: after the channel closes, how long the process may take to exit before it is killed
 EOF_GRACE = 1.0
 EXIT_POLL = 0.05
@@ -64,6 +65,8 @@ class Owner(Protocol):
 
     config: Function
     key: str
+    #: the code directory of the version the instances run
+    code: Path
     environment: dict[str, str]
     closed: bool
 
@@ -171,7 +174,7 @@ class Instance:
             self.proc = subprocess.Popen(
                 runtime.worker_argv(SOURCE_ROOT, child.fileno(), fn.handler, fn.memory),
                 stdin=subprocess.DEVNULL, stdout=fds[1], stderr=fds[3],
-                pass_fds=(child.fileno(),), cwd=fn.code, env=self.owner.environment,
+                pass_fds=(child.fileno(),), cwd=self.owner.code, env=self.owner.environment,
                 start_new_session=True)
         except BaseException as exc:
             self.dead = True
@@ -196,7 +199,7 @@ class Instance:
             self.outputs.append(read_end)
             self.output_poll.register(read_end, select.POLLIN)
         self._watch_exit()
-        self.timer = self.loop.call_later(INIT_TIMEOUT, self._init_timed_out)
+        self.timer = self.loop.call_later(fn.init_timeout, self._init_timed_out)
 
     def _watch_exit(self) -> None:
         try:
@@ -214,11 +217,15 @@ class Instance:
             self._on_exit(True)
 
     def _init_timed_out(self) -> None:
-        function_log.warning("function=%s instance pid=%d did not start in %gs; killed",
-                             self.owner.key, self.pid, INIT_TIMEOUT)
-        self.kill(logged(FunctionTimeout("instance did not start", log_detail=(
-            f"{self.owner.key}: instance pid={self.pid} did not import its handler in "
-            f"{INIT_TIMEOUT:g}s"))))
+        # SCF's InitTimeout: the start (interpreter, then the code before the handler) ran
+        # over init_timeout; a failed cold start, apart from the invocation's ``timeout``
+        limit = self.owner.config.init_timeout
+        function_log.warning("function=%s instance pid=%d init timed out: not initialized "
+                             "within init_timeout %ds (cold start failed); killed",
+                             self.owner.key, self.pid, limit)
+        self.kill(logged(FunctionInitTimeout(INIT_TIMEOUT_MESSAGE, log_detail=(
+            f"{self.owner.key}: instance pid={self.pid} did not initialize (import its "
+            f"handler) within init_timeout {limit}s"))))
 
     # -- frames ----------------------------------------------------------------------------
 
