@@ -99,7 +99,8 @@ class FunctionTarget:
             # writer sends none rather than a 0 the GET would contradict.
             response = replace(response, length=declared_length(invocation.result))
         return Outcome(response, route, invocation.request_id, invocation.cold_start,
-                       invocation.duration_ms)
+                       invocation.duration_ms, function_mem=invocation.mem_usage,
+                       function_version=invocation.version)
 
 
 class AliasTarget:

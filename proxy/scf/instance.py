@@ -16,6 +16,13 @@ request the instance is running: the worker flushes before replying and the pipe
 before the reply is handed on, so what a request printed is logged under its id even though
 pipe and socket are read independently.
 
+Also SCF's platform lines of each invocation (clb-features.md §3.5): ``START`` (written lazily:
+before the first output line, else with the END, so a quiet invocation costs one write for all
+three), ``Init Report`` after it when the instance was started for this call (its phases from
+the spawn, the READY frame's import time and memory), ``END`` and ``Report`` (duration, the
+``memory`` setting, the peak memory the worker reports with each reply) once it ends, whether
+by a reply, a timeout or a death. ``init_timeout`` bounds the start (FunctionInitTimeout).
+
 Must not know: HTTP, the event's fields, the pool's queue, what a reply status means.
 """
 
@@ -37,6 +44,7 @@ import orjson
 
 from ..errors import (FunctionCrashed, FunctionInitTimeout, FunctionTimeout, Overloaded,
                       ProxyError)
+from ..logs import PlatformLines
 from . import frames, runtime
 
 if TYPE_CHECKING:
@@ -47,6 +55,8 @@ if TYPE_CHECKING:
 Reply = Callable[[Any], None]
 
 function_log = logging.getLogger("proxy.function")
+#: SCF's START / END / Report lines, on the function log at one write each (logs.py)
+PLATFORM = PlatformLines("proxy.function")
 
 #: the directory holding the ``proxy`` package, for the worker's bootstrap
 SOURCE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -58,6 +68,8 @@ EXIT_POLL = 0.05
 #: handler output lines longer than this are logged in pieces
 MAX_LINE = 16 * 1024
 STREAMS = ("stdout", "stderr")
+#: an invocation's output lines kept for the SCF API's Log (4 KB of them are answered)
+MAX_TAIL_LINES = 256
 
 
 class Owner(Protocol):
@@ -153,6 +165,18 @@ class Instance:
         #: the output pipes, to ask at once which of them holds something (drain_output)
         self.output_poll = select.poll()
         self.partial = [bytearray(), bytearray()]
+        #: SCF's platform lines: the running invocation's START is still to be written (it
+        #: goes out before its first output line, or with its END), its start, cold or not
+        self.start_pending = False
+        self.run_at = 0.0
+        self.cold = False
+        #: the peak resident memory the worker last reported (kB); the handler's import (ms)
+        self.mem_kb = 0
+        self.init_function_ms = 0.0
+        self.init_ms = 0.0
+        #: the running invocation's output lines (None: none yet), and the last finished one's
+        self.output: list[str] | None = None
+        self.last_output: list[str] | None = None
 
     # -- starting --------------------------------------------------------------------------
 
@@ -247,28 +271,38 @@ class Instance:
                 return
             self.reply_header = message
         else:
-            status = self.reply_header["status"]
+            header = self.reply_header
             self.reply_header = None
-            self._on_reply(status, payload)
+            self.mem_kb = header.get("mem_kb") or self.mem_kb
+            self._on_reply(header["status"], payload)
 
     def _on_ready(self, message: Any) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         self.ready = True
-        self.import_error = message.get("import_error") if isinstance(message, dict) else None
+        self.init_ms = (time.perf_counter() - self.spawned_at) * 1000.0
+        if isinstance(message, dict):
+            self.import_error = message.get("import_error")
+            self.init_function_ms = float(message.get("init_function_ms") or 0.0)
+            self.mem_kb = int(message.get("mem_kb") or 0)
         self.last_used = self.loop.time()
         if self.started.cancelled():  # whoever started it went away: it joins the pool
             self.owner.release(self)
         elif not self.started.done():
             self.started.set_result(None)
 
-    def run(self, header: bytes, event: bytes, request_id: str, reply: Reply) -> None:
+    def run(self, header: bytes, event: bytes, request_id: str, reply: Reply,
+            cold: bool = False) -> None:
         """Send one invocation; ``reply`` gets its outcome through the owner (``replied``), or
-        the ProxyError that ended it (timeout, crash)."""
+        the ProxyError that ended it (timeout, crash). ``cold``: the instance was started for
+        it (its START line is followed by an Init Report)."""
         assert self.transport is not None
         self.request_id = request_id
         self.reply = reply
+        self.start_pending = True
+        self.cold = cold
+        self.run_at = time.perf_counter()
         length = frames.LENGTH.pack
         self.transport.writelines((length(len(header)), header, length(len(event)), event))
         self.owner.deadlines.arm(self, self.owner.config.timeout)
@@ -282,6 +316,10 @@ class Instance:
         if self.deadline:
             self.owner.deadlines.disarm(self)
         self.drain_output()  # what it printed belongs to this request: log it first
+        self._end_lines()
+        # what it printed, for the SCF API's LogType Tail (kept until the next reply: the
+        # pool may start the next invocation before the caller reads this one)
+        self.last_output, self.output = self.output, None
         reply, self.reply = self.reply, None
         self.last_used = self.loop.time()
         self.owner.replied(self, reply, status, body)
@@ -318,6 +356,8 @@ class Instance:
             self.started.exception()  # mark it retrieved: its caller may be gone
         reply, self.reply = self.reply, None
         if reply is not None:
+            self.drain_output()
+            self._end_lines()
             reply(error)
         if self.returncode is None and self.pid:
             # Not reaped yet, so the pid cannot have been reused: safe to signal.
@@ -417,6 +457,40 @@ class Instance:
                 while self._read_output(index):
                     pass
 
+    # -- SCF's platform lines (clb-features.md §3.5) -----------------------------------------
+
+    def _start_lines(self) -> list[str]:
+        self.start_pending = False
+        key, request_id = self.owner.key, self.request_id
+        lines = [f"function={key} START RequestId:{request_id}"]
+        if self.cold:
+            init_function = self.init_function_ms
+            lines.append(
+                f"function={key} Init Report RequestId:{request_id} Coldstart: "
+                f"{self.init_ms:.0f}ms (PullCode: 0ms InitRuntime: "
+                f"{max(0.0, self.init_ms - init_function):.0f}ms InitFunction: "
+                f"{init_function:.0f}ms) Memory: {self.owner.config.memory}MB MemUsage: "
+                f"{self.mem_kb / 1024}MB")
+        return lines
+
+    def _end_lines(self) -> None:
+        """END and Report of the invocation that ended (START first, if nothing was printed)."""
+        key, request_id = self.owner.key, self.request_id
+        lines = self._start_lines() if self.start_pending else []
+        lines.append(f"function={key} END RequestId:{request_id}")
+        lines.append(f"function={key} Report RequestId:{request_id} Duration:"
+                     f"{(time.perf_counter() - self.run_at) * 1000.0:.0f}ms Memory:"
+                     f"{self.owner.config.memory}MB MemUsage:{self.mem_kb / 1024}MB")
+        PLATFORM.write(*lines)
+
     def _log_line(self, index: int, line: bytes) -> None:
+        text = line.decode("utf-8", "replace").rstrip("\r")
+        if self.reply is not None:
+            if self.start_pending:
+                PLATFORM.write(*self._start_lines())
+            if self.output is None:
+                self.output = []
+            if len(self.output) < MAX_TAIL_LINES:
+                self.output.append(text)
         function_log.info("function=%s request_id=%s %s: %s", self.owner.key, self.request_id,
-                          STREAMS[index], line.decode("utf-8", "replace").rstrip("\r"))
+                          STREAMS[index], text)

@@ -193,7 +193,8 @@ class LocalFunction:
         header = b'{"request_id":%b,"context":%b}' % (orjson.dumps(call.request_id),
                                                       self._context)
         self.invocations += 1
-        instance.run(header, event, call.request_id, call)
+        call.instance = instance
+        instance.run(header, event, call.request_id, call, call.cold)
 
     def stats(self) -> dict[str, int]:
         """Counters for metrics: instances (total/busy/idle/starting), queue, starts, calls."""
@@ -481,7 +482,7 @@ class _Call:
     """One invocation's caller: turns the instance's reply into an Invocation for ``done``,
     or drops it when the caller went away (the invocation is not stopped: SCF runs it)."""
 
-    __slots__ = ("fn", "done", "request_id", "cold", "began")
+    __slots__ = ("fn", "done", "request_id", "cold", "began", "instance")
 
     def __init__(self, fn: LocalFunction, done: Done | None, request_id: str,
                  cold: bool) -> None:
@@ -490,6 +491,8 @@ class _Call:
         self.request_id = request_id
         self.cold = cold
         self.began = time.perf_counter()
+        #: the instance running it (its last reported memory goes into the Invocation)
+        self.instance: Instance | None = None
 
     def drop(self) -> None:
         self.done = None
@@ -504,8 +507,12 @@ class _Call:
         if isinstance(result, BaseException):
             done(result)
         else:
+            instance = self.instance
             done(Invocation(result, self.request_id, self.cold,
-                            (time.perf_counter() - self.began) * 1000.0))
+                            (time.perf_counter() - self.began) * 1000.0,
+                            instance.mem_kb * 1024 if instance is not None else 0,
+                            self.fn.version,
+                            instance.last_output if instance is not None else None))
 
 
 class _Waiter:

@@ -29,6 +29,9 @@ Decisions (ours, where SCF is silent or unobservable):
 - A return value orjson cannot serialise is reported as ``not_json`` (the pool makes it a
   BadFunctionResponse, 502 "Analyse scf response failed."). Non-string dict keys are allowed
   (OPT_NON_STR_KEYS), as the json module the SCF runtime uses allows them.
+- Each reply carries the process's peak resident memory (``mem_kb``, ru_maxrss: one system call)
+  and READY the import's duration (``init_function_ms``), for SCF's Report and Init Report lines
+  (scf/instance.py): the peak, not the current size, as SCF's MemUsage is what the instance used.
 - SystemExit / KeyboardInterrupt from the handler are not caught: the process exits, which the
   pool reports as a crash (SCF 439, user process exit).
 - The environment is an allow-list (INHERITED_ENV) of the proxy's, never the whole of it, so its
@@ -51,6 +54,7 @@ import re
 import resource
 import socket
 import sys
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -307,6 +311,11 @@ class _FrameReader:
         return payload
 
 
+def _peak_kb() -> int:
+    """The process's peak resident set size in kB (Linux's ru_maxrss unit)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
 def _flush_output() -> None:
     # Output written before the reply must reach the pipes before the reply reaches the pool,
     # so the pool can tell which request it belongs to.
@@ -343,13 +352,16 @@ def main(argv: list[str]) -> int:
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)
     baseline_kb = limit_memory(memory_mb)
+    began = time.perf_counter()
     func, import_error = load_handler(handler)
+    init_function_ms = (time.perf_counter() - began) * 1000.0
     # What start-up made (the interpreter's modules, the handler's) is kept for the
     # instance's life: out of the cyclic collector's sight, its passes stay short.
     gc.freeze()
     _flush_output()
     ready = {"pid": os.getpid(), "baseline_kb": baseline_kb,
-             "import_error": import_error["errorMessage"] if import_error else None}
+             "import_error": import_error["errorMessage"] if import_error else None,
+             "init_function_ms": init_function_ms, "mem_kb": _peak_kb()}
     sock.sendall(frames.encode(orjson.dumps(ready)))
     reader = _FrameReader(sock)
     while True:
@@ -361,4 +373,6 @@ def main(argv: list[str]) -> int:
                                                   orjson.loads(header), event)
         del event
         _flush_output()
-        sock.sendall(frames.encode(orjson.dumps({"status": status}), body))
+        # the instance's peak resident memory so far: one getrusage, for SCF's MemUsage
+        sock.sendall(frames.encode(orjson.dumps({"status": status, "mem_kb": _peak_kb()}),
+                                   body))
