@@ -154,6 +154,10 @@ def instance_environment(fn: Function, region: str, appid: str, uin: str,
     })
     if credentials:
         env.update(credentials)
+    if version != VERSION:
+        # --debug runs $LATEST under debugpy: a published version's pool must not listen on
+        # the same address too
+        env.pop(DEBUG_VARIABLE, None)
     return env
 
 

@@ -204,3 +204,14 @@ def test_the_clb_api_binds_an_alias_and_refuses_an_unknown_one(
         {"Function": {"FunctionName": "fn", "FunctionQualifier": "$LATEST"}}]})
     assert "Error" not in answer, answer
     assert client.get("/latest", User="Bob")["version"] == "2"  # now the alias serves it
+
+
+def test_workers_run_versions_and_aliases_too(tmp_path: Path) -> None:
+    # the config (versions, aliases) reaches each worker through the control channel
+    with ProxyProcess.with_config(_config(tmp_path), tmp_path, "--workers", "2") as proc:
+        c = _Client(proc.port())
+        try:
+            assert c.get("/one")["code"] == "v1"
+            assert c.get("/rule", User="Bob")["version"] == "2"
+        finally:
+            c.close()

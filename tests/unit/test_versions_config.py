@@ -7,6 +7,7 @@ write-back of a function with versions and aliases reading back as the same valu
 from __future__ import annotations
 
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,16 @@ def test_a_function_with_versions_and_aliases_writes_back_as_itself(folder: Path
     text = tomlkit.dumps(doc)
     again = parse_config(tomllib.loads(text), None, folder, {}).functions[0]
     assert again == fn
+
+
+def test_a_versions_environment_names_it_and_only_latest_is_debugged(folder: Path) -> None:
+    fn = parse(document('environment = { CLBSCF_DEBUGPY_NOT = "x" }'), folder).functions[0]
+    debugged = replace(fn, environment=(*fn.environment,
+                                        (runtime.DEBUG_VARIABLE, "127.0.0.1:5678")))
+    latest = runtime.instance_environment(debugged, "ap-guangzhou", "1", "2", {})
+    one = runtime.instance_environment(debugged, "ap-guangzhou", "1", "2", {}, version="1")
+    assert latest[runtime.DEBUG_VARIABLE] == "127.0.0.1:5678"
+    assert runtime.DEBUG_VARIABLE not in one
+    assert (one["SCF_FUNCTIONVERSION"], one["USER_CODE_ROOT"]) == ("1", str(folder / "v1"))
+    assert runtime.static_context(fn, "ap-guangzhou", "1", "2", "1")["function_version"] == "1"
+    assert "TENCENTCLOUD_SECRETID" not in one  # no credentials unless handed over
