@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import signal
 import tomllib
 from collections import Counter
 from collections.abc import Iterator
@@ -213,5 +215,24 @@ def test_workers_run_versions_and_aliases_too(tmp_path: Path) -> None:
         try:
             assert c.get("/one")["code"] == "v1"
             assert c.get("/rule", User="Bob")["version"] == "2"
+        finally:
+            c.close()
+
+
+def test_a_reload_that_changes_an_alias_keeps_the_versions_instances(tmp_path: Path) -> None:
+    text = _config(tmp_path)
+    with ProxyProcess.with_config(text, tmp_path) as proc:
+        c = _Client(proc.port())
+        try:
+            pids = {name: c.get(f"/{name}")["pid"] for name in ("one", "two")}
+            assert {c.get("/split")["version"] for _ in range(40)} == {"1", "2"}
+            # the alias now sends every call to version 2; nothing else changes
+            (tmp_path / "rules.toml").write_text(text.replace(
+                f'additional_version_weights = {{ "2" = {SPLIT_WEIGHT} }}',
+                'additional_version_weights = { "2" = 1.0 }'))
+            os.kill(proc.pid, signal.SIGHUP)
+            proc.wait_for_log("config reloaded", timeout=15)
+            assert {c.get("/split")["version"] for _ in range(20)} == {"2"}
+            assert {name: c.get(f"/{name}")["pid"] for name in ("one", "two")} == pids
         finally:
             c.close()
