@@ -68,8 +68,8 @@ EXIT_POLL = 0.05
 #: handler output lines longer than this are logged in pieces
 MAX_LINE = 16 * 1024
 STREAMS = ("stdout", "stderr")
-#: an invocation's output lines kept for the SCF API's Log (4 KB of them are answered)
-MAX_TAIL_LINES = 256
+#: an invocation's last output kept for the SCF API's Log (4 KB of it is answered), about
+TAIL_BYTES = 8 * 1024
 
 
 class Owner(Protocol):
@@ -176,6 +176,7 @@ class Instance:
         self.init_ms = 0.0
         #: the running invocation's output lines (None: none yet), and the last finished one's
         self.output: list[str] | None = None
+        self.output_size = 0
         self.last_output: list[str] | None = None
 
     # -- starting --------------------------------------------------------------------------
@@ -488,9 +489,13 @@ class Instance:
         if self.reply is not None:
             if self.start_pending:
                 PLATFORM.write(*self._start_lines())
-            if self.output is None:
-                self.output = []
-            if len(self.output) < MAX_TAIL_LINES:
-                self.output.append(text)
+            output = self.output
+            if output is None:
+                output = self.output = []
+                self.output_size = 0
+            output.append(text)
+            self.output_size += len(text) + 1
+            while self.output_size > TAIL_BYTES and len(output) > 1:  # the tail is what counts
+                self.output_size -= len(output.pop(0)) + 1
         function_log.info("function=%s request_id=%s %s: %s", self.owner.key, self.request_id,
                           STREAMS[index], text)

@@ -32,6 +32,12 @@ Decisions (ours):
 - ``min_instances`` are topped up by the sweep only, so a function that dies while starting is
   retried once per sweep, never in a tight loop.
 
+Versions (issue 16): each version of a function (``$LATEST`` and every
+``[[function.version]]``) is a pool of its own, keyed (namespace, name, version), running in
+its own code directory; ``select`` gives the pools a qualifier may run on (scf/aliases.py
+decides which one per call). A reload keeps a pool whose version runs alike (only aliases or
+other versions changed).
+
 Must not know: HTTP, the event's fields, routing, processes (scf/instance.py).
 """
 
@@ -42,8 +48,8 @@ import logging
 import os
 import time
 from collections import deque
-from dataclasses import replace
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import orjson

@@ -77,3 +77,15 @@ def test_another_handler_gets_records(stream: CountingStream) -> None:
     assert seen == ["START RequestId:b", "END RequestId:b"]
     assert [LINE.fullmatch(line)[1] for line in stream.getvalue().splitlines()] == [  # type: ignore[index]
         "START RequestId:b", "END RequestId:b"]
+
+
+def test_the_scf_apis_tail_log_is_the_last_4_kb_ending_with_the_report() -> None:
+    from proxy.scf.api import MAX_LOG, tail_log
+
+    short = tail_log("r1", ["hello"], 2.4, 128, 18 * 1048576)
+    assert short == ("START RequestId:r1\nhello\nEND RequestId:r1\n"
+                     "Report RequestId:r1 Duration:2ms Memory:128MB MemUsage:18.0MB\n")
+    long = tail_log("r2", [f"line {i} " + "x" * 90 for i in range(100)], 1.0, 64, 0)
+    assert len(long.encode()) <= MAX_LOG and "START RequestId" not in long
+    assert long.endswith("END RequestId:r2\nReport RequestId:r2 Duration:1ms Memory:64MB "
+                         "MemUsage:0.0MB\n") and "line 99 " in long
