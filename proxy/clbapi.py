@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from .config import (COOKIE_NAME_EXPECTED, COOKIE_NAME_PATTERN, SCHEDULERS,
                      SECRET_VARIABLES, SESSION_EXPIRE_MAX, SESSION_EXPIRE_MIN, Config,
                      HealthCheck, Listener, Rule, Target, location_id, normalize_domain,
-                     normalize_url)
+                     normalize_url, qualifiers)
 from .errors import ConfigError
 from .sigv1 import FormText
 
@@ -205,6 +205,11 @@ _FUNCTION_KEYS = frozenset({"FunctionNamespace", "FunctionName", "FunctionQualif
                             "FunctionQualifierType"})
 
 
+def _qualifier_type(qualifier: str) -> str:
+    """SCF: $LATEST and numbered versions are versions; $DEFAULT and names are aliases."""
+    return "VERSION" if qualifier == "$LATEST" or qualifier.isdigit() else "ALIAS"
+
+
 def _host_key(host: str) -> str:
     try:
         return ipaddress.ip_address(host.strip("[]")).compressed
@@ -264,6 +269,11 @@ def _function_targets(params: Params) -> list[Target]:
         if kind is not None and kind not in _QUALIFIER_TYPES:
             raise ApiError("InvalidParameterValue", f"{where_fn}FunctionQualifierType must be "
                            f"VERSION or ALIAS, got {kind!r}")
+        if kind is not None and kind != _qualifier_type(qualifier):
+            raise ApiError("InvalidParameterValue", f"{where_fn}FunctionQualifierType {kind} "
+                           f"does not fit FunctionQualifier {qualifier!r}, a "
+                           f"{_qualifier_type(qualifier)} ($LATEST and numbers are versions, "
+                           "$DEFAULT and names aliases)")
         targets.append(Target(type="SCF", namespace=namespace, function=name,
                               qualifier=qualifier,
                               weight=_range(item, "Weight", 0, 100, 10, where)))
@@ -273,7 +283,13 @@ def _function_targets(params: Params) -> list[Target]:
 def _resolve(ctx: ActionContext, target: Target) -> None:
     """SPEC §1, as the loader checks it: a local [[function]] or remote invocation."""
     key = f"{target.namespace}/{target.function}"
-    if target.type != "SCF" or ctx.config.function(target.namespace, target.function):
+    if target.type != "SCF":
+        return
+    fn = ctx.config.function(target.namespace, target.function)
+    if fn is not None:
+        if not fn.has_qualifier(target.qualifier):
+            raise ApiError("ResourceNotFound", f"{key} has no version or alias "
+                           f"{target.qualifier!r} (it has {', '.join(qualifiers(fn))})")
         return
     if ctx.config.scf is None:
         raise ApiError("ResourceNotFound", f"no [[function]] {key} and no [scf] section for "
@@ -681,12 +697,10 @@ def _target_output(target: Target) -> dict[str, Any]:
         host, _, port = target.address.rpartition(":")
         return {"Type": "ENI", "InstanceId": "", "EniIp": host.strip("[]"), "Port": int(port),
                 "Weight": target.weight, "PrivateIpAddresses": [host.strip("[]")]}
-    # SCF: $LATEST and numbered versions are versions; $DEFAULT and names are aliases
-    version = target.qualifier == "$LATEST" or target.qualifier.isdigit()
     return {"Function": {"FunctionNamespace": target.namespace,
                          "FunctionName": target.function,
                          "FunctionQualifier": target.qualifier,
-                         "FunctionQualifierType": "VERSION" if version else "ALIAS"},
+                         "FunctionQualifierType": _qualifier_type(target.qualifier)},
             "Weight": target.weight}
 
 

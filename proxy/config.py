@@ -48,6 +48,11 @@ from .customconfig import CustomConfig
 from .errors import ConfigError
 
 SCHEDULERS = ("WRR", "LEAST_CONN", "IP_HASH")
+#: SCF's qualifiers that always exist: the function's own code, and the default alias
+LATEST, DEFAULT_ALIAS = "$LATEST", "$DEFAULT"
+#: an alias's additional_version_matches: the key's prefix and the methods (SCF's RoutingConfig)
+MATCH_KEY_PREFIX = "invoke.headers."
+MATCH_METHODS = ("exact", "range")
 PROTOCOLS = ("HTTP", "HTTPS")
 TARGET_TYPES = ("SCF", "CVM")
 REMOTE_ACTIONS = ("InvokeFunction", "Invoke")
@@ -162,11 +167,41 @@ class Listener:
 
 
 @dataclass(frozen=True, slots=True)
+class FunctionVersion:
+    """A published version of a local function (``[[function.version]]``): its own code."""
+
+    version: str  # "1", "2", ... (SCF numbers its versions)
+    code: Path  # absolute
+
+
+@dataclass(frozen=True, slots=True)
+class VersionMatch:
+    """One rule of an alias's ``additional_version_matches`` (SCF's ``VersionMatch``): a
+    request whose ``key`` matches ``expression`` by ``method`` runs ``version``."""
+
+    version: str
+    key: str  # "invoke.headers.<name>"
+    method: str  # "exact" or "range"
+    expression: str  # the value (exact), or "[a,b]" / "(a,b)" of integers (range)
+
+
+@dataclass(frozen=True, slots=True)
+class Alias:
+    """``[[function.alias]]``: a name for a version, with SCF's ``RoutingConfig`` (a share of
+    the calls, or the calls matching a rule, go to other versions)."""
+
+    name: str
+    version: str  # the main version: "$LATEST" or a [[function.version]]'s
+    additional_version_weights: tuple[tuple[str, float], ...] = ()
+    additional_version_matches: tuple[VersionMatch, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Function:
     namespace: str
     name: str
     handler: str  # "index.main_handler"
-    code: Path  # absolute (resolved against the config file's folder)
+    code: Path  # absolute (resolved against the config file's folder); this is $LATEST
     runtime: str = "Python3.9"
     timeout: int = 3  # seconds, 1..900
     memory: int = 128  # MB, 64..3072
@@ -177,10 +212,35 @@ class Function:
     min_instances: int = 0  # kept warm
     queue_size: int = 100  # requests that may wait for a free instance
     queue_timeout: float = 10.0  # seconds one may wait before 503
+    #: seconds an instance may take to start (interpreter + the code before the handler)
+    init_timeout: int = 65
+    #: the instances get TENCENTCLOUD_SECRETID/SECRETKEY/SESSIONTOKEN (the execution role's)
+    role_credentials: bool = False
+    versions: tuple[FunctionVersion, ...] = ()
+    aliases: tuple[Alias, ...] = ()
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    def code_of(self, version: str) -> Path:
+        """The code directory of ``version`` ("$LATEST" or a declared one)."""
+        for published in self.versions:
+            if published.version == version:
+                return published.code
+        return self.code
+
+    def alias(self, name: str) -> Alias | None:
+        """The alias ``name``; an undeclared ``$DEFAULT`` is ``$LATEST`` without routing."""
+        for alias in self.aliases:
+            if alias.name == name:
+                return alias
+        return Alias(DEFAULT_ALIAS, LATEST) if name == DEFAULT_ALIAS else None
+
+    def has_qualifier(self, qualifier: str) -> bool:
+        """``$LATEST``, a declared version, an alias, or ``$DEFAULT``."""
+        return (qualifier == LATEST or any(v.version == qualifier for v in self.versions)
+                or self.alias(qualifier) is not None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -771,6 +831,72 @@ def _domain_configs(path: str, rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
                  for rule in rules)
 
 
+_VERSION_RE = r"[1-9][0-9]{0,8}"  # SCF's published versions: 1, 2, ...
+_RANGE_RE = re.compile(r"([\[(])\s*(-?[0-9]+)\s*,\s*(-?[0-9]+)\s*([\])])")
+
+
+def _version_number(ctx: _Ctx, path: str, value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # version = 1 reads as "1"
+    if not isinstance(value, str) or not re.fullmatch(_VERSION_RE, value):
+        raise _bad(path, "must be a version number (1, 2, ...)", value)
+    return value
+
+
+def _qualified_version(ctx: _Ctx, path: str, value: object) -> str:
+    if value == LATEST:
+        return LATEST
+    return _version_number(ctx, path, value)
+
+
+def _weights(ctx: _Ctx, path: str, value: object) -> tuple[tuple[str, float], ...]:
+    if not isinstance(value, Mapping):
+        raise _bad(path, 'must be a table of version = weight, such as { "2" = 0.1 }', value)
+    share = _number(0, 1)
+    return tuple((_qualified_version(ctx, f"{path}.{key}", key),
+                  share(ctx, f"{path}.{key}", weight)) for key, weight in value.items())
+
+
+def _match(ctx: _Ctx, path: str, value: object) -> VersionMatch:
+    values = _fields(ctx, path, value, {
+        "version": _qualified_version,
+        "key": _string(re.escape(MATCH_KEY_PREFIX) + r"[A-Za-z0-9_-]{1,64}",
+                       MATCH_KEY_PREFIX + "NAME (a request header, or a RoutingKey key)"),
+        "method": _choice(MATCH_METHODS),
+        "expression": _string(r"[^\0]{1,1024}", "a string of 1..1024 characters"),
+    }, ("version", "key", "method", "expression"))
+    match = VersionMatch(**values)
+    if match.method == "range":
+        bounds = _RANGE_RE.fullmatch(match.expression)
+        if bounds is None or int(bounds[2]) > int(bounds[3]):
+            raise _bad(f"{path}.expression", "must be [a,b] or (a,b) of integers a <= b for "
+                       "method range", match.expression)
+    return match
+
+
+_ALIAS_FIELDS: dict[str, Check] = {
+    "name": _string(r"\$DEFAULT|" + _NAME, "$DEFAULT or " + _NAME_EXPECTED),
+    "version": _qualified_version, "additional_version_weights": _weights,
+    "additional_version_matches": _array(_match),
+}
+
+
+def _alias(ctx: _Ctx, path: str, value: object) -> Alias:
+    alias = Alias(**_fields(ctx, path, value, _ALIAS_FIELDS, ("name", "version")))
+    if alias.additional_version_weights and alias.additional_version_matches:
+        raise _Invalid(path, "takes additional_version_weights or additional_version_matches, "
+                       "not both (SCF's RoutingConfig routes an alias one way)")
+    for version, _ in alias.additional_version_weights:
+        if version == alias.version:
+            raise _bad(f"{path}.additional_version_weights.{version}",
+                       f"must differ from the alias's version ({alias.version})", version)
+    total = math.fsum(w for _, w in alias.additional_version_weights)
+    if total > 1.0 + 1e-9:
+        raise _Invalid(f"{path}.additional_version_weights", "must add up to at most 1 (the "
+                       f"main version gets the rest), got {total:g}")
+    return alias
+
+
 _FUNCTION_FIELDS: dict[str, Check] = {
     "namespace": _string(_NAME, _NAME_EXPECTED), "name": _string(_NAME, _NAME_EXPECTED),
     "handler": _string(r"(?a)[A-Za-z_]\w*(?:[./][A-Za-z_]\w*)*\.[A-Za-z_]\w*",
@@ -781,16 +907,54 @@ _FUNCTION_FIELDS: dict[str, Check] = {
     "environment": _environment, "debug": _boolean, "idle_timeout": _number(0.001, 86400),
     "min_instances": _integer(0, 1000), "queue_size": _integer(0, 100_000),
     "queue_timeout": _number(0, 3600),  # 0: a request never waits for a busy instance
+    "init_timeout": _integer(1, 900), "role_credentials": _boolean,
+    "version": _array(_section(FunctionVersion, {"version": _version_number,
+                                                 "code": _existing("directory")},
+                               ("version", "code"))),
+    "alias": _array(_alias),
 }
+#: [[function.version]] and [[function.alias]] -> the Function's fields
+FUNCTION_ARRAYS = {"version": "versions", "alias": "aliases"}
 
 
 def _function(ctx: _Ctx, path: str, value: object) -> Function:
     values = _fields(ctx, path, value, _FUNCTION_FIELDS, ("name", "code"))
+    for key, name in FUNCTION_ARRAYS.items():
+        if key in values:
+            values[name] = values.pop(key)
     fn = Function(**{"namespace": "default", "handler": "index.main_handler", **values})
     if fn.min_instances > fn.concurrency:
         raise _bad(f"{path}.min_instances", f"must be <= concurrency ({fn.concurrency})",
                    fn.min_instances)
+    _check_qualifiers(path, fn)
     return fn
+
+
+def _check_qualifiers(path: str, fn: Function) -> None:
+    """Versions and aliases unique; every version an alias names exists."""
+    versions = {LATEST}
+    for i, published in enumerate(fn.versions):
+        if published.version in versions:
+            raise _bad(f"{path}.version[{i}].version", "must be unique", published.version)
+        versions.add(published.version)
+    names: set[str] = set()
+    for i, alias in enumerate(fn.aliases):
+        where = f"{path}.alias[{i}]"
+        if alias.name in names:
+            raise _bad(f"{where}.name", "must be unique", alias.name)
+        names.add(alias.name)
+        known = ", ".join(sorted(versions))
+        if alias.version not in versions:
+            raise _bad(f"{where}.version", f"must be $LATEST or a [[function.version]] of "
+                       f"{fn.key} ({known})", alias.version)
+        for version, _ in alias.additional_version_weights:
+            if version not in versions:
+                raise _bad(f"{where}.additional_version_weights.{version}", "must be $LATEST or "
+                           f"a [[function.version]] of {fn.key} ({known})", version)
+        for j, match in enumerate(alias.additional_version_matches):
+            if match.version not in versions:
+                raise _bad(f"{where}.additional_version_matches[{j}].version", "must be $LATEST "
+                           f"or a [[function.version]] of {fn.key} ({known})", match.version)
 
 
 _TOP_FIELDS: dict[str, Check] = {
@@ -843,10 +1007,16 @@ def _scf_targets(listeners: Sequence[Listener]) -> Iterator[tuple[str, Target]]:
 
 def _check_scf_targets(config: Config, environ: Mapping[str, str]) -> None:
     """SPEC §1: a local [[function]], an invoke_url, or a remote call with credentials."""
-    local = {fn.key for fn in config.functions}
+    local = {fn.key: fn for fn in config.functions}
     for path, target in _scf_targets(config.listeners):
         key = f"{target.namespace}/{target.function}"
-        if target.invoke_url or key in local:
+        if target.invoke_url:
+            continue
+        if key in local:
+            fn = local[key]
+            if not fn.has_qualifier(target.qualifier):
+                raise _bad(f"{path}.qualifier", f"must be $LATEST, $DEFAULT or a version or "
+                           f"alias of {key} ({', '.join(qualifiers(fn))})", target.qualifier)
             continue
         if config.scf is None:
             raise _Invalid(f"{path}.function", f"no [[function]] {_show(key)} and no [scf] "
@@ -856,6 +1026,12 @@ def _check_scf_targets(config: Config, environ: Mapping[str, str]) -> None:
             raise _Invalid(path, f"remote invocation of {_show(key)} needs "
                            f"{' and '.join(SECRET_VARIABLES)} in the environment, "
                            f"got no {', '.join(missing)}")
+
+
+def qualifiers(fn: Function) -> list[str]:
+    """Every qualifier of a local function: its versions, then its aliases."""
+    names = [LATEST, *(v.version for v in fn.versions), *(a.name for a in fn.aliases)]
+    return names + ([DEFAULT_ALIAS] if DEFAULT_ALIAS not in names else [])
 
 
 def _with_location_ids(listener: Listener) -> Listener:

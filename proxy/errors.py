@@ -28,6 +28,7 @@ Foreign errors (OSError, orjson, ssl, ...) are converted at the boundary where t
         │   └── Overloaded                503, instances busy and queue full / wait passed
         └── GatewayTimeout                504
             ├── FunctionTimeout           504, the function's own timeout (SCF 433)
+            │   └── FunctionInitTimeout   504, a cold start over the function's init_timeout
             └── UpstreamTimeout           504, proxy_read_timeout or remote invoke timeout
 """
 
@@ -143,6 +144,11 @@ class GatewayTimeout(ProxyError):
 
 class FunctionTimeout(GatewayTimeout):
     pass
+
+
+class FunctionInitTimeout(FunctionTimeout):
+    """An instance did not finish its initialization (interpreter start and the code before
+    the handler) within the function's ``init_timeout``: a failed cold start."""
 
 
 class UpstreamTimeout(GatewayTimeout):

@@ -193,7 +193,7 @@ async def invoke_once(function: Function, event: bytes, request_id: str,
                       region: str | None = None) -> Invocation:
     """One invocation of ``function`` in a fresh instance, which is gone when this returns."""
     # without a region, the local runtime's default one
-    functions = LocalFunctions([function], **({"region": region} if region else {}))
+    functions = LocalFunctions([function], region) if region else LocalFunctions([function])
     try:
         local = functions.get(function.namespace, function.name)
         assert local is not None  # it was built from this very function

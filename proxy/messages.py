@@ -105,6 +105,12 @@ class Invocation:
     #: a new instance was started for it
     cold_start: bool = False
     duration_ms: float = 0.0
+    #: the memory the instance used, bytes (SCF's MemUsage; 0: not known)
+    mem_usage: int = 0
+    #: the version that ran ("$LATEST", "1", ...; "" when not known: a remote or URL target)
+    version: str = ""
+    #: what the function printed during it, line by line (local functions; None: nothing)
+    output: list[str] | None = None
 
 
 @dataclass(slots=True)
@@ -135,8 +141,11 @@ class Outcome:
     #: SCF targets: the function invocation's request id and whether it started an instance
     function_request_id: str = ""
     cold_start: bool = False
-    #: how long the function ran (SCF targets), for metrics
+    #: how long the function ran (SCF targets), for metrics and the access log
     function_ms: float = 0.0
+    #: SCF targets: the memory the function used (bytes) and the version that ran
+    function_mem: int = 0
+    function_version: str = ""
     #: the ProxyError class name when the response is an error page, for metrics
     error: str = ""
     #: CVM targets: the exchange's times, for the access log

@@ -8,15 +8,17 @@ upstream failure for a CVM target), so recording is a few adds; the access-log r
 only when the log is on. Nothing here decides by parsing labels.
 
 The record keeps SPEC §10's fields (``time``, ``client``, ``bytes``, ``duration_ms``, ...: the
-log's users and tests read them) and adds CLB's access-log fields under CLB's names
-(clb-features.md §1.7): ``stgw_request_id``, ``request_time`` and the ``upstream_*`` times in
-seconds with millisecond resolution as CLB's (nginx's) variables give them, ``upstream_status``
-as text, ``upstream_addr``, ``request_length``, ``bytes_sent``, ``ssl_protocol``,
-``ssl_cipher``, ``connection_requests``, ``remote_port``, ``server_name``. What does not apply
-is null (numbers) or "" (text): no upstream for an SCF target or an answer of our own, no TLS
-on an HTTP listener. The upstream times come from the CVM exchange's ``UpstreamTiming``
-(monotonic clock reads it took anyway, no system call of their own); for a request retried on
-another target, the last attempt's.
+log's users and tests read them), the function's own ``function_duration_ms``,
+``function_mem_usage`` (bytes, SCF's MemUsage) and ``function_version`` (0 / "" for other
+targets and for what the function did not report), and adds CLB's access-log fields under
+CLB's names (clb-features.md §1.7): ``stgw_request_id``, ``request_time`` and the
+``upstream_*`` times in seconds with millisecond resolution as CLB's (nginx's) variables give
+them, ``upstream_status`` as text, ``upstream_addr``, ``request_length``, ``bytes_sent``,
+``ssl_protocol``, ``ssl_cipher``, ``connection_requests``, ``remote_port``, ``server_name``.
+What does not apply is null (numbers) or "" (text): no upstream for an SCF target or an
+answer of our own, no TLS on an HTTP listener. The upstream times come from the CVM exchange's
+``UpstreamTiming`` (monotonic clock reads it took anyway, no system call of their own); for a
+request retried on another target, the last attempt's.
 
 A leaf: it knows the message values, the metrics and the access log, nothing of connections,
 routing or backends.
@@ -80,6 +82,9 @@ class Recorder:
             "target": route.target if route else "",
             "function_request_id": outcome.function_request_id,
             "cold_start": outcome.cold_start,
+            "function_duration_ms": round(outcome.function_ms, 3),
+            "function_mem_usage": outcome.function_mem,
+            "function_version": outcome.function_version,
             "stgw_request_id": request.request_id,
             "remote_port": request.client_port,
             "server_name": route.domain if route else "",
@@ -103,7 +108,8 @@ class Recorder:
             "time": time.time(), "client": client_ip, "method": "", "host": "",
             "path": "", "status": exc.status_hint, "bytes": nbytes, "duration_ms": 0.0,
             "listener": listener, "rule": "", "location_id": "", "target": "",
-            "function_request_id": "", "cold_start": False, "error": str(exc),
+            "function_request_id": "", "cold_start": False, "function_duration_ms": 0.0,
+            "function_mem_usage": 0, "function_version": "", "error": str(exc),
             "stgw_request_id": "", "remote_port": None, "server_name": "",
             "request_time": 0.0, "request_length": None, "bytes_sent": nbytes, **_NO_UPSTREAM,
             "ssl_protocol": tls[0], "ssl_cipher": tls[1],

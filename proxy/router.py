@@ -36,7 +36,7 @@ from .headers import TrustedProxies
 from .messages import Outcome, Request, Route
 from .metrics import ProxyMetrics
 from .rules import RuleTable, normalize_path
-from .scf.backend import FunctionTarget, Invoker
+from .scf.backend import AliasTarget, FunctionTarget, Invoker
 from .scf.local import LocalFunctions
 from .sessions import Session, for_rule
 
@@ -80,9 +80,16 @@ class Backends:
 def _bind_scf(backends: Backends, listener: Listener, rule: Rule,
               target: Target) -> tuple[object, Usable | None]:
     trusted = TrustedProxies(listener.trusted_proxies)
-    local = backends.local.get(target.namespace, target.function)
-    if local is not None:  # a local function can also be started without a task
-        return FunctionTarget(local.invoke, trusted, local.start), None
+    selected = backends.local.select(target.namespace, target.function, target.qualifier)
+    if selected is not None:  # a local function can also be started without a task
+        local = selected.fixed
+        if local is not None:  # one version: bound to its pool, nothing to pick per call
+            return FunctionTarget(local.invoke, trusted, local.start), None
+        return AliasTarget(selected.pick, {
+            fn: FunctionTarget(fn.invoke, trusted, fn.start)
+            for fn in selected.pools.values()}), None
+    if backends.local.config(target.namespace, target.function) is not None:
+        raise ConfigError(f"{target.label}: no version or alias {target.qualifier!r}")
     invoker: Invoker
     if target.invoke_url:
         client = backends.invoke_url

@@ -32,14 +32,18 @@ import tomlkit
 from tomlkit.container import Container
 from tomlkit.items import AoT, Array, InlineTable, Table
 
-from .config import Certificate, Config, Function, HealthCheck, Listener, RemoteScf, Rule, Target
+from .config import (Alias, Certificate, Config, Function, FunctionVersion, HealthCheck, Listener,
+                     RemoteScf, Rule, Target, VersionMatch)
 from .errors import ConfigError
 
 #: (value type, field) -> TOML key; None: derived, never written
 _KEYS: dict[tuple[type, str], str | None] = {
     (Config, "listeners"): "listener", (Config, "functions"): "function",
     (Config, "source"): None, (Listener, "rules"): "rule", (Rule, "location_id"): None,
+    (Function, "versions"): "version", (Function, "aliases"): "alias",
 }
+#: fields of (key, value) pairs, written as an inline table
+_PAIRS = {"environment", "additional_version_weights"}
 #: Target keys by type, as the loader accepts them (config._TARGET_FIELDS)
 _TARGET_KEYS = {"SCF": ("type", "namespace", "function", "qualifier", "invoke_url", "weight"),
                 "CVM": ("type", "address", "weight")}
@@ -86,7 +90,7 @@ def plain(value: Any, inline: bool = False) -> Any:
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, (HealthCheck, Target, Rule, Listener, Function, RemoteScf,
-                          Certificate)):
+                          Certificate, FunctionVersion, Alias, VersionMatch)):
         table = tomlkit.inline_table() if inline else tomlkit.table()
         defaults = type(value)(**_required(value))
         for key, item in _fields(value):
@@ -119,7 +123,7 @@ def _required(value: Any) -> dict[str, Any]:
 
 
 def _array_item(kind: type, name: str, items: tuple[Any, ...]) -> Any:
-    if name == "environment":
+    if name in _PAIRS:
         table = tomlkit.inline_table()
         table.update(dict(items))
         return table

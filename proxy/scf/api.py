@@ -13,8 +13,10 @@ sends them; ``{"Response": {"Result": {...}, "RequestId"}}`` answers; errors as
 Decisions (ours, where SCF is silent):
 - ``RetMsg`` is the JSON text of the return value (a returned string arrives quoted), as
   scf/remote.py reads it; ``Duration`` is the run time (ms, float), ``BillDuration`` it rounded
-  up (ms, int, at least 1); ``MemUsage`` is 0 and ``Log`` empty (the output goes to the error
-  log under the FunctionRequestId, as for any invocation).
+  up (ms, int, at least 1); ``MemUsage`` the instance's peak resident memory in bytes (0 for a
+  failed call); ``Log`` is empty unless ``LogType`` is ``Tail``: then the last 4 KB of SCF's
+  lines for it (START, what it printed, END, Report). The output also goes to the error log
+  under the FunctionRequestId, as for any invocation.
 - A failed invocation is ``InvokeResult`` 1 with SCF's error object (``errorCode``,
   ``errorMessage``, ``stackTrace``, ``statusCode``) as JSON in both ``RetMsg`` and ``ErrMsg``
   (tencentserverless reads 1 as "RetMsg is the error object"): the handler's own (430, 437,
@@ -26,8 +28,9 @@ Decisions (ours, where SCF is silent):
   128 KB at most.
 - Only local functions are served: a function that is not a local ``[[function]]`` is
   ``ResourceNotFound.Function``. ``X-TC-Region`` is not checked.
-- Qualifiers go through ``select``, the one place that picks what runs: ``$LATEST`` and
-  ``$DEFAULT`` are the function itself; anything else is ``ResourceNotFound.Qualifier``.
+- Qualifiers go through ``select``: ``$LATEST``, a published version or an alias (its
+  routing by weight, or by a ``RoutingKey`` key for ``invoke.headers.NAME``; scf/aliases.py);
+  ``$DEFAULT`` is ``$LATEST`` unless declared; anything else is ``ResourceNotFound.Qualifier``.
 
 Must not know: sockets, the connection, how the functions run (scf/local.py).
 """
@@ -49,8 +52,8 @@ import orjson
 from .. import writer
 from ..config import parse_listen
 from ..errors import (BadFunctionResponse, ConfigError, FunctionCrashed, FunctionError,
-                      FunctionResponseTooLarge, FunctionTimeout, Overloaded, PayloadTooLarge,
-                      ProxyError)
+                      FunctionInitTimeout, FunctionResponseTooLarge, FunctionTimeout,
+                      Overloaded, PayloadTooLarge, ProxyError)
 from ..messages import Invocation, Outcome, Request, Response
 from . import tc3
 from .backend import new_request_id
@@ -68,8 +71,13 @@ MAX_QUERY = 32 * 1024
 #: an asynchronous invocation's event, at most (reference §4.1)
 MAX_ASYNC_EVENT = 128 * 1024
 LATEST, DEFAULT = "$LATEST", "$DEFAULT"
+#: an alias's RoutingKey, at most (reference §4.1)
+MAX_ROUTING_KEY = 1024
 SYNC, ASYNC = "RequestResponse", "Event"
-LOG_TYPES = frozenset({"None", "Tail", ""})
+TAIL = "Tail"
+LOG_TYPES = frozenset({"None", TAIL, ""})
+#: LogType Tail answers this much of the invocation's log, at most (reference §3.4: 4 KB)
+MAX_LOG = 4096
 
 _JSON = (("Content-Type", "application/json"),)  # exactly this: the SDK checks it verbatim
 
@@ -94,6 +102,8 @@ ACTIONS = {
 
 #: a failed invocation -> SCF's status code and message (clb-scf-facts.md §2.2 [SCF-STATUS])
 _FAILURES: dict[type[ProxyError], tuple[int, str]] = {
+    FunctionInitTimeout: (433, "init timeout: the function did not initialize within its "
+                               "init_timeout"),
     FunctionTimeout: (433, "time out"),
     FunctionCrashed: (439, "the function's process exited"),
     FunctionResponseTooLarge: (407, "The size of response exceeds the upper limit (6MB)"),
@@ -138,15 +148,34 @@ def api_credentials(environ: Mapping[str, str]) -> tuple[str, str]:
 
 def select(functions: LocalFunctions, namespace: str, name: str, qualifier: str,
            routing_key: str) -> LocalFunction:
-    """What runs for ``namespace/name:qualifier``: the one place a qualifier (and an alias's
-    ``RoutingKey``) is resolved. ``$LATEST`` and ``$DEFAULT`` are the function as configured."""
-    fn = functions.get(namespace, name)
-    if fn is None:
+    """What runs for ``namespace/name:qualifier``: the version, or the alias routed by the
+    ``RoutingKey`` (a JSON object of string keys and values, scf/aliases.py)."""
+    if functions.config(namespace, name) is None:
         raise ApiFault("ResourceNotFound.Function", f"no local function {namespace}/{name}")
-    if qualifier not in (LATEST, DEFAULT):
+    selected = functions.select(namespace, name, qualifier)
+    if selected is None:
         raise ApiFault("ResourceNotFound.Qualifier",
                        f"{namespace}/{name} has no version or alias {qualifier!r}")
-    return fn
+    fixed = selected.fixed
+    if fixed is not None:
+        return fixed
+    return selected.pick(_routing_keys(routing_key).get)
+
+
+def _routing_keys(text: str) -> dict[str, str]:
+    if not text:
+        return {}
+    if len(text.encode()) > MAX_ROUTING_KEY:
+        raise ApiFault("InvalidParameterValue.RoutingKey",
+                       f"RoutingKey is at most {MAX_ROUTING_KEY} bytes")
+    try:
+        keys = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        keys = None
+    if not isinstance(keys, dict) or not all(isinstance(v, str) for v in keys.values()):
+        raise ApiFault("InvalidParameterValue.RoutingKey",
+                       'RoutingKey must be a JSON object of strings, such as {"User":"Bob"}')
+    return keys
 
 
 def _string(params: Mapping[str, Any], name: str, default: str, code: str) -> str:
@@ -163,14 +192,28 @@ def _envelope(payload: dict[str, Any], request_id: str) -> Response:
 
 
 def _result(function_request_id: str, duration_ms: float, ret: str, err: str,
-            invoke_result: int) -> dict[str, Any]:
+            invoke_result: int, mem_usage: int = 0, log: str = "") -> dict[str, Any]:
     return {"Result": {
         "FunctionRequestId": function_request_id,
         "Duration": round(duration_ms, 3),
         "BillDuration": max(1, math.ceil(duration_ms)) if duration_ms else 0,
-        "MemUsage": 0, "InvokeResult": invoke_result,
-        "RetMsg": ret, "ErrMsg": err, "Log": "",
+        "MemUsage": mem_usage, "InvokeResult": invoke_result,
+        "RetMsg": ret, "ErrMsg": err, "Log": log,
     }}
+
+
+def tail_log(request_id: str, output: list[str] | None, duration_ms: float, memory_mb: int,
+             mem_usage: int) -> str:
+    """``LogType: Tail``'s ``Log``: the invocation's lines as SCF logs them (START, what it
+    printed, END, Report), the last MAX_LOG bytes of them."""
+    text = "\n".join([f"START RequestId:{request_id}", *(output or ()),
+                      f"END RequestId:{request_id}",
+                      f"Report RequestId:{request_id} Duration:{duration_ms:.0f}ms "
+                      f"Memory:{memory_mb}MB MemUsage:{mem_usage / 1048576}MB"]) + "\n"
+    data = text.encode("utf-8")
+    if len(data) <= MAX_LOG:
+        return text
+    return data[-MAX_LOG:].decode("utf-8", "ignore")
 
 
 def failure(exc: ProxyError, request_id: str) -> dict[str, object]:
@@ -269,7 +312,8 @@ class ScfApi:
         if kind not in (SYNC, ASYNC):
             raise ApiFault("InvalidParameterValue.InvokeType",
                            f"InvocationType must be {SYNC} or {ASYNC}, got {kind!r}")
-        if _string(params, "LogType", "", "InvalidParameterValue.LogType") not in LOG_TYPES:
+        log_type = _string(params, "LogType", "", "InvalidParameterValue.LogType")
+        if log_type not in LOG_TYPES:
             raise ApiFault("InvalidParameterValue.LogType", "LogType must be None or Tail")
         event = _string(params, action.event, "", action.bad_event).encode("utf-8") or b"{}"
         try:
@@ -292,9 +336,13 @@ class ScfApi:
             invocation: Invocation = await fn.invoke(event, request_id)
         except ProxyError as exc:
             error = orjson.dumps(failure(exc, request_id)).decode()
-            return _result(request_id, (time.perf_counter() - began) * 1000.0, error, error, 1)
+            took = (time.perf_counter() - began) * 1000.0
+            return _result(request_id, took, error, error, 1, log=tail_log(
+                request_id, None, took, fn.config.memory, 0) if log_type == TAIL else "")
+        log = tail_log(request_id, invocation.output, invocation.duration_ms, fn.config.memory,
+                       invocation.mem_usage) if log_type == TAIL else ""
         return _result(request_id, invocation.duration_ms, invocation.result.decode("utf-8"),
-                       "", 0)
+                       "", 0, invocation.mem_usage, log)
 
     async def _in_background(self, fn: LocalFunction, event: bytes, request_id: str) -> None:
         try:

@@ -99,4 +99,25 @@ class FunctionTarget:
             # writer sends none rather than a 0 the GET would contradict.
             response = replace(response, length=declared_length(invocation.result))
         return Outcome(response, route, invocation.request_id, invocation.cold_start,
-                       invocation.duration_ms)
+                       invocation.duration_ms, function_mem=invocation.mem_usage,
+                       function_version=invocation.version)
+
+
+class AliasTarget:
+    """An SCF target naming an alias that routes its calls (scf/aliases.py): each request
+    picks its version by one draw or by its headers (``invoke.headers.NAME`` rules), then is
+    served as that version's FunctionTarget. Targets whose qualifier runs one version are
+    plain FunctionTargets and pay nothing for this."""
+
+    __slots__ = ("pick", "targets")
+
+    def __init__(self, pick: Callable[[Callable[[str], str | None]], object],
+                 targets: dict[object, FunctionTarget]) -> None:
+        self.pick = pick
+        self.targets = targets
+
+    def start(self, request: Request, route: Route, done: Done) -> Cancel:
+        return self.targets[self.pick(request.header)].start(request, route, done)
+
+    async def __call__(self, request: Request, route: Route) -> Outcome:
+        return await self.targets[self.pick(request.header)](request, route)

@@ -95,6 +95,7 @@ def debug_config(config: Config, target: DebugTarget) -> Config:
         raise ConfigError(f"--debug: {target.key} is not a local function ([[function]]) of "
                           f"{where}")
     debugged = replace(fn, concurrency=1, min_instances=1, timeout=DEBUG_TIMEOUT,
+                       init_timeout=DEBUG_TIMEOUT,
                        queue_timeout=float(DEBUG_TIMEOUT), idle_timeout=float(DEBUG_TIMEOUT),
                        environment=(*fn.environment, (DEBUG_VARIABLE, target.address)))
     return replace(config, functions=tuple(debugged if f is fn else f

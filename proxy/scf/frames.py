@@ -8,9 +8,11 @@ or hostile peer cannot make the other side allocate more than one bounded frame.
 
 The conversation (payloads are orjson objects unless said otherwise):
 
-    worker -> proxy   READY    {"pid", "baseline_kb", "import_error": str | null}
+    worker -> proxy   READY    {"pid", "baseline_kb", "import_error": str | null,
+                                "init_function_ms": the handler's import, "mem_kb": peak RSS}
     proxy  -> worker  INVOKE   {"request_id", "context": {...}}   then the event (raw JSON bytes)
-    worker -> proxy   REPLY    {"status": one of STATUSES, ...}   then the body (raw bytes):
+    worker -> proxy   REPLY    {"status": one of STATUSES, "mem_kb": peak RSS}
+                               then the body (raw bytes):
                                ok -> the return value as JSON; error / import_error -> the SCF
                                error object as JSON; memory / too_large / not_json -> a message
 

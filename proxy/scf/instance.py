@@ -16,6 +16,13 @@ request the instance is running: the worker flushes before replying and the pipe
 before the reply is handed on, so what a request printed is logged under its id even though
 pipe and socket are read independently.
 
+Also SCF's platform lines of each invocation (clb-features.md §3.5): ``START`` (written lazily:
+before the first output line, else with the END, so a quiet invocation costs one write for all
+three), ``Init Report`` after it when the instance was started for this call (its phases from
+the spawn, the READY frame's import time and memory), ``END`` and ``Report`` (duration, the
+``memory`` setting, the peak memory the worker reports with each reply) once it ends, whether
+by a reply, a timeout or a death. ``init_timeout`` bounds the start (FunctionInitTimeout).
+
 Must not know: HTTP, the event's fields, the pool's queue, what a reply status means.
 """
 
@@ -35,7 +42,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from ..errors import FunctionCrashed, FunctionTimeout, Overloaded, ProxyError
+from ..errors import (FunctionCrashed, FunctionInitTimeout, FunctionTimeout, Overloaded,
+                      ProxyError)
+from ..logs import PlatformLines
 from . import frames, runtime
 
 if TYPE_CHECKING:
@@ -46,17 +55,21 @@ if TYPE_CHECKING:
 Reply = Callable[[Any], None]
 
 function_log = logging.getLogger("proxy.function")
+#: SCF's START / END / Report lines, on the function log at one write each (logs.py)
+PLATFORM = PlatformLines("proxy.function")
 
 #: the directory holding the ``proxy`` package, for the worker's bootstrap
 SOURCE_ROOT = str(Path(__file__).resolve().parents[2])
-#: a cold start (interpreter + handler import) may take this long, apart from ``timeout``
-INIT_TIMEOUT = 30.0
+#: what the caller of a cold start over ``init_timeout`` is told
+INIT_TIMEOUT_MESSAGE = "function initialization timed out"
 #: after the channel closes, how long the process may take to exit before it is killed
 EOF_GRACE = 1.0
 EXIT_POLL = 0.05
 #: handler output lines longer than this are logged in pieces
 MAX_LINE = 16 * 1024
 STREAMS = ("stdout", "stderr")
+#: an invocation's last output kept for the SCF API's Log (4 KB of it is answered), about
+TAIL_BYTES = 8 * 1024
 
 
 class Owner(Protocol):
@@ -64,6 +77,8 @@ class Owner(Protocol):
 
     config: Function
     key: str
+    #: the code directory of the version the instances run
+    code: Path
     environment: dict[str, str]
     closed: bool
 
@@ -150,6 +165,19 @@ class Instance:
         #: the output pipes, to ask at once which of them holds something (drain_output)
         self.output_poll = select.poll()
         self.partial = [bytearray(), bytearray()]
+        #: SCF's platform lines: the running invocation's START is still to be written (it
+        #: goes out before its first output line, or with its END), its start, cold or not
+        self.start_pending = False
+        self.run_at = 0.0
+        self.cold = False
+        #: the peak resident memory the worker last reported (kB); the handler's import (ms)
+        self.mem_kb = 0
+        self.init_function_ms = 0.0
+        self.init_ms = 0.0
+        #: the running invocation's output lines (None: none yet), and the last finished one's
+        self.output: list[str] | None = None
+        self.output_size = 0
+        self.last_output: list[str] | None = None
 
     # -- starting --------------------------------------------------------------------------
 
@@ -171,7 +199,7 @@ class Instance:
             self.proc = subprocess.Popen(
                 runtime.worker_argv(SOURCE_ROOT, child.fileno(), fn.handler, fn.memory),
                 stdin=subprocess.DEVNULL, stdout=fds[1], stderr=fds[3],
-                pass_fds=(child.fileno(),), cwd=fn.code, env=self.owner.environment,
+                pass_fds=(child.fileno(),), cwd=self.owner.code, env=self.owner.environment,
                 start_new_session=True)
         except BaseException as exc:
             self.dead = True
@@ -196,7 +224,7 @@ class Instance:
             self.outputs.append(read_end)
             self.output_poll.register(read_end, select.POLLIN)
         self._watch_exit()
-        self.timer = self.loop.call_later(INIT_TIMEOUT, self._init_timed_out)
+        self.timer = self.loop.call_later(fn.init_timeout, self._init_timed_out)
 
     def _watch_exit(self) -> None:
         try:
@@ -214,11 +242,15 @@ class Instance:
             self._on_exit(True)
 
     def _init_timed_out(self) -> None:
-        function_log.warning("function=%s instance pid=%d did not start in %gs; killed",
-                             self.owner.key, self.pid, INIT_TIMEOUT)
-        self.kill(logged(FunctionTimeout("instance did not start", log_detail=(
-            f"{self.owner.key}: instance pid={self.pid} did not import its handler in "
-            f"{INIT_TIMEOUT:g}s"))))
+        # SCF's InitTimeout: the start (interpreter, then the code before the handler) ran
+        # over init_timeout; a failed cold start, apart from the invocation's ``timeout``
+        limit = self.owner.config.init_timeout
+        function_log.warning("function=%s instance pid=%d init timed out: not initialized "
+                             "within init_timeout %ds (cold start failed); killed",
+                             self.owner.key, self.pid, limit)
+        self.kill(logged(FunctionInitTimeout(INIT_TIMEOUT_MESSAGE, log_detail=(
+            f"{self.owner.key}: instance pid={self.pid} did not initialize (import its "
+            f"handler) within init_timeout {limit}s"))))
 
     # -- frames ----------------------------------------------------------------------------
 
@@ -240,28 +272,38 @@ class Instance:
                 return
             self.reply_header = message
         else:
-            status = self.reply_header["status"]
+            header = self.reply_header
             self.reply_header = None
-            self._on_reply(status, payload)
+            self.mem_kb = header.get("mem_kb") or self.mem_kb
+            self._on_reply(header["status"], payload)
 
     def _on_ready(self, message: Any) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         self.ready = True
-        self.import_error = message.get("import_error") if isinstance(message, dict) else None
+        self.init_ms = (time.perf_counter() - self.spawned_at) * 1000.0
+        if isinstance(message, dict):
+            self.import_error = message.get("import_error")
+            self.init_function_ms = float(message.get("init_function_ms") or 0.0)
+            self.mem_kb = int(message.get("mem_kb") or 0)
         self.last_used = self.loop.time()
         if self.started.cancelled():  # whoever started it went away: it joins the pool
             self.owner.release(self)
         elif not self.started.done():
             self.started.set_result(None)
 
-    def run(self, header: bytes, event: bytes, request_id: str, reply: Reply) -> None:
+    def run(self, header: bytes, event: bytes, request_id: str, reply: Reply,
+            cold: bool = False) -> None:
         """Send one invocation; ``reply`` gets its outcome through the owner (``replied``), or
-        the ProxyError that ended it (timeout, crash)."""
+        the ProxyError that ended it (timeout, crash). ``cold``: the instance was started for
+        it (its START line is followed by an Init Report)."""
         assert self.transport is not None
         self.request_id = request_id
         self.reply = reply
+        self.start_pending = True
+        self.cold = cold
+        self.run_at = time.perf_counter()
         length = frames.LENGTH.pack
         self.transport.writelines((length(len(header)), header, length(len(event)), event))
         self.owner.deadlines.arm(self, self.owner.config.timeout)
@@ -275,6 +317,10 @@ class Instance:
         if self.deadline:
             self.owner.deadlines.disarm(self)
         self.drain_output()  # what it printed belongs to this request: log it first
+        self._end_lines()
+        # what it printed, for the SCF API's LogType Tail (kept until the next reply: the
+        # pool may start the next invocation before the caller reads this one)
+        self.last_output, self.output = self.output, None
         reply, self.reply = self.reply, None
         self.last_used = self.loop.time()
         self.owner.replied(self, reply, status, body)
@@ -311,6 +357,8 @@ class Instance:
             self.started.exception()  # mark it retrieved: its caller may be gone
         reply, self.reply = self.reply, None
         if reply is not None:
+            self.drain_output()
+            self._end_lines()
             reply(error)
         if self.returncode is None and self.pid:
             # Not reaped yet, so the pid cannot have been reused: safe to signal.
@@ -410,6 +458,44 @@ class Instance:
                 while self._read_output(index):
                     pass
 
+    # -- SCF's platform lines (clb-features.md §3.5) -----------------------------------------
+
+    def _start_lines(self) -> list[str]:
+        self.start_pending = False
+        key, request_id = self.owner.key, self.request_id
+        lines = [f"function={key} START RequestId:{request_id}"]
+        if self.cold:
+            init_function = self.init_function_ms
+            lines.append(
+                f"function={key} Init Report RequestId:{request_id} Coldstart: "
+                f"{self.init_ms:.0f}ms (PullCode: 0ms InitRuntime: "
+                f"{max(0.0, self.init_ms - init_function):.0f}ms InitFunction: "
+                f"{init_function:.0f}ms) Memory: {self.owner.config.memory}MB MemUsage: "
+                f"{self.mem_kb / 1024}MB")
+        return lines
+
+    def _end_lines(self) -> None:
+        """END and Report of the invocation that ended (START first, if nothing was printed)."""
+        key, request_id = self.owner.key, self.request_id
+        lines = self._start_lines() if self.start_pending else []
+        lines.append(f"function={key} END RequestId:{request_id}")
+        lines.append(f"function={key} Report RequestId:{request_id} Duration:"
+                     f"{(time.perf_counter() - self.run_at) * 1000.0:.0f}ms Memory:"
+                     f"{self.owner.config.memory}MB MemUsage:{self.mem_kb / 1024}MB")
+        PLATFORM.write(*lines)
+
     def _log_line(self, index: int, line: bytes) -> None:
+        text = line.decode("utf-8", "replace").rstrip("\r")
+        if self.reply is not None:
+            if self.start_pending:
+                PLATFORM.write(*self._start_lines())
+            output = self.output
+            if output is None:
+                output = self.output = []
+                self.output_size = 0
+            output.append(text)
+            self.output_size += len(text) + 1
+            while self.output_size > TAIL_BYTES and len(output) > 1:  # the tail is what counts
+                self.output_size -= len(output.pop(0)) + 1
         function_log.info("function=%s request_id=%s %s: %s", self.owner.key, self.request_id,
-                          STREAMS[index], line.decode("utf-8", "replace").rstrip("\r"))
+                          STREAMS[index], text)

@@ -32,6 +32,12 @@ Decisions (ours):
 - ``min_instances`` are topped up by the sweep only, so a function that dies while starting is
   retried once per sweep, never in a tight loop.
 
+Versions (issue 16): each version of a function (``$LATEST`` and every
+``[[function.version]]``) is a pool of its own, keyed (namespace, name, version), running in
+its own code directory; ``select`` gives the pools a qualifier may run on (scf/aliases.py
+decides which one per call). A reload keeps a pool whose version runs alike (only aliases or
+other versions changed).
+
 Must not know: HTTP, the event's fields, routing, processes (scf/instance.py).
 """
 
@@ -42,18 +48,20 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
-from ..config import Function
+from ..config import LATEST, Function
 from ..errors import (BadFunctionResponse, FunctionCrashed, FunctionError,
                       FunctionResponseTooLarge, Overloaded, PayloadTooLarge, ProxyError)
 from ..deadlines import Deadlines
 from ..handover import Cancel, Done, awaited, on_task
 from ..messages import Invocation
 from . import frames, runtime
+from .aliases import Lookup, Routing, resolve
 from .instance import Instance, Reply, logged
 
 function_log = logging.getLogger("proxy.function")
@@ -117,12 +125,19 @@ class LocalFunction:
 
     def __init__(self, config: Function, region: str, appid: str, uin: str,
                  wake: Callable[[], None] = lambda: None,
-                 waited: Callable[[str, float], None] | None = None) -> None:
+                 waited: Callable[[str, float], None] | None = None,
+                 version: str = LATEST, credentials: Mapping[str, str] | None = None) -> None:
         self.config = config
-        self.key = config.key
-        self.environment = runtime.instance_environment(config, region, appid, uin, os.environ)
+        #: the version these instances run ($LATEST: the function's own code) and its code
+        self.version = version
+        self.code = config.code_of(version)
+        self.key = config.key if version == LATEST else f"{config.key}:{version}"
+        self.environment = runtime.instance_environment(
+            config, region, appid, uin, os.environ, version=version,
+            credentials=credentials if config.role_credentials else None)
         #: the invoke header's fixed part, encoded once
-        self._context = orjson.dumps(runtime.static_context(config, region, appid, uin))
+        self._context = orjson.dumps(runtime.static_context(config, region, appid, uin,
+                                                            version))
         self._wake = wake  # starts the idle sweep once there is something to sweep
         self._waited = waited  # (function, seconds) for each caller that had to queue
         self._instances: set[Instance] = set()  # live: starting, idle or busy
@@ -186,7 +201,8 @@ class LocalFunction:
         header = b'{"request_id":%b,"context":%b}' % (orjson.dumps(call.request_id),
                                                       self._context)
         self.invocations += 1
-        instance.run(header, event, call.request_id, call)
+        call.instance = instance
+        instance.run(header, event, call.request_id, call, call.cold)
 
     def stats(self) -> dict[str, int]:
         """Counters for metrics: instances (total/busy/idle/starting), queue, starts, calls."""
@@ -397,6 +413,10 @@ class LocalFunction:
         """Start ``min_instances`` (at least one instance), warn if the handler does not
         import, and keep them warm in the idle pool. Never raises: a broken function must not
         stop the proxy from starting."""
+        if self.config.role_credentials and "TENCENTCLOUD_SECRETID" not in self.environment:
+            function_log.warning("function=%s has role_credentials but the proxy's environment "
+                                 "holds no credentials (%s): its instances get none", self.key,
+                                 ", ".join(f"{i}/{k}" for i, k, _ in runtime.ROLE_SOURCES))
         count = max(min(self.config.min_instances, self.config.concurrency), 1)
         self._slots += count
         self._wake()
@@ -470,7 +490,7 @@ class _Call:
     """One invocation's caller: turns the instance's reply into an Invocation for ``done``,
     or drops it when the caller went away (the invocation is not stopped: SCF runs it)."""
 
-    __slots__ = ("fn", "done", "request_id", "cold", "began")
+    __slots__ = ("fn", "done", "request_id", "cold", "began", "instance")
 
     def __init__(self, fn: LocalFunction, done: Done | None, request_id: str,
                  cold: bool) -> None:
@@ -479,6 +499,8 @@ class _Call:
         self.request_id = request_id
         self.cold = cold
         self.began = time.perf_counter()
+        #: the instance running it (its last reported memory goes into the Invocation)
+        self.instance: Instance | None = None
 
     def drop(self) -> None:
         self.done = None
@@ -493,8 +515,12 @@ class _Call:
         if isinstance(result, BaseException):
             done(result)
         else:
+            instance = self.instance
             done(Invocation(result, self.request_id, self.cold,
-                            (time.perf_counter() - self.began) * 1000.0))
+                            (time.perf_counter() - self.began) * 1000.0,
+                            instance.mem_kb * 1024 if instance is not None else 0,
+                            self.fn.version,
+                            instance.last_output if instance is not None else None))
 
 
 class _Waiter:
@@ -565,23 +591,59 @@ class _Queued:
                 waiter.withdraw()
 
 
+class Selected:
+    """The pools a call to one ``namespace/name:qualifier`` may run on (scf/aliases.py)."""
+
+    __slots__ = ("routing", "pools")
+
+    def __init__(self, routing: Routing, pools: dict[str, LocalFunction]) -> None:
+        self.routing = routing
+        self.pools = pools
+
+    @property
+    def fixed(self) -> LocalFunction | None:
+        """The one pool every call runs on, or None when the alias routes calls."""
+        version = self.routing.fixed
+        return self.pools[version] if version is not None else None
+
+    def pick(self, lookup: Lookup) -> LocalFunction:
+        return self.pools[self.routing.pick(lookup)]
+
+
+#: a pool's key: (namespace, name, version)
+PoolKey = tuple[str, str, str]
+
+
 class LocalFunctions:
-    """Every local function of the config, by namespace and name; one idle sweep for all."""
+    """Every local function of the config, by namespace and name, one pool per version; one
+    idle sweep for all."""
 
     def __init__(self, functions: Iterable[Function], region: str = "ap-guangzhou",
-                 appid: str = "1250000000", uin: str = "100000000001") -> None:
+                 appid: str = "1250000000", uin: str = "100000000001", *,
+                 environ: Mapping[str, str] | None = None) -> None:
+        """``environ``: the proxy's environment, the credential source of ``role_credentials``
+        functions (runtime.role_credentials; default os.environ)."""
         self._identity = (region, appid, uin)
+        #: what ``role_credentials`` functions get, or None: the source holds no credentials
+        self.credentials = runtime.role_credentials(os.environ if environ is None else environ)
         #: metrics hook: (function, seconds) for each caller that waited for an instance
         self.on_queue_wait: Callable[[str, float], None] | None = None
-        self._functions = {(fn.namespace, fn.name): self._new(fn) for fn in functions}
+        self._configs: dict[tuple[str, str], Function] = {}
+        self._functions: dict[PoolKey, LocalFunction] = {}
+        for config in functions:
+            self._configs[(config.namespace, config.name)] = config
+            for version in _versions(config):
+                self._functions[(config.namespace, config.name, version)] = \
+                    self._new(config, version)
         self._retired: set[LocalFunction] = set()  # replaced by a reload, closed at close()
         self.sweep_interval = self._interval()
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
 
-    def _new(self, config: Function) -> LocalFunction:
+    def _new(self, config: Function, version: str = LATEST) -> LocalFunction:
         return LocalFunction(config, *self._identity, wake=self._start_sweeping,
-                             waited=self._queue_wait)
+                             waited=self._queue_wait, version=version,
+                             credentials=self.credentials)
 
     def _queue_wait(self, function: str, seconds: float) -> None:
         if self.on_queue_wait is not None:
@@ -597,31 +659,51 @@ class LocalFunctions:
         a new or changed one gets a fresh pool (its handler checked as at start); a removed or
         replaced one retires, finishing the requests already routed to it."""
         current = self._functions
-        updated: dict[tuple[str, str], LocalFunction] = {}
+        updated: dict[PoolKey, LocalFunction] = {}
+        configs: dict[tuple[str, str], Function] = {}
         started: list[LocalFunction] = []
         for config in functions:
-            key = (config.namespace, config.name)
-            old = current.get(key)
-            if old is not None and old.config == config:
-                updated[key] = old
-            else:
-                updated[key] = fn = self._new(config)
-                started.append(fn)
+            configs[(config.namespace, config.name)] = config
+            for version in _versions(config):
+                key = (config.namespace, config.name, version)
+                old = current.get(key)
+                if old is not None and _runs_alike(old.config, config, version):
+                    old.config = config  # only other versions or aliases changed: kept
+                    updated[key] = old
+                else:
+                    updated[key] = fn = self._new(config, version)
+                    started.append(fn)
         for key, old in current.items():
             if updated.get(key) is not old:
                 old.retire()
                 self._retired.add(old)
         self._functions = updated
+        self._configs = configs
         self.sweep_interval = self._interval()
         await self._check(started)
 
-    def get(self, namespace: str, name: str) -> LocalFunction | None:
-        return self._functions.get((namespace, name))
+    def get(self, namespace: str, name: str, version: str = LATEST) -> LocalFunction | None:
+        """The pool of one version of a function (``$LATEST``: its own code)."""
+        return self._functions.get((namespace, name, version))
+
+    def config(self, namespace: str, name: str) -> Function | None:
+        return self._configs.get((namespace, name))
+
+    def select(self, namespace: str, name: str, qualifier: str) -> Selected | None:
+        """The pools of ``namespace/name:qualifier``; None for no such function or qualifier
+        (scf/aliases.py resolves it)."""
+        config = self._configs.get((namespace, name))
+        routing = resolve(config, qualifier) if config is not None else None
+        if routing is None:
+            return None
+        return Selected(routing, {v: self._functions[(namespace, name, v)]
+                                  for v in routing.versions})
 
     def recycle(self, namespace: str, name: str) -> bool:
         """``--reload``: the function's code changed (``LocalFunction.recycle``); False when
-        there is no such function."""
-        fn = self._functions.get((namespace, name))
+        there is no such function. Only ``$LATEST`` runs the code the watch sees: a published
+        version is a snapshot of its own directory, as on SCF."""
+        fn = self._functions.get((namespace, name, LATEST))
         if fn is not None:
             fn.recycle()
         return fn is not None
@@ -666,3 +748,14 @@ class LocalFunctions:
     def stats(self) -> dict[str, dict[str, int]]:
         """``stats()`` of each function, by ``namespace/name``."""
         return {fn.key: fn.stats() for fn in self._functions.values()}
+
+
+def _versions(config: Function) -> list[str]:
+    """The versions of a function that get a pool: $LATEST and each published one."""
+    return [LATEST, *(v.version for v in config.versions)]
+
+
+def _runs_alike(old: Function, new: Function, version: str) -> bool:
+    """The same instances of ``version`` serve both: only aliases or other versions differ."""
+    return old == new or (old.code_of(version) == new.code_of(version) and replace(
+        old, aliases=(), versions=()) == replace(new, aliases=(), versions=()))

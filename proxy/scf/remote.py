@@ -203,11 +203,13 @@ def _invocation(result: dict[str, object], where: str, api_request_id: str) -> I
     function_request_id = str(result.get("FunctionRequestId") or api_request_id)
     duration = result.get("Duration")
     duration_ms = float(duration) if isinstance(duration, (int, float)) else 0.0
+    memory = result.get("MemUsage")  # bytes, as SCF reports it
     outcome = result.get("InvokeResult", 0)
     if outcome == 0:
         ret = result.get("RetMsg")
         raw = ret.encode("utf-8") if isinstance(ret, str) else orjson.dumps(ret)
-        return Invocation(raw, function_request_id, duration_ms=duration_ms)
+        return Invocation(raw, function_request_id, duration_ms=duration_ms,
+                          mem_usage=int(memory) if isinstance(memory, (int, float)) else 0)
     error = _error_object(result)
     # the SCF status code: the error object's statusCode, else InvokeResult itself when it
     # carries one (some answers put 433 etc. there)

@@ -29,12 +29,16 @@ Decisions (ours, where SCF is silent or unobservable):
 - A return value orjson cannot serialise is reported as ``not_json`` (the pool makes it a
   BadFunctionResponse, 502 "Analyse scf response failed."). Non-string dict keys are allowed
   (OPT_NON_STR_KEYS), as the json module the SCF runtime uses allows them.
+- Each reply carries the process's peak resident memory (``mem_kb``, ru_maxrss: one system call)
+  and READY the import's duration (``init_function_ms``), for SCF's Report and Init Report lines
+  (scf/instance.py): the peak, not the current size, as SCF's MemUsage is what the instance used.
 - SystemExit / KeyboardInterrupt from the handler are not caught: the process exits, which the
   pool reports as a crash (SCF 439, user process exit).
 - The environment is an allow-list (INHERITED_ENV) of the proxy's, never the whole of it, so its
   secrets (TENCENTCLOUD_SECRETID, ...) cannot reach a function; then DEFAULT_ENV, the function's
   variables, and SCF's built-ins (SPEC §7) plus USER_CODE_ROOT (clb-scf-facts.md §3.3). No
   SCF_MEMORY_SIZE: SCF documents no such variable; ``context`` has ``memory_limit_in_mb``.
+  Only a function with ``role_credentials = true`` gets credentials (``role_credentials``).
 
 Must not know: asyncio, HTTP, the pool's bookkeeping. In the worker it imports no proxy module
 but scf/frames.py (config is imported for type checking only), to keep cold starts cheap.
@@ -50,6 +54,7 @@ import re
 import resource
 import socket
 import sys
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -87,6 +92,14 @@ DEFAULT_ENV = {
     "MALLOC_ARENA_MAX": "1",
 }
 VERSION = "$LATEST"
+#: ``role_credentials``: where the proxy's environment holds the pair (and token) a function
+#: gets, in order: the SCF names (what ``[scf]`` remote invocation signs with), the Python
+#: SDK's names, then the local SCF API's keys (so a function's SDK call to ``--scf-api`` passes)
+ROLE_SOURCES = (
+    ("TENCENTCLOUD_SECRETID", "TENCENTCLOUD_SECRETKEY", "TENCENTCLOUD_SESSIONTOKEN"),
+    ("TENCENTCLOUD_SECRET_ID", "TENCENTCLOUD_SECRET_KEY", "TENCENTCLOUD_SESSION_TOKEN"),
+    ("CLBSCF_SCF_API_SECRET_ID", "CLBSCF_SCF_API_SECRET_KEY", ""),
+)
 #: ``--debug``: the instance listens for a debugpy attach at this HOST:PORT (scf/devloop.py)
 DEBUG_VARIABLE = "CLBSCF_DEBUGPY"
 
@@ -100,24 +113,56 @@ def worker_argv(root: str, fd: int, handler: str, memory_mb: int) -> list[str]:
     return [sys.executable, "-c", BOOTSTRAP, root, str(fd), handler, str(memory_mb)]
 
 
+def role_credentials(environ: Mapping[str, str]) -> dict[str, str] | None:
+    """What a ``role_credentials`` function gets, from the proxy's credential source: the
+    SCF names (``TENCENTCLOUD_SECRETID``, ``_SECRETKEY``, ``_SESSIONTOKEN``, as SCF sets them
+    from the execution role) filled from the first pair the proxy's environment has of
+    ROLE_SOURCES; None when it has none. The Python SDK's own names (``TENCENTCLOUD_SECRET_ID``
+    and ``_SECRET_KEY``, read by its DefaultCredentialProvider, which takes no token) are set
+    too when the pair has no session token: with one, a credential built from them alone would
+    be refused, so code builds ``Credential(id, key, token)`` from the SCF names, as on SCF."""
+    for id_name, key_name, token_name in ROLE_SOURCES:
+        secret_id = environ.get(id_name, "").strip()
+        secret_key = environ.get(key_name, "").strip()
+        if secret_id and secret_key:
+            token = environ.get(token_name, "").strip() if token_name else ""
+            out = {"TENCENTCLOUD_SECRETID": secret_id, "TENCENTCLOUD_SECRETKEY": secret_key,
+                   "TENCENTCLOUD_SESSIONTOKEN": token}
+            if not token:
+                out.update({"TENCENTCLOUD_SECRET_ID": secret_id,
+                            "TENCENTCLOUD_SECRET_KEY": secret_key})
+            return out
+    return None
+
+
 def instance_environment(fn: Function, region: str, appid: str, uin: str,
-                         inherited: Mapping[str, str]) -> dict[str, str]:
-    """The whole environment of an instance of ``fn`` (SPEC §7, clb-scf-facts.md §3.3)."""
+                         inherited: Mapping[str, str], version: str = VERSION,
+                         credentials: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The whole environment of an instance of ``fn`` running ``version`` (SPEC §7,
+    clb-scf-facts.md §3.3); ``credentials``: role_credentials() for a function that has
+    ``role_credentials`` on, else None (then no TENCENTCLOUD_SECRET* variable at all)."""
     env = {name: inherited[name] for name in INHERITED_ENV if name in inherited}
     env.update(DEFAULT_ENV)
     env.update(fn.environment)
     # The built-ins last: config.py already refuses user variables with these prefixes.
     env.update({
-        "SCF_FUNCTIONNAME": fn.name, "SCF_FUNCTIONVERSION": VERSION,
+        "SCF_FUNCTIONNAME": fn.name, "SCF_FUNCTIONVERSION": version,
         "SCF_NAMESPACE": fn.namespace, "SCF_RUNTIME": fn.runtime,
         "TENCENTCLOUD_RUNENV": "SCF", "TENCENTCLOUD_REGION": region,
         "TENCENTCLOUD_APPID": appid, "TENCENTCLOUD_UIN": uin,
-        "USER_CODE_ROOT": str(fn.code),
+        "USER_CODE_ROOT": str(fn.code_of(version)),
     })
+    if credentials:
+        env.update(credentials)
+    if version != VERSION:
+        # --debug runs $LATEST under debugpy: a published version's pool must not listen on
+        # the same address too
+        env.pop(DEBUG_VARIABLE, None)
     return env
 
 
-def static_context(fn: Function, region: str, appid: str, uin: str) -> dict[str, Any]:
+def static_context(fn: Function, region: str, appid: str, uin: str,
+                   version: str = VERSION) -> dict[str, Any]:
     """The ``context`` fields that are the same for every invocation (all but request_id).
 
     ``environment`` is a JSON string and ``environ`` a ``K=V;K=V`` string of the function's
@@ -125,7 +170,7 @@ def static_context(fn: Function, region: str, appid: str, uin: str) -> dict[str,
     """
     variables = {**dict(fn.environment), "SCF_NAMESPACE": fn.namespace}
     return {
-        "function_name": fn.name, "function_version": VERSION, "namespace": fn.namespace,
+        "function_name": fn.name, "function_version": version, "namespace": fn.namespace,
         "memory_limit_in_mb": fn.memory, "time_limit_in_ms": fn.timeout * 1000,
         "tencentcloud_region": region, "tencentcloud_appid": appid, "tencentcloud_uin": uin,
         "environment": orjson.dumps(variables).decode(),
@@ -270,6 +315,11 @@ class _FrameReader:
         return payload
 
 
+def _peak_kb() -> int:
+    """The process's peak resident set size in kB (Linux's ru_maxrss unit)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
 def _flush_output() -> None:
     # Output written before the reply must reach the pipes before the reply reaches the pool,
     # so the pool can tell which request it belongs to.
@@ -306,13 +356,16 @@ def main(argv: list[str]) -> int:
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)
     baseline_kb = limit_memory(memory_mb)
+    began = time.perf_counter()
     func, import_error = load_handler(handler)
+    init_function_ms = (time.perf_counter() - began) * 1000.0
     # What start-up made (the interpreter's modules, the handler's) is kept for the
     # instance's life: out of the cyclic collector's sight, its passes stay short.
     gc.freeze()
     _flush_output()
     ready = {"pid": os.getpid(), "baseline_kb": baseline_kb,
-             "import_error": import_error["errorMessage"] if import_error else None}
+             "import_error": import_error["errorMessage"] if import_error else None,
+             "init_function_ms": init_function_ms, "mem_kb": _peak_kb()}
     sock.sendall(frames.encode(orjson.dumps(ready)))
     reader = _FrameReader(sock)
     while True:
@@ -324,4 +377,6 @@ def main(argv: list[str]) -> int:
                                                   orjson.loads(header), event)
         del event
         _flush_output()
-        sock.sendall(frames.encode(orjson.dumps({"status": status}), body))
+        # the instance's peak resident memory so far: one getrusage, for SCF's MemUsage
+        sock.sendall(frames.encode(orjson.dumps({"status": status, "mem_kb": _peak_kb()}),
+                                   body))

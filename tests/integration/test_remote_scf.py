@@ -66,7 +66,9 @@ def test_invoke_function_success_returns_retmsg_and_function_request_id(
         async with FakeScfApi(ca) as api:
             remote = client(api, ca_file)
             invocation = await remote.invoke(TARGET, EVENT, "proxy-req-1")
-            assert invocation == Invocation(INTEGRATION.encode(), "fn-req-1", False, 12.5)
+            # MemUsage, bytes, as the fake API (SCF's doc example) answers it
+            assert invocation == Invocation(INTEGRATION.encode(), "fn-req-1", False, 12.5,
+                                            mem_usage=3207168)
             (call,) = api.calls
             assert call.body == {"FunctionName": "hello", "Namespace": "prod", "Qualifier": "3",
                                  "Event": EVENT.decode()}
