@@ -223,7 +223,7 @@ class HttpConnection(asyncio.Protocol):
         "received_at", "queue", "current", "cancel", "started", "stopped", "pending_error",
         "write_paused", "drain_waiter", "pauses", "tunnel", "linger_until", "deadline",
         "on_deadline", "send_deadline", "send_buffered", "client_eof", "heads",
-        "server_addr", "served", "tls",
+        "server_addr", "served", "tls", "half_close",
     )
 
     def __init__(self, ctx: ListenerContext) -> None:
@@ -274,6 +274,10 @@ class HttpConnection(asyncio.Protocol):
         self.served = 0
         #: (ssl_protocol, ssl_cipher) for the access log, read once, at the first answer
         self.tls: tuple[str, str] | None = None
+        #: what eof_received returns to keep the connection half-open: True on plain TCP;
+        #: None on TLS, whose transport closes after eof_received whatever it returns (and
+        #: asyncio logs a warning for True), set in connection_made
+        self.half_close: bool | None = True
 
     # -- asyncio callbacks ------------------------------------------------------------------
 
@@ -283,6 +287,8 @@ class HttpConnection(asyncio.Protocol):
         if isinstance(peer, tuple) and len(peer) >= 2:
             # interned: connections from one address (a NAT, a load balancer) share one string
             self.client_ip, self.client_port = sys.intern(peer[0]), peer[1]
+        if self.ctx.scheme == "https" and transport.get_extra_info("sslcontext") is not None:
+            self.half_close = None  # TLS cannot half-close: close_notify ends the connection
         if self.ctx.wants_server_addr:
             local = transport.get_extra_info("sockname")
             if isinstance(local, tuple) and local:
@@ -330,16 +336,18 @@ class HttpConnection(asyncio.Protocol):
             return None  # the client is done sending: close
         if self.tunnel is not None:
             self.tunnel.client_eof()
-            return True
+            return self.half_close
         try:
             self.parser.feed_eof()
         except ProxyError as exc:
             self._fail(exc)
-            return True
+            return self.half_close
         if self.current is None and not self.queue:
             return None  # nothing owed to the client: let the transport close
         self.stopped = True
-        return True  # half-close: answer what was asked, then close
+        # half-close: answer what was asked, then close (plain TCP; a TLS transport closes
+        # now, RFC 8446 §6.1 half-close being something asyncio's TLS does not do)
+        return self.half_close
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
