@@ -38,10 +38,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import customconfig, writer
-from .errors import ProxyError, RequestTimeout
+from .errors import (ClientCertificateInvalid, ClientCertificateRequired, ProxyError,
+                     RequestTimeout)
 from .handover import Cancel, on_task
 from .http1 import Limits, RequestHead, make_parser
-from .messages import Outcome, Request, Response
+from .messages import ClientCertificate, Outcome, Request, Response
 from .recording import Recorder
 from .streams import RequestBody
 from .vocabulary import NO_BODY_STATUSES
@@ -161,7 +162,8 @@ class ListenerContext:
 
     __slots__ = ("listener", "scheme", "parser_kind", "limits", "state", "_extra_headers",
                  "gate", "server_header", "response_headers", "domain_headers", "plain",
-                 "send_timeout", "wants_server_addr", "max_requests")
+                 "send_timeout", "wants_server_addr", "max_requests", "mutual",
+                 "connection_class")
 
     def __init__(self, listener: Listener, parser_kind: str, state: ServerState,
                  extra_headers: tuple[tuple[str, str], ...] = ()) -> None:
@@ -178,6 +180,8 @@ class ListenerContext:
         self._extra_headers = extra_headers
         #: counts this listener's connections against max_connections (listening.py)
         self.gate: AcceptGate | None = None
+        #: the listener's tls.ServerTLS (HTTPS), which judges client certificates (MUTUAL)
+        self.mutual: Any = None
         #: proxy_set_header X-clb-stgw-vip $server_addr is asked for somewhere
         self.wants_server_addr = any(
             "X-clb-stgw-vip" in cc.proxy_set_headers for cc in
@@ -193,7 +197,12 @@ class ListenerContext:
 
     def configure(self, listener: Listener) -> None:
         """The response headers of custom_config (add_header, more_set_headers), listener's
-        and per domain; called again by a reload, so new answers follow the new config."""
+        and per domain, and the connection class (mutual TLS or not); called again by a
+        reload, so new answers and new connections follow the new config."""
+        #: what the listener's protocol factory makes: mutual TLS costs nothing elsewhere
+        self.connection_class: type[HttpConnection] = (
+            MutualTlsConnection if listener.protocol == "HTTPS" and listener.ssl_mode == "MUTUAL"
+            else HttpConnection)
         self.response_headers = customconfig.response_headers(listener.custom_config)
         self.domain_headers: dict[str, customconfig.ResponseHeaders | None] = {
             rule.domain: customconfig.response_headers(listener.custom_config,
@@ -766,3 +775,49 @@ class HttpConnection(asyncio.Protocol):
             return True
         return False
 
+
+
+class MutualTlsConnection(HttpConnection):
+    """A connection of an HTTPS listener with ``ssl_mode = "MUTUAL"``.
+
+    The client certificate is judged once, when the handshake is done (``ctx.mutual``, the
+    listener's tls.ServerTLS): every request of the connection carries the verdict, which
+    the backends get as X-Client-Cert-* headers (headers.py). A connection the verdict
+    refuses (no certificate where ``ssl_verify_client = "on"`` requires one, a chain longer
+    than ``ssl_verify_depth``) answers nginx's 400 ("No required SSL certificate was sent",
+    "The SSL certificate error") as soon as the client sends, then closes (nginx also turns
+    keep-alive off for these). A certificate OpenSSL cannot verify never gets this far: the
+    handshake fails (docs/BEHAVIOUR.md §8).
+    """
+
+    __slots__ = ("client_cert", "refusal")
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        cert: ClientCertificate = self.ctx.mutual.client_certificate(
+            transport.get_extra_info("ssl_object"))
+        self.client_cert = cert
+        self.refusal: ProxyError | None = None
+        if cert.verify == "NONE":
+            if self.ctx.mutual.policy.verify_client == "on":
+                self.refusal = ClientCertificateRequired(
+                    "no client certificate", log_detail="client sent no certificate")
+        elif cert.verify != "SUCCESS":
+            self.refusal = ClientCertificateInvalid(
+                "client certificate refused",
+                log_detail=f"client certificate {cert.subject} {cert.verify}")
+
+    def data_received(self, data: bytes) -> None:
+        refusal = self.refusal
+        if refusal is not None:
+            # answered at the first bytes, whatever they are: nothing the client sends on
+            # this connection is served; lingering close reads and discards the rest
+            self.refusal = None
+            self.received_at = time.time()
+            self._fail(refusal)
+            return
+        super().data_received(data)
+
+    def _on_head(self, head: RequestHead) -> None:
+        super()._on_head(head)
+        self.queue[-1].client_cert = self.client_cert

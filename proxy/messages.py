@@ -54,6 +54,8 @@ class Request:
     request_id: str = ""
     #: the local address the client connected to (CLB's $server_addr, the VIP), when wanted
     server_addr: str = ""
+    #: mutual TLS listeners: what the client certificate check found (X-Client-Cert-*)
+    client_cert: ClientCertificate | None = None
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), or None."""
@@ -62,6 +64,19 @@ class Request:
             if k.lower() == lname:
                 return v
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCertificate:
+    """What a mutual TLS listener learnt of a connection's client certificate (tls.py), once
+    per connection: the verdict and what the backends' X-Client-Cert-* headers carry."""
+
+    #: nginx's $ssl_client_verify: "SUCCESS", "NONE" (none sent) or "FAILED:<reason>"
+    verify: str
+    #: the certificate's subject, RFC 4514 (nginx's $ssl_client_s_dn), "" without one
+    subject: str = ""
+    #: SHA-256 of the certificate (DER), 64 lower-case hex digits, "" without one
+    fingerprint: str = ""
 
 
 @dataclass(slots=True)
