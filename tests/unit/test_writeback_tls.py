@@ -51,7 +51,8 @@ def test_tls_keys_round_trip_through_writeback(tmp_path: Path) -> None:
     old = _load(tmp_path, TEXT)
     [listener] = old.listeners
     changed = replace(listener, ssl_protocols=("TLSv1.3",),
-                      ssl_ciphers="ECDHE-ECDSA-AES256-GCM-SHA384", ssl_session_tickets=False, ssl_verify_client="optional",
+                      ssl_ciphers="ECDHE-ECDSA-AES256-GCM-SHA384", ssl_session_tickets=False,
+                      ssl_verify_client="optional",
                       ssl_verify_depth=3, client_ca=tmp_path / "other.pem")
     trustme.CA().cert_pem.write_to_path(tmp_path / "other.pem")
     new = replace(old, listeners=(changed,))
