@@ -77,11 +77,18 @@ def proxy(ca: trustme.CA, client_ca: trustme.CA, cvm: Upstream, folder: Path
     leaf.cert_chain_pems[0].write_to_path(cert)
     leaf.private_key_pem.write_to_path(key)
     client_ca.cert_pem.write_to_path(cas)
+    second = ca.issue_cert("second.test")
+    cert2, key2 = folder / "second.pem", folder / "second.key"
+    second.cert_chain_pems[0].write_to_path(cert2)
+    second.private_key_pem.write_to_path(key2)
     certs = f'certificates = [{{ cert = "{cert}", key = "{key}" }}]\n'
+    # two certificates: SNI switches the handshake to the second one's context
+    two_certs = (f'certificates = [{{ cert = "{cert}", key = "{key}" }}, '
+                 f'{{ cert = "{cert2}", key = "{key2}" }}]\n')
     targets = f'[{{ type = "CVM", address = "{cvm.address}" }}]'
     rules = (rule("localhost", "/", targets)
              + rule("localhost", "/scf", '[{ type = "SCF", function = "echo" }]'))
-    config = (listener("required", "HTTPS", ssl_mode="MUTUAL", client_ca=str(cas)) + certs
+    config = (listener("required", "HTTPS", ssl_mode="MUTUAL", client_ca=str(cas)) + two_certs
               + rules
               + listener("optional", "HTTPS", ssl_mode="MUTUAL", client_ca=str(cas),
                          ssl_verify_client="optional") + certs + rules
@@ -224,10 +231,10 @@ def _python_client(ca: trustme.CA, peer: Peer | None) -> ssl.SSLContext:
     return ctx
 
 
-def _get(port: int, ctx: ssl.SSLContext, session: ssl.SSLSession | None = None
-         ) -> tuple[bytes, ssl.SSLSession | None, bool]:
+def _get(port: int, ctx: ssl.SSLContext, session: ssl.SSLSession | None = None,
+         host: str = "localhost") -> tuple[bytes, ssl.SSLSession | None, bool]:
     with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
-        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as sock:
+        with ctx.wrap_socket(raw, server_hostname=host, session=session) as sock:
             sock.sendall(b"GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             data = b""
             while chunk := sock.recv(65536):
@@ -260,3 +267,17 @@ def test_a_one_way_listener_strips_forged_certificate_headers(
     assert not [k for k, _ in headers if k.lower().startswith("x-client-cert-")]
     event = _body(_curl(proxy, "oneway", ca, folder, "/scf", None, *FORGED))
     assert not [k for k in event["headers"] if k.lower().startswith("x-client-cert-")]
+
+
+def test_the_client_certificate_is_checked_whichever_certificate_sni_picks(
+        proxy: ProxyProcess, ca: trustme.CA, peers: dict[str, Peer]) -> None:
+    port = proxy.port("required")
+    answer = _get(port, _python_client(ca, peers["good"]), host="second.test")[0]
+    assert answer.startswith(b"HTTP/1.1 200 OK") and peers["good"].fingerprint.encode() in answer
+    answer = _get(port, _python_client(ca, None), host="second.test")[0]
+    assert answer.startswith(b"HTTP/1.1 400") and NO_CERT.encode() in answer
+    try:
+        answer = _get(port, _python_client(ca, peers["stranger"]), host="second.test")[0]
+    except (ssl.SSLError, OSError):
+        answer = b""
+    assert answer == b""
