@@ -630,9 +630,12 @@ class ServerTLS:
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         if not der:
             return _NO_CERTIFICATE
-        leaf = x509.load_der_x509_certificate(der)
-        fingerprint = leaf.fingerprint(hashes.SHA256()).hex()
-        subject = _header_safe(leaf.subject.rfc4514_string())
+        try:
+            leaf = x509.load_der_x509_certificate(der)
+            fingerprint = leaf.fingerprint(hashes.SHA256()).hex()
+            subject = _header_safe(leaf.subject.rfc4514_string())
+        except ValueError:  # OpenSSL took it, cryptography cannot read it: refuse, never crash
+            return ClientCertificate("FAILED:unreadable certificate")
         chain = _verified_chain(ssl_object)
         if chain is None:  # resumed: its full handshake was judged by this context
             verify = _TOO_LONG if fingerprint in self._refused else "SUCCESS"

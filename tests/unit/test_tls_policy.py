@@ -211,6 +211,8 @@ def test_the_verdict_on_a_client_certificate(folder: Path) -> None:
         "FAILED:certificate chain too long"
     assert server.client_certificate(_FakeSsl(der, None)).verify == \
         "FAILED:certificate chain too long"
+    assert server.client_certificate(_FakeSsl(b"0\x03\x02\x01\x00", ["x"])).verify == \
+        "FAILED:unreadable certificate"
 
 
 def test_subjects_are_made_safe_for_a_header() -> None:
