@@ -38,8 +38,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import customconfig, writer
-from .errors import (ClientCertificateInvalid, ClientCertificateRequired, ProxyError,
-                     RequestTimeout)
+from .errors import ProxyError, RequestTimeout
 from .handover import Cancel, on_task
 from .http1 import Limits, RequestHead, make_parser
 from .messages import ClientCertificate, Outcome, Request, Response
@@ -797,15 +796,8 @@ class MutualTlsConnection(HttpConnection):
         cert: ClientCertificate = self.ctx.mutual.client_certificate(
             transport.get_extra_info("ssl_object"))
         self.client_cert = cert
-        self.refusal: ProxyError | None = None
-        if cert.verify == "NONE":
-            if self.ctx.mutual.policy.verify_client == "on":
-                self.refusal = ClientCertificateRequired(
-                    "no client certificate", log_detail="client sent no certificate")
-        elif cert.verify != "SUCCESS":
-            self.refusal = ClientCertificateInvalid(
-                "client certificate refused",
-                log_detail=f"client certificate {cert.subject} {cert.verify}")
+        self.refusal: ProxyError | None = cert.refusal(
+            self.ctx.mutual.policy.verify_client == "on")
 
     def data_received(self, data: bytes) -> None:
         refusal = self.refusal

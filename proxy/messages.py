@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .errors import ClientCertificateInvalid, ClientCertificateRequired, ProxyError
+
 if TYPE_CHECKING:
     from .streams import RequestBody
 
@@ -77,6 +79,20 @@ class ClientCertificate:
     subject: str = ""
     #: SHA-256 of the certificate (DER), 64 lower-case hex digits, "" without one
     fingerprint: str = ""
+
+    def refusal(self, required: bool) -> ProxyError | None:
+        """What a connection with this verdict answers instead of serving (nginx's 496/495,
+        sent as 400 with their texts), or None; ``required``: ssl_verify_client is "on".
+        One rule for every connection class (HTTP/1.1 here, HTTP/2 alike)."""
+        if self.verify == "SUCCESS":
+            return None
+        if self.verify == "NONE":
+            return ClientCertificateRequired("no client certificate",
+                                             log_detail="client sent no certificate") \
+                if required else None
+        return ClientCertificateInvalid(
+            "client certificate refused",
+            log_detail=f"client certificate {self.subject} {self.verify}")
 
 
 @dataclass(slots=True)

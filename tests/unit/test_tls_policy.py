@@ -219,3 +219,16 @@ def test_subjects_are_made_safe_for_a_header() -> None:
     assert tls._header_safe("CN=alice,O=A") == "CN=alice,O=A"
     assert tls._header_safe("CN=a\r\nX-Injected: 1") == "CN=a\\0D\\0AX-Injected: 1"
     assert tls._header_safe("CN=é") == "CN=\\C3\\A9"
+
+
+def test_the_refusal_each_verdict_gets() -> None:
+    from proxy.errors import ClientCertificateInvalid, ClientCertificateRequired
+    from proxy.messages import ClientCertificate
+
+    assert ClientCertificate("SUCCESS", "CN=a", "ab").refusal(True) is None
+    assert ClientCertificate("NONE").refusal(False) is None
+    assert isinstance(ClientCertificate("NONE").refusal(True), ClientCertificateRequired)
+    for required in (True, False):  # nginx refuses a failed certificate with optional too
+        refused = ClientCertificate("FAILED:certificate chain too long", "CN=a").refusal(required)
+        assert isinstance(refused, ClientCertificateInvalid)
+        assert refused.log_detail == "client certificate CN=a FAILED:certificate chain too long"
