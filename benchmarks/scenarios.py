@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from benchmarks import confs, idle, matchbench, procs, rulegen
+from benchmarks import confs, idle, matchbench, procs, resume, rulegen
 from benchmarks.harness import FLOOR, OURS, PEER, Bench, Load, compare, fail
 from benchmarks.report import Check, Row, Side
 
@@ -118,6 +118,57 @@ def https(bench: Bench) -> list[Row]:
     return [keep, floor, fresh]
 
 
+#: parallel ``openssl s_time`` clients of the resumption scenario
+RESUME_CLIENTS = 4
+
+
+def https_resume(bench: Bench) -> list[Row]:
+    """Resumed TLS handshakes (issue 15): ``openssl s_time -reuse`` clients, each request a
+    new connection resuming the client's session (tickets), TLS 1.2 and 1.3; ours and nginx
+    (shared session cache, tickets on by default) with the same certificate, in alternating
+    rounds, each side's best kept."""
+    rows = {version: Row(f"https-resume-{label}", f"resumed {label} handshakes, a GET each "
+                         f"({RESUME_CLIENTS} openssl s_time -reuse clients), same certificate",
+                         "conn/s", Side("clbscf-proxy tls"), Side("nginx tls"))
+            for version, label in (("-tls1_3", "tls13"), ("-tls1_2", "tls12"))}
+    starters: dict[str, Callable[[], procs.Server]] = {
+        OURS: lambda: bench.proxy("proxy-resume", https_toml(bench)),
+        PEER: lambda: bench.nginx_proxy("nginx-resume", bench.origin_port(), tls=True)}
+    servers: dict[str, procs.Server] = {}
+    try:
+        for which, start in starters.items():
+            bench.log(f"  {which}: {getattr(rows['-tls1_3'], which).label}")
+            try:
+                servers[which] = start()
+            except Exception as exc:  # noqa: BLE001 - fail soft: the rows say why
+                fail(list(rows.values()), which, exc)
+        for round_no in range(bench.rounds):
+            for which, server in servers.items():
+                for version, row in rows.items():
+                    side: Side = getattr(row, which)
+                    try:
+                        got = resume.measure(server, seconds=bench.duration,
+                                             clients=RESUME_CLIENTS, version=version,
+                                             cpus=bench.load_cpus)
+                    except Exception as exc:  # noqa: BLE001
+                        fail([row], which, exc, server)
+                        continue
+                    row.extra.setdefault("rounds", {}).setdefault(which, []).append(
+                        round(got.rate))
+                    if side.value is None or got.rate > side.value:
+                        side.value = got.rate
+                        side.cpu_us_per_request = (None if got.cpu_us is None
+                                                   else round(got.cpu_us, 2))
+                        side.notes = (f"{got.resumed:,} of {got.connections:,} resumed")
+                    bench.log(f"    {row.scenario} {which} round {round_no + 1}: "
+                              f"{got.rate:,.0f} conn/s, {got.resumed_share:.0%} resumed, CPU "
+                              f"{got.cpu_us or 0:.1f} µs/conn")
+    finally:
+        for server in servers.values():
+            server.stop()
+    return list(rows.values())
+
+
 def _rules_toml(bench: Bench, rules: rulegen.RuleSet) -> str:
     target = confs.cvm_target(bench.origin_port())
     return confs.proxy_listener(rules=[(d, u, target) for d, u in rules.rules],
@@ -205,6 +256,6 @@ def idle_memory(bench: Bench) -> list[Row]:
 
 #: --only names -> scenario, in the order a full run goes
 SCENARIOS: dict[str, Callable[[Bench], list[Row]]] = {
-    "cvm": cvm, "cvm-log": cvm_log, "scf": scf, "scf2": scf2, "https": https, "rules": rules,
-    "match": match, "idle": idle_memory,
+    "cvm": cvm, "cvm-log": cvm_log, "scf": scf, "scf2": scf2, "https": https,
+    "https-resume": https_resume, "rules": rules, "match": match, "idle": idle_memory,
 }

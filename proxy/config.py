@@ -54,6 +54,9 @@ LATEST, DEFAULT_ALIAS = "$LATEST", "$DEFAULT"
 MATCH_KEY_PREFIX = "invoke.headers."
 MATCH_METHODS = ("exact", "range")
 PROTOCOLS = ("HTTP", "HTTPS")
+#: CLB's SSLMode (clb-features.md §2.2), and nginx's ssl_verify_client values we take
+SSL_MODES = ("UNIDIRECTIONAL", "MUTUAL")
+SSL_VERIFY_CLIENT = ("on", "optional")
 TARGET_TYPES = ("SCF", "CVM")
 REMOTE_ACTIONS = ("InvokeFunction", "Invoke")
 DEFAULT_ENDPOINT = "https://scf.tencentcloudapi.com"
@@ -162,6 +165,15 @@ class Listener:
     hsts_max_age: int = 0  # HTTPS: > 0 adds Strict-Transport-Security with this max-age
     ssl_handshake_timeout: float = 10.0  # HTTPS: a handshake not done by then is dropped
     redirect_https_port: int = 0  # HTTP: > 0 answers every request with 301 to https://host:port
+    # TLS policy (issue 15): () / "" = Mozilla intermediate (TLSv1.2 TLSv1.3, its six suites)
+    ssl_protocols: tuple[str, ...] = ()
+    ssl_ciphers: str = ""
+    ssl_session_tickets: bool = True  # HTTPS: resumption by session tickets (nginx's key)
+    # mutual TLS (CLB's SSLMode, SSLVerifyClient, CertCaId; nginx's ssl_verify_depth)
+    ssl_mode: str = "UNIDIRECTIONAL"
+    client_ca: Path | None = None  # MUTUAL: the CAs (PEM) client certificates must chain to
+    ssl_verify_client: str = "on"  # MUTUAL: "on" requires a certificate, "optional" does not
+    ssl_verify_depth: int = 1  # MUTUAL: CAs allowed between a client certificate and client_ca
     #: the personalised configuration; what it sets is also laid over the fields above at load
     custom_config: CustomConfig = field(default_factory=CustomConfig)
 
@@ -742,6 +754,24 @@ def _session_time(ctx: _Ctx, path: str, value: object) -> int:
     return int(number)
 
 
+def _ssl_protocols(ctx: _Ctx, path: str, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _bad(path, "must be an array of " + ", ".join(customconfig.SSL_PROTOCOLS), value)
+    problem = customconfig.ssl_protocols_problem(value)
+    if problem:
+        raise _Invalid(path, problem)
+    return tuple(p for p in customconfig.SSL_PROTOCOLS if p in value)
+
+
+def _ssl_ciphers(ctx: _Ctx, path: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise _bad(path, "must be an OpenSSL cipher string", value)
+    problem = customconfig.ssl_ciphers_problem(value)
+    if problem:
+        raise _Invalid(path, problem)
+    return value
+
+
 _RULE_FIELDS: dict[str, Check] = {
     "domain": _domain, "url": _url, "scheduler": _choice(SCHEDULERS),
     "health_check": _health_check, "targets": _array(_target),
@@ -769,16 +799,40 @@ _LISTENER_FIELDS: dict[str, Check] = {
     "max_request_line": _integer(256, 65536), "max_connections": _integer(1, 1_000_000),
     "hsts_max_age": _integer(0, 10 * 365 * 86400), "ssl_handshake_timeout": _number(0.1, 300),
     "redirect_https_port": _integer(0, 65535),
+    "ssl_protocols": _ssl_protocols, "ssl_ciphers": _ssl_ciphers,
+    "ssl_session_tickets": _boolean, "ssl_mode": _choice(SSL_MODES),
+    "client_ca": _existing("file"), "ssl_verify_client": _choice(SSL_VERIFY_CLIENT),
+    "ssl_verify_depth": _integer(*customconfig.SSL_VERIFY_DEPTH),
 }
+#: keys that mean something only on an HTTPS listener, with their defaults
+_HTTPS_ONLY = ("ssl_protocols", "ssl_ciphers", "ssl_session_tickets", "ssl_mode", "client_ca",
+               "ssl_verify_client", "ssl_verify_depth")
+
+
+def _check_tls_keys(path: str, listener: Listener, given: Mapping[str, Any]) -> None:
+    """The TLS keys' cross-field rules (their files' contents are tls.py's to check)."""
+    if listener.protocol == "HTTP":
+        for key in _HTTPS_ONLY:
+            if key in given:
+                raise _bad(f"{path}.{key}", "only for an HTTPS listener", given[key])
+    if listener.ssl_mode == "MUTUAL" and listener.client_ca is None:
+        raise _Invalid(f"{path}.client_ca", 'is required with ssl_mode = "MUTUAL" (the CA '
+                       "certificates, PEM, that client certificates must chain to), got nothing")
+    if listener.ssl_mode != "MUTUAL":
+        for key in ("client_ca", "ssl_verify_client"):
+            if key in given:
+                raise _bad(f"{path}.{key}", 'only with ssl_mode = "MUTUAL"', given[key])
 
 
 def _listener(ctx: _Ctx, path: str, value: object) -> Listener:
     values = _fields(ctx, path, value, _LISTENER_FIELDS, ("protocol", "port"))
     values.setdefault("name", f"{values['protocol'].lower()}-{values['port']}")
+    given = dict(values)  # the file's own keys: custom_config's ssl_* mean nothing on HTTP
     if "custom_config" in values:  # CLB's text wins over the listener's own keys
         values.update((k, v) for k, v in values["custom_config"].overrides().items()
                       if k in _LISTENER_FIELD_NAMES)
     listener = Listener(**values)
+    _check_tls_keys(path, listener, given)
     if listener.protocol == "HTTPS" and listener.redirect_https_port:
         raise _bad(f"{path}.redirect_https_port", "only for an HTTP listener",
                    listener.redirect_https_port)

@@ -41,7 +41,7 @@ from . import customconfig, writer
 from .errors import ProxyError, RequestTimeout
 from .handover import Cancel, on_task
 from .http1 import Limits, RequestHead, make_parser
-from .messages import Outcome, Request, Response
+from .messages import ClientCertificate, Outcome, Request, Response
 from .recording import Recorder
 from .streams import RequestBody
 from .vocabulary import NO_BODY_STATUSES
@@ -161,7 +161,8 @@ class ListenerContext:
 
     __slots__ = ("listener", "scheme", "parser_kind", "limits", "state", "_extra_headers",
                  "gate", "server_header", "response_headers", "domain_headers", "plain",
-                 "send_timeout", "wants_server_addr", "max_requests")
+                 "send_timeout", "wants_server_addr", "max_requests", "mutual",
+                 "connection_class")
 
     def __init__(self, listener: Listener, parser_kind: str, state: ServerState,
                  extra_headers: tuple[tuple[str, str], ...] = ()) -> None:
@@ -178,6 +179,8 @@ class ListenerContext:
         self._extra_headers = extra_headers
         #: counts this listener's connections against max_connections (listening.py)
         self.gate: AcceptGate | None = None
+        #: the listener's tls.ServerTLS (HTTPS), which judges client certificates (MUTUAL)
+        self.mutual: Any = None
         #: proxy_set_header X-clb-stgw-vip $server_addr is asked for somewhere
         self.wants_server_addr = any(
             "X-clb-stgw-vip" in cc.proxy_set_headers for cc in
@@ -193,7 +196,12 @@ class ListenerContext:
 
     def configure(self, listener: Listener) -> None:
         """The response headers of custom_config (add_header, more_set_headers), listener's
-        and per domain; called again by a reload, so new answers follow the new config."""
+        and per domain, and the connection class (mutual TLS or not); called again by a
+        reload, so new answers and new connections follow the new config."""
+        #: what the listener's protocol factory makes: mutual TLS costs nothing elsewhere
+        self.connection_class: type[HttpConnection] = (
+            MutualTlsConnection if listener.protocol == "HTTPS" and listener.ssl_mode == "MUTUAL"
+            else HttpConnection)
         self.response_headers = customconfig.response_headers(listener.custom_config)
         self.domain_headers: dict[str, customconfig.ResponseHeaders | None] = {
             rule.domain: customconfig.response_headers(listener.custom_config,
@@ -223,7 +231,7 @@ class HttpConnection(asyncio.Protocol):
         "received_at", "queue", "current", "cancel", "started", "stopped", "pending_error",
         "write_paused", "drain_waiter", "pauses", "tunnel", "linger_until", "deadline",
         "on_deadline", "send_deadline", "send_buffered", "client_eof", "heads",
-        "server_addr", "served", "tls",
+        "server_addr", "served", "tls", "half_close",
     )
 
     def __init__(self, ctx: ListenerContext) -> None:
@@ -274,6 +282,10 @@ class HttpConnection(asyncio.Protocol):
         self.served = 0
         #: (ssl_protocol, ssl_cipher) for the access log, read once, at the first answer
         self.tls: tuple[str, str] | None = None
+        #: what eof_received returns to keep the connection half-open: True on plain TCP;
+        #: None on TLS, whose transport closes after eof_received whatever it returns (and
+        #: asyncio logs a warning for True), set in connection_made
+        self.half_close: bool | None = True
 
     # -- asyncio callbacks ------------------------------------------------------------------
 
@@ -283,6 +295,8 @@ class HttpConnection(asyncio.Protocol):
         if isinstance(peer, tuple) and len(peer) >= 2:
             # interned: connections from one address (a NAT, a load balancer) share one string
             self.client_ip, self.client_port = sys.intern(peer[0]), peer[1]
+        if self.ctx.scheme == "https" and transport.get_extra_info("sslcontext") is not None:
+            self.half_close = None  # TLS cannot half-close: close_notify ends the connection
         if self.ctx.wants_server_addr:
             local = transport.get_extra_info("sockname")
             if isinstance(local, tuple) and local:
@@ -330,16 +344,18 @@ class HttpConnection(asyncio.Protocol):
             return None  # the client is done sending: close
         if self.tunnel is not None:
             self.tunnel.client_eof()
-            return True
+            return self.half_close
         try:
             self.parser.feed_eof()
         except ProxyError as exc:
             self._fail(exc)
-            return True
+            return self.half_close
         if self.current is None and not self.queue:
             return None  # nothing owed to the client: let the transport close
         self.stopped = True
-        return True  # half-close: answer what was asked, then close
+        # half-close: answer what was asked, then close (plain TCP; a TLS transport closes
+        # now, RFC 8446 §6.1 half-close being something asyncio's TLS does not do)
+        return self.half_close
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -758,3 +774,42 @@ class HttpConnection(asyncio.Protocol):
             return True
         return False
 
+
+
+class MutualTlsConnection(HttpConnection):
+    """A connection of an HTTPS listener with ``ssl_mode = "MUTUAL"``.
+
+    The client certificate is judged once, when the handshake is done (``ctx.mutual``, the
+    listener's tls.ServerTLS): every request of the connection carries the verdict, which
+    the backends get as X-Client-Cert-* headers (headers.py). A connection the verdict
+    refuses (no certificate where ``ssl_verify_client = "on"`` requires one, a chain longer
+    than ``ssl_verify_depth``) answers nginx's 400 ("No required SSL certificate was sent",
+    "The SSL certificate error") as soon as the client sends, then closes (nginx also turns
+    keep-alive off for these). A certificate OpenSSL cannot verify never gets this far: the
+    handshake fails (docs/BEHAVIOUR.md §8).
+    """
+
+    __slots__ = ("client_cert", "refusal")
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        cert: ClientCertificate = self.ctx.mutual.client_certificate(
+            transport.get_extra_info("ssl_object"))
+        self.client_cert = cert
+        self.refusal: ProxyError | None = cert.refusal(
+            self.ctx.mutual.policy.verify_client == "on")
+
+    def data_received(self, data: bytes) -> None:
+        refusal = self.refusal
+        if refusal is not None:
+            # answered at the first bytes, whatever they are: nothing the client sends on
+            # this connection is served; lingering close reads and discards the rest
+            self.refusal = None
+            self.received_at = time.time()
+            self._fail(refusal)
+            return
+        super().data_received(data)
+
+    def _on_head(self, head: RequestHead) -> None:
+        super()._on_head(head)
+        self.queue[-1].client_cert = self.client_cert

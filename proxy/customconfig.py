@@ -35,10 +35,12 @@ OPTIONAL_HEADERS: dict[str, tuple[str, str]] = {
     "x-clb-stgw-vip": ("X-clb-stgw-vip", "$server_addr"),
 }
 SSL_PROTOCOLS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+#: ssl_verify_depth's CLB range (clb-features.md §1.3)
+SSL_VERIFY_DEPTH = (1, 10)
 #: CLB directives that exist there but not here: refused with this reason
 _NOT_IMPLEMENTED = (
-    "client_header_buffer_size", "proxy_buffer_size", "proxy_buffers", "ssl_verify_depth",
-    "ssl_early_data", "http2_max_field_size", "error_page", "proxy_ignore_client_abort",
+    "client_header_buffer_size", "proxy_buffer_size", "proxy_buffers", "ssl_early_data",
+    "http2_max_field_size", "error_page", "proxy_ignore_client_abort",
 )
 
 
@@ -68,6 +70,8 @@ class CustomConfig:
     #: for the TLS layer (the listener's ssl_protocols / ssl_ciphers keys)
     ssl_protocols: tuple[str, ...] | None = None
     ssl_ciphers: str | None = None
+    #: mutual TLS: how many CAs may stand between a client certificate and client_ca
+    ssl_verify_depth: int | None = None
 
     def overrides(self) -> dict[str, Any]:
         """The scalar fields this text set, by name (the Listener's field names)."""
@@ -196,18 +200,48 @@ def _proxy_redirect(args: list[str]) -> bool:
     return args[0] == "default"
 
 
-def _ssl_protocols(args: list[str]) -> tuple[str, ...]:
-    bad = [a for a in args if a not in SSL_PROTOCOLS]
+def ssl_protocols_problem(names: tuple[str, ...] | list[str]) -> str | None:
+    """What is wrong with an ``ssl_protocols`` list (the directive's and the listener key's
+    one rule), or None. The versions must be a range without a gap: OpenSSL negotiates
+    between a minimum and a maximum, and a hole (``TLSv1 TLSv1.2``) would silently drop the
+    versions below it (SSL_CTX_set_options(3), "the hole")."""
+    bad = [name for name in names if name not in SSL_PROTOCOLS]
     if bad:
-        raise _Error(f"must be among {' '.join(SSL_PROTOCOLS)}, got {bad[0]!r}")
+        return f"must be among {' '.join(SSL_PROTOCOLS)}, got {bad[0]!r}"
+    if not names:
+        return "must name at least one of " + " ".join(SSL_PROTOCOLS)
+    if len(set(names)) != len(names):
+        return f"names a protocol twice: {' '.join(names)}"
+    positions = sorted(SSL_PROTOCOLS.index(name) for name in names)
+    if positions[-1] - positions[0] + 1 != len(positions):
+        missing = [SSL_PROTOCOLS[i] for i in range(positions[0], positions[-1])
+                   if i not in positions]
+        return (f"must be consecutive versions (OpenSSL negotiates a range), "
+                f"{' '.join(names)} leaves out {' '.join(missing)}")
+    return None
+
+
+def _ssl_protocols(args: list[str]) -> tuple[str, ...]:
+    problem = ssl_protocols_problem(args)
+    if problem:
+        raise _Error(problem)
     return tuple(p for p in SSL_PROTOCOLS if p in args)
 
 
-def _ssl_ciphers(args: list[str]) -> str:
+def ssl_ciphers_problem(text: str) -> str | None:
+    """What OpenSSL says of an ``ssl_ciphers`` string (the directive's and the listener
+    key's one rule), or None: it must select at least one TLS 1.2 (or older) suite."""
     try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(args[0])
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(text)
     except ssl.SSLError:
-        raise _Error(f"OpenSSL selects no cipher from {args[0]!r}") from None
+        return f"OpenSSL selects no cipher from {text!r}"
+    return None
+
+
+def _ssl_ciphers(args: list[str]) -> str:
+    problem = ssl_ciphers_problem(args[0])
+    if problem:
+        raise _Error(problem)
     return args[0]
 
 
@@ -227,6 +261,7 @@ _SCALARS: dict[str, tuple[str, int, int, Any]] = {
     "server_tokens": ("server_tokens", 1, 1, _switch),
     "ssl_protocols": ("ssl_protocols", 1, 4, _ssl_protocols),
     "ssl_ciphers": ("ssl_ciphers", 1, 1, _ssl_ciphers),
+    "ssl_verify_depth": ("ssl_verify_depth", 1, 1, _count(*SSL_VERIFY_DEPTH)),
 }
 KNOWN = tuple(_SCALARS) + ("add_header", "more_set_headers", "proxy_set_header")
 

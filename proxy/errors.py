@@ -10,6 +10,8 @@ Foreign errors (OSError, orjson, ssl, ...) are converted at the boundary where t
     └── ProxyError                        status_hint = 500
         ├── ClientError                   4xx, the client's fault
         │   ├── BadRequest                400 (malformed framing, bad path, path escaping /)
+        │   │   ├── ClientCertificateRequired 400, mutual TLS "on": no certificate (nginx 496)
+        │   │   └── ClientCertificateInvalid  400, mutual TLS: the certificate failed (nginx 495)
         │   ├── NotFound                  404 (no rule matches)
         │   ├── RequestTimeout            408 (header or body read deadline)
         │   ├── PayloadTooLarge           413 (body over client_max_body_size, event over 6 MB)
@@ -57,6 +59,14 @@ class ClientError(ProxyError):
 
 class BadRequest(ClientError):
     status_hint = 400
+
+
+class ClientCertificateRequired(BadRequest):
+    """nginx's 496, answered as 400 with its text: "No required SSL certificate was sent"."""
+
+
+class ClientCertificateInvalid(BadRequest):
+    """nginx's 495, answered as 400 with its text: "The SSL certificate error"."""
 
 
 class NotFound(ClientError):

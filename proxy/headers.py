@@ -22,9 +22,16 @@ CLB_HEADERS: tuple[str, ...] = (
     "X-Forwarded-For",
 )
 _CLB_LOWER = frozenset(name.lower() for name in CLB_HEADERS)
+#: What a mutual TLS listener tells backends of the client certificate (docs/BEHAVIOUR.md
+#: §8; our names, CLB documents none): the verdict (nginx's $ssl_client_verify values), the
+#: subject (RFC 4514) and the SHA-256 fingerprint; the last two only when a certificate came.
+CLIENT_CERT_HEADERS: tuple[str, ...] = (
+    "X-Client-Cert-Verify", "X-Client-Cert-Subject", "X-Client-Cert-Fingerprint",
+)
 _XFF = "x-forwarded-for"
-#: Removed from every client message before ours are added.
-DROPPED: frozenset[str] = HOP_BY_HOP | _CLB_LOWER
+#: Removed from every client message before ours are added (the client certificate ones on
+#: every listener: a backend must be able to trust them wherever a request came from).
+DROPPED: frozenset[str] = HOP_BY_HOP | _CLB_LOWER | {n.lower() for n in CLIENT_CERT_HEADERS}
 #: Fields a client may not nominate for removal in ``Connection``: the router chose the rule
 #: by Host and the backend frames the body by Content-Length; removing either would make the
 #: backend see a different request than the one we routed (RFC 9110 §7.6.1 forbids nominating
@@ -144,20 +151,39 @@ CLB_LINES: str = "".join(f"{name}: {{}}\r\n" for name in CLB_HEADERS)
 
 
 def forwarded_headers(request: Request, trusted: TrustedProxies) -> Headers:
-    """The client's end-to-end headers, names as sent and in order, then the CLB headers."""
+    """The client's end-to-end headers, names as sent and in order, then the CLB headers
+    (and, on a mutual TLS listener, the client certificate ones)."""
     kept, chain = end_to_end(request, trusted)
     kept += zip(CLB_HEADERS, clb_values(request, chain))
+    if request.client_cert is not None:
+        kept += client_cert_headers(request)
     return tuple(kept)
+
+
+def client_cert_headers(request: Request) -> list[tuple[str, str]]:
+    """The CLIENT_CERT_HEADERS of a mutual TLS listener's request (none elsewhere)."""
+    cert = request.client_cert
+    if cert is None:
+        return []
+    values = (cert.verify, cert.subject, cert.fingerprint)
+    return [(name, value) for name, value in zip(CLIENT_CERT_HEADERS, values) if value]
 
 
 def optional_value(name: str, request: Request) -> str:
     """The value of one of custom_config's optional proxy_set_header headers
-    (customconfig.OPTIONAL_HEADERS, canonical names)."""
+    (customconfig.OPTIONAL_HEADERS, canonical names), or of a CLIENT_CERT_HEADERS one
+    ("" when the request has none: the header is then not sent)."""
     if name == "X-Real-Port":
         return str(request.client_port)
     if name == "Stgw-request-id":
         return request.request_id
-    return request.server_addr  # X-clb-stgw-vip
+    if name == "X-clb-stgw-vip":
+        return request.server_addr
+    cert = request.client_cert
+    if cert is None:
+        return ""
+    return {"X-Client-Cert-Verify": cert.verify, "X-Client-Cert-Subject": cert.subject,
+            "X-Client-Cert-Fingerprint": cert.fingerprint}.get(name, "")
 
 
 def redirect_prefixes(address: str) -> tuple[str, ...]:
@@ -199,6 +225,7 @@ def _rewritten(value: str, start: int, prefixes: tuple[str, ...], base: str) -> 
     return value
 
 
-__all__ = ["CLB_HEADERS", "CLB_LINES", "DROPPED", "HOP_BY_HOP", "TrustedProxies", "clb_values",
+__all__ = ["CLB_HEADERS", "CLB_LINES", "CLIENT_CERT_HEADERS", "DROPPED",
+           "client_cert_headers", "HOP_BY_HOP", "TrustedProxies", "clb_values",
            "end_to_end", "forwarded_headers", "optional_value", "redirect_prefixes",
            "rewrite_redirects"]

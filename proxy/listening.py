@@ -127,6 +127,17 @@ class AcceptGate:
             return
         self._servers = servers
 
+    async def serve_with(self, ssl_context: ssl.SSLContext) -> None:
+        """Accept new connections with ``ssl_context`` (a reload changed the TLS policy):
+        servers on the new context start before the old ones close, so the sockets never
+        stop accepting; open connections keep the context they were accepted with."""
+        self.ssl_context = ssl_context
+        old, self._servers = self._servers, []
+        if old:
+            await self.start()
+        for server in old:
+            server.close()
+
     def opened(self) -> None:
         self.open += 1
         if self.open >= self.limit and self._servers:

@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .errors import ClientCertificateInvalid, ClientCertificateRequired, ProxyError
+
 if TYPE_CHECKING:
     from .streams import RequestBody
 
@@ -54,6 +56,8 @@ class Request:
     request_id: str = ""
     #: the local address the client connected to (CLB's $server_addr, the VIP), when wanted
     server_addr: str = ""
+    #: mutual TLS listeners: what the client certificate check found (X-Client-Cert-*)
+    client_cert: ClientCertificate | None = None
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), or None."""
@@ -62,6 +66,33 @@ class Request:
             if k.lower() == lname:
                 return v
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCertificate:
+    """What a mutual TLS listener learnt of a connection's client certificate (tls.py), once
+    per connection: the verdict and what the backends' X-Client-Cert-* headers carry."""
+
+    #: nginx's $ssl_client_verify: "SUCCESS", "NONE" (none sent) or "FAILED:<reason>"
+    verify: str
+    #: the certificate's subject, RFC 4514 (nginx's $ssl_client_s_dn), "" without one
+    subject: str = ""
+    #: SHA-256 of the certificate (DER), 64 lower-case hex digits, "" without one
+    fingerprint: str = ""
+
+    def refusal(self, required: bool) -> ProxyError | None:
+        """What a connection with this verdict answers instead of serving (nginx's 496/495,
+        sent as 400 with their texts), or None; ``required``: ssl_verify_client is "on".
+        One rule for every connection class (HTTP/1.1 here, HTTP/2 alike)."""
+        if self.verify == "SUCCESS":
+            return None
+        if self.verify == "NONE":
+            return ClientCertificateRequired("no client certificate",
+                                             log_detail="client sent no certificate") \
+                if required else None
+        return ClientCertificateInvalid(
+            "client certificate refused",
+            log_detail=f"client certificate {self.subject} {self.verify}")
 
 
 @dataclass(slots=True)

@@ -34,7 +34,7 @@ from .admin import AdminApp
 from .adminserver import start_admin
 from .backends.cvm import CvmUpstreams
 from .config import Config, Listener, RemoteScf, load_config
-from .connection import HttpConnection, ListenerContext, ServerState
+from .connection import ListenerContext, ServerState
 from .errors import ConfigError
 from .listening import AcceptGate, announce, bind_listener
 from .logs import AccessLog
@@ -173,20 +173,22 @@ class ProxyServer:
         """Bind the listeners (or serve ``sockets``, listener name -> bound sockets, handed
         over by the supervisor) and the admin API."""
         # every certificate is checked before anything is bound, as --check-config checks them
-        certificates = tls.config_certificates(self.config)
+        certificates = tls.config_tls(self.config)
         await self.backends.local.start()
         for listener in self.config.listeners:
             extra = (tls.hsts_header(listener.hsts_max_age),) if listener.hsts_max_age else ()
             ctx = ListenerContext(listener, self.parser_kind, self.state, extra)
             self._contexts[listener.name] = ctx
-            ssl_ctx = self._ssl_context(listener, certificates.get(listener.name, ()))
+            ssl_ctx = self._ssl_context(listener, *certificates.get(listener.name,
+                                                                    (tls.DEFAULT_POLICY, ())))
+            ctx.mutual = self._tls.get(listener.name)
             if sockets is not None:
                 bound = sockets[listener.name]
             else:
                 bound = bind_listener(listener)
                 announce(listener, bound)
             gate = AcceptGate(listener.name, bound,
-                              lambda ctx=ctx: HttpConnection(ctx),  # type: ignore[misc]
+                              lambda ctx=ctx: ctx.connection_class(ctx),  # type: ignore[misc]
                               listener.max_connections, ssl_ctx, listener.ssl_handshake_timeout)
             ctx.gate = gate
             self._gates.append(gate)
@@ -217,11 +219,12 @@ class ProxyServer:
             await self._watcher.watch(self.config)
         self._announce = sockets is None  # a worker's supervisor announces
 
-    def _ssl_context(self, listener: Listener, certificates: Sequence[tls.LoadedCertificate]
-                     ) -> ssl.SSLContext | None:
+    def _ssl_context(self, listener: Listener, policy: tls.TlsPolicy,
+                     certificates: Sequence[tls.LoadedCertificate]) -> ssl.SSLContext | None:
         if listener.protocol != "HTTPS":
             return None
-        server_tls = tls.ServerTLS(certificates, handshake_timeout=listener.ssl_handshake_timeout)
+        server_tls = tls.ServerTLS(certificates, policy=policy,
+                                   handshake_timeout=listener.ssl_handshake_timeout)
         if not server_tls.groups_policy_in_effect():
             error_log.warning("listener %r: TLS key-exchange groups are not limited to "
                               "X25519/P-256/P-384", listener.name)
@@ -248,13 +251,17 @@ class ProxyServer:
 
     async def _reload(self, config: Config) -> None:
         check_same_listeners(self.config, config)
-        certificates = tls.config_certificates(config)  # the checks of start-up
+        certificates = tls.config_tls(config)  # the checks of start-up
         self._sync_remote(config)
         await self.backends.local.update(config.functions)
         router = Router(config, self.backends, self.metrics)
-        for name, loaded in certificates.items():
-            if name in self._tls:
-                self._tls[name].reload(loaded)
+        for name, (policy, loaded) in certificates.items():
+            if name in self._tls and self._tls[name].reload(loaded, policy):
+                # a new TLS policy: a new listening context, served from now on (its old
+                # sessions are not resumed under the new policy)
+                for gate in self._gates:
+                    if gate.name == name:
+                        await gate.serve_with(self._tls[name].context)
         self.state.router = router
         if self._watcher is not None:
             await self._watcher.watch(config)

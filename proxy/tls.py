@@ -1,16 +1,30 @@
 """TLS termination: certificate checks, the listening context, SNI, the development certificate.
 
 Owns: reading and checking certificate/key PEM files with ``cryptography`` (key matches leaf,
-chain order, names, validity), the Mozilla "intermediate" server policy (TLS 1.2/1.3, the six
-ECDHE AEAD suites, no compression, no renegotiation, X25519/P-256/P-384, ALPN http/1.1),
-certificate choice by SNI, atomic certificate reload, the self-signed development certificate and
-the OpenSSL config file that limits key-exchange groups.
+chain order, names, validity), the server policy (by default Mozilla "intermediate": TLS 1.2/1.3,
+the six ECDHE AEAD suites, no compression, no renegotiation, X25519/P-256/P-384; a listener's
+``ssl_protocols``/``ssl_ciphers`` change it, ``TlsPolicy``), session resumption (tickets and
+the session cache), mutual TLS (the client CA, the verdict on a client certificate and the
+values its headers carry), certificate choice by SNI, atomic certificate reload, the
+self-signed development certificate and the OpenSSL config file that limits key-exchange groups.
 
 Strategy: policy lives on one listening ``ssl.SSLContext`` per listener, which stays the same
-object for the listener's life; each certificate gets its own context (same policy, so whatever
-OpenSSL consults after the switch agrees) and ``sni_callback`` switches to it, which changes the
-certificate only (http-proxy-rules.md §3.6 pitfall 1). The callback reads one immutable snapshot,
-so ``reload`` is a single attribute swap: new handshakes see the new set, running ones keep theirs.
+object while the listener's policy does; each certificate gets its own context (same policy, so
+whatever OpenSSL consults after the switch agrees) and ``sni_callback`` switches to it, which
+changes the certificate only (http-proxy-rules.md §3.6 pitfall 1). The callback reads one
+immutable snapshot, so a reload of certificates is a single attribute swap: new handshakes see
+the new set, running ones keep theirs. A reload that changes the policy builds a new listening
+context (the server then serves its sockets with it, listening.py): OpenSSL keeps the session
+cache and the ticket key on the listening context, so a session made under the old policy (an
+old client CA, say) is never resumed under the new one.
+
+What OpenSSL takes from which context, after the switch (OpenSSL 3.0 ``SSL_set_SSL_CTX``): the
+certificate, the cipher list, the security level and the store client certificates are verified
+against come from the certificate's context; the protocol range, the options, the verify mode
+and the session cache and ticket key stay the listening context's. Hence both get the policy,
+and the client CA is loaded into the certificate contexts only (a failed switch then refuses a
+client certificate rather than checking it against a stale store). Python's ``ssl`` has no
+verify-depth setter: ``ssl_verify_depth`` is checked after the handshake, on the verified chain.
 Groups cannot be set per context in Python 3.11 (no ``set_groups``); OpenSSL reads them from its
 config file once, when it initialises, hence ``ensure_openssl_groups_config`` re-executes the
 process with ``OPENSSL_CONF`` set (see its docstring).
@@ -27,6 +41,7 @@ import logging
 import os
 import ssl
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -41,14 +56,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .config import Certificate, Config
+from .config import Certificate, Config, Listener
 from .errors import ConfigError
+from .messages import ClientCertificate
 
 __all__ = [
-    "ALPN_PROTOCOLS", "GROUPS", "HANDSHAKE_TIMEOUT", "HSTS_MAX_AGE", "TLS12_CIPHERS",
-    "CertFileError", "KeyFileError", "LoadedCertificate", "ServerTLS", "SniTable",
-    "config_certificates", "default_state_dir", "ensure_dev_certificate",
-    "ensure_openssl_groups_config", "hsts_header", "load_certificate", "load_certificates",
+    "ALPN_PROTOCOLS", "DEFAULT_POLICY", "GROUPS", "HANDSHAKE_TIMEOUT", "HSTS_MAX_AGE",
+    "LEGACY_CIPHERS", "TLS12_CIPHERS", "CertFileError", "KeyFileError", "LoadedCertificate",
+    "ServerTLS", "SniTable", "TlsPolicy", "config_certificates", "config_tls",
+    "default_state_dir", "ensure_dev_certificate", "ensure_openssl_groups_config",
+    "hsts_header", "listener_policy", "load_certificate", "load_certificates",
 ]
 
 log = logging.getLogger("proxy.error")
@@ -73,15 +90,33 @@ TLS12_CIPHERS = ":".join((
 GROUPS = ("X25519", "P-256", "P-384")
 ALPN_PROTOCOLS = ("http/1.1",)
 
+#: TLS 1.0 and 1.1 have no AEAD suites: with them chosen and no ssl_ciphers, these ECDHE CBC
+#: suites (RFC 4492 names, OpenSSL spelling) follow Mozilla's six so that they can negotiate
+LEGACY_CIPHERS = ":".join((
+    "ECDHE-ECDSA-AES128-SHA", "ECDHE-RSA-AES128-SHA",
+    "ECDHE-ECDSA-AES256-SHA", "ECDHE-RSA-AES256-SHA",
+))
+#: OpenSSL 3 allows TLS 1.0/1.1 only at security level 0 (their handshake signs with SHA-1
+#: and MD5-SHA1); the level is part of the cipher string (SSL_CTX_set_security_level(3))
+_LEGACY_LEVEL = "@SECLEVEL=0"
+_VERSIONS: dict[str, ssl.TLSVersion] = {
+    "TLSv1": ssl.TLSVersion.TLSv1, "TLSv1.1": ssl.TLSVersion.TLSv1_1,
+    "TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3,
+}
+#: whether this OpenSSL build speaks each version at all
+_BUILT_IN = {"TLSv1": ssl.HAS_TLSv1, "TLSv1.1": ssl.HAS_TLSv1_1, "TLSv1.2": ssl.HAS_TLSv1_2,
+             "TLSv1.3": ssl.HAS_TLSv1_3}
+
 # Options set on every server context, and why.
 _OPTIONS_ON: dict[str, str] = {
     "OP_NO_COMPRESSION": "CRIME; TLS compression is gone from TLS 1.3 (RFC 8446 §4.1.2)",
     "OP_NO_RENEGOTIATION": "client renegotiation is a DoS lever; TLS 1.3 has none",
-    # Python never rotates the ticket key while the process runs, so a leaked key would decrypt
-    # every ticketed session (mozilla/server-side-tls#135). OpenSSL then uses stateful tickets
-    # for TLS 1.3 and session ids for TLS 1.2: resumption still works.
-    "OP_NO_TICKET": "ticket key never rotates",
 }
+# Session tickets (RFC 5077, RFC 8446 §4.6.1) are on unless ssl_session_tickets = false, which
+# sets OP_NO_TICKET: OpenSSL then resumes TLS 1.2 by session id and sends TLS 1.3 stateful
+# tickets, both from the listening context's cache. The ticket key is made by OpenSSL with the
+# listening context, so it lives until the process restarts or the listener's policy changes
+# (Python cannot set or rotate it); each worker process has its own (docs/BEHAVIOUR.md §8).
 # Mozilla intermediate: server_preferred_order false (every suite offered is strong; the client
 # knows whether it has AES hardware). CPython turns server preference on by default.
 _OPTIONS_OFF = ("OP_CIPHER_SERVER_PREFERENCE",)
@@ -104,6 +139,119 @@ _KEY_RULES: dict[type[Any], Callable[[Any], str | None]] = {
     rsa.RSAPrivateKey: _rsa_problem,
     ec.EllipticCurvePrivateKey: _ec_problem,
 }
+
+
+# --------------------------------------------------------------------------- policy
+
+@dataclass(frozen=True, slots=True)
+class TlsPolicy:
+    """What one HTTPS listener's ssl_* keys ask of its contexts, resolved and checked once,
+    when the config is loaded (``listener_policy``)."""
+
+    #: the protocol range (ssl_protocols); RFC 8996 deprecates TLS 1.0 and 1.1, so the
+    #: default starts at 1.2
+    minimum: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2
+    maximum: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3
+    #: the OpenSSL cipher string for TLS 1.2 and older (TLS 1.3 suites are OpenSSL's three,
+    #: Mozilla's; Python cannot change them)
+    ciphers: str = TLS12_CIPHERS
+    tickets: bool = True
+    #: mutual TLS: "" (off), "on" (a certificate is required) or "optional"
+    verify_client: str = ""
+    #: the client CA bundle (PEM text), read when the policy was made
+    client_ca: str = ""
+    #: intermediate CAs allowed between a client certificate and client_ca (nginx's and
+    #: OpenSSL's meaning of the depth: the leaf and the trust anchor do not count)
+    verify_depth: int = 1
+
+    @property
+    def legacy(self) -> bool:
+        """TLS 1.0 or 1.1 is allowed."""
+        return self.minimum < ssl.TLSVersion.TLSv1_2
+
+
+DEFAULT_POLICY = TlsPolicy()
+
+
+def listener_policy(listener: Listener, where: str) -> TlsPolicy:
+    """The TlsPolicy of an HTTPS listener, with the checks config.py cannot make (this
+    OpenSSL's protocols and suites, the client CA file's contents); ``where`` names the
+    listener (``rules.toml: listener[0]``) and every ConfigError its field:
+    ``rules.toml: listener[0].client_ca: /etc/ca.pem: no PEM certificate in the file``."""
+    names = listener.ssl_protocols or ("TLSv1.2", "TLSv1.3")
+    for name in names:
+        if not _BUILT_IN[name]:
+            raise ConfigError(f"{where}.ssl_protocols: this OpenSSL ({ssl.OPENSSL_VERSION}) "
+                              f"cannot speak {name}")
+    minimum, maximum = _VERSIONS[names[0]], _VERSIONS[names[-1]]
+    legacy = minimum < ssl.TLSVersion.TLSv1_2
+    ciphers = listener.ssl_ciphers or (
+        f"{TLS12_CIPHERS}:{LEGACY_CIPHERS}" if legacy else TLS12_CIPHERS)
+    if legacy and "@SECLEVEL" not in ciphers:
+        ciphers = f"{ciphers}:{_LEGACY_LEVEL}"
+    _check_ciphers(where, names, ciphers)
+    policy = TlsPolicy(minimum=minimum, maximum=maximum, ciphers=ciphers,
+                       tickets=listener.ssl_session_tickets)
+    if listener.ssl_mode != "MUTUAL" or listener.client_ca is None:
+        return policy
+    return replace(policy, verify_client=listener.ssl_verify_client,
+                   client_ca=_read_client_ca(f"{where}.client_ca", listener.client_ca),
+                   verify_depth=listener.ssl_verify_depth)
+
+
+def _check_ciphers(where: str, names: Sequence[str], ciphers: str) -> None:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.set_ciphers(ciphers)
+    except ssl.SSLError:
+        raise ConfigError(f"{where}.ssl_ciphers: OpenSSL selects no cipher from "
+                          f"{ciphers!r}") from None
+    # OpenSSL's own "protocol" of a suite is the oldest version that can use it.
+    oldest = {suite["protocol"] for suite in ctx.get_ciphers()}
+    if {"TLSv1", "TLSv1.1"} & set(names) and not oldest - {"TLSv1.2", "TLSv1.3"}:
+        raise ConfigError(f"{where}.ssl_ciphers: {ciphers!r} has no suite TLSv1/TLSv1.1 can "
+                          "negotiate (they have no AEAD suites); add CBC suites such as "
+                          f"{LEGACY_CIPHERS}, or drop them from ssl_protocols")
+
+
+def _read_client_ca(where: str, path: Path) -> str:
+    try:
+        text = path.read_bytes().decode("ascii")
+    except OSError as exc:
+        raise ConfigError(f"{where}: {path}: cannot read the client CA file: "
+                          f"{exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: {path}: not a PEM file (binary content; convert DER "
+                          "with openssl x509 -inform der)") from None
+    try:
+        cas = x509.load_pem_x509_certificates(text.encode("ascii"))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {path}: no PEM certificate in the file ({exc})") from exc
+    now = datetime.now(timezone.utc)
+    if not any(ca.not_valid_before_utc <= now < ca.not_valid_after_utc for ca in cas):
+        raise ConfigError(f"{where}: {path}: no certificate in it is valid now (every client "
+                          "certificate would be refused)")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cadata=text)
+    except ssl.SSLError as exc:
+        raise ConfigError(f"{where}: {path}: OpenSSL refused the client CA file: "
+                          f"{exc}") from exc
+    return text
+
+
+def config_tls(config: Config) -> dict[str, tuple[TlsPolicy, tuple[LoadedCertificate, ...]]]:
+    """Every HTTPS listener's policy and certificates, checked (start-up and reload take
+    these; ``config_certificates`` runs the same checks for --check-config and the store)."""
+    label = config.source.name if config.source is not None else "<command line>"
+    out = {}
+    for index, listener in enumerate(config.listeners):
+        if listener.protocol != "HTTPS":
+            continue
+        where = f"{label}: listener[{index}]"
+        policy = listener_policy(listener, where)
+        out[listener.name] = (policy, load_certificates(
+            listener.certificates, f"{where}.certificates", policy=policy))
+    return out
 
 
 # --------------------------------------------------------------------------- certificates
@@ -159,10 +307,13 @@ def load_certificate(cert: Certificate, *, now: datetime | None = None) -> Loade
 
 
 def load_certificates(certs: Sequence[Certificate], where: str, *,
+                      policy: TlsPolicy = DEFAULT_POLICY,
                       now: datetime | None = None) -> tuple[LoadedCertificate, ...]:
     """The certificates of one HTTPS listener, with every check start-up, reload and
     ``--check-config`` make (one definition for the three): ``load_certificate``'s, then
-    OpenSSL loading each into a server context of our policy (kept: it is the one served).
+    OpenSSL loading each into a server context of ``policy`` (kept: it is the one served);
+    with TLS 1.0/1.1 in the policy, an in-memory handshake at the oldest version must
+    succeed with each certificate (else ``<where>[i].cert: ...``: OpenSSL refuses it).
 
     ``where`` names the listener's field, e.g. ``rules.toml: listener[0].certificates``; an
     error names the certificate's field and its file:
@@ -172,7 +323,13 @@ def load_certificates(certs: Sequence[Certificate], where: str, *,
     for index, cert in enumerate(certs):
         try:
             one = load_certificate(cert, now=now)
-            loaded.append(replace(one, context=_certificate_context(one)))
+            context = _certificate_context(one, policy)
+            if policy.legacy and not _memory_handshake(context, version=policy.minimum):
+                raise CertFileError(f"{cert.cert}: OpenSSL completes no "
+                                    f"{_version_name(policy.minimum)} handshake with this "
+                                    "certificate and ssl_ciphers (check the suites for its "
+                                    "key type)")
+            loaded.append(replace(one, context=context))
         except CertFileError as exc:
             raise ConfigError(f"{where}[{index}].{exc.field}: {exc}") from exc
     return tuple(loaded)
@@ -180,13 +337,14 @@ def load_certificates(certs: Sequence[Certificate], where: str, *,
 
 def config_certificates(config: Config) -> dict[str, tuple[LoadedCertificate, ...]]:
     """``load_certificates`` for every HTTPS listener of ``config``, in order, by listener
-    name; the field paths are the config file's (``<command line>`` for the embedded
-    default, whose certificates come from --tls-cert/--tls-key or the development one)."""
-    label = config.source.name if config.source is not None else "<command line>"
-    return {listener.name: load_certificates(listener.certificates,
-                                             f"{label}: listener[{index}].certificates")
-            for index, listener in enumerate(config.listeners)
-            if listener.protocol == "HTTPS"}
+    name, after its policy's checks (``config_tls``); the field paths are the config
+    file's (``<command line>`` for the embedded default, whose certificates come from
+    --tls-cert/--tls-key or the development one)."""
+    return {name: certs for name, (_, certs) in config_tls(config).items()}
+
+
+def _version_name(version: ssl.TLSVersion) -> str:
+    return next(name for name, v in _VERSIONS.items() if v == version)
 
 
 def _read_and_check(cert: Certificate, now: datetime) -> tuple[LoadedCertificate, datetime]:
@@ -342,23 +500,39 @@ class SniTable:
 
 # --------------------------------------------------------------------------- contexts
 
-def _policy_context() -> ssl.SSLContext:
-    """A server context with Mozilla's intermediate policy and no certificate yet."""
+def _policy_context(policy: TlsPolicy = DEFAULT_POLICY) -> ssl.SSLContext:
+    """A server context with ``policy`` (Mozilla's intermediate by default), no certificate
+    and no client CA yet."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # RFC 8996: TLS 1.0 and 1.1 are deprecated
-    ctx.set_ciphers(TLS12_CIPHERS)
+    with warnings.catch_warnings():  # Python deprecates TLSv1/TLSv1.1; CLB still offers them
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = policy.minimum
+        ctx.maximum_version = policy.maximum
+    ctx.set_ciphers(policy.ciphers)
     for name in _OPTIONS_ON:
         ctx.options |= getattr(ssl, name, 0)
     for name in _OPTIONS_OFF:
         ctx.options &= ~getattr(ssl, name, 0)
+    if not policy.tickets:
+        ctx.options |= ssl.OP_NO_TICKET
+    if policy.verify_client:
+        # Always OPTIONAL: with no certificate the handshake completes and the HTTP layer
+        # answers nginx's 400 for "on"; a certificate that fails verification still aborts
+        # the handshake (Python cannot install a verify callback that defers it).
+        ctx.verify_mode = ssl.CERT_OPTIONAL
     ctx.set_alpn_protocols(list(ALPN_PROTOCOLS))  # RFC 7301; we speak HTTP/1.1 only
     return ctx
 
 
-def _certificate_context(cert: LoadedCertificate) -> ssl.SSLContext:
+def _certificate_context(cert: LoadedCertificate,
+                         policy: TlsPolicy = DEFAULT_POLICY) -> ssl.SSLContext:
     # The same policy as the listening context: after the SNI switch OpenSSL takes the
-    # certificate, and a few callbacks such as ALPN selection, from this context.
-    return _load_into(_policy_context(), cert.source)
+    # certificate, the cipher list, the security level, the verify store and a few callbacks
+    # such as ALPN selection from this context.
+    ctx = _load_into(_policy_context(policy), cert.source)
+    if policy.client_ca:
+        ctx.load_verify_locations(cadata=policy.client_ca)
+    return ctx
 
 
 def _load_into(ctx: ssl.SSLContext, source: Certificate) -> ssl.SSLContext:
@@ -379,29 +553,46 @@ class _Active:
     table: SniTable
 
 
-def _activate(certs: Sequence[LoadedCertificate]) -> _Active:
+def _activate(certs: Sequence[LoadedCertificate], policy: TlsPolicy) -> _Active:
     if not certs:
         raise ConfigError("an HTTPS listener needs at least one certificate")
-    contexts = tuple(c.context if c.context is not None else _certificate_context(c)
+    contexts = tuple(c.context if c.context is not None else _certificate_context(c, policy)
                      for c in certs)
     return _Active(tuple(certs), contexts, SniTable([c.names for c in certs]))
+
+
+#: X509_V_ERR_CERT_CHAIN_TOO_LONG's text, as nginx's $ssl_client_verify would say it
+_TOO_LONG = "FAILED:certificate chain too long"
+_NO_CERTIFICATE = ClientCertificate("NONE")
+#: leaf fingerprints refused for their chain's depth, remembered per listening context (a
+#: resumed session shows no verified chain); bounded, the oldest forgotten first
+_REFUSED_MAX = 4096
 
 
 class ServerTLS:
     """The TLS side of one HTTPS listener.
 
     ``context`` goes to ``loop.create_server(ssl=..., ssl_handshake_timeout=handshake_timeout)``
-    and stays the same object across ``reload``; a failed reload (ConfigError) changes nothing.
+    and stays the same object across a ``reload`` that keeps the policy; a reload that
+    changes it makes a new one (``reload`` says so, and the server serves its sockets with
+    the new context). A failed reload (ConfigError) changes nothing.
     """
 
     def __init__(self, certs: Sequence[LoadedCertificate], *,
+                 policy: TlsPolicy = DEFAULT_POLICY,
                  handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
         self.handshake_timeout = handshake_timeout
-        self._active = _activate(certs)
+        self.policy = policy
+        self._active = _activate(certs, policy)
+        self._context = self._listening(certs[0], policy)
+        self._refused: dict[str, None] = {}
+
+    def _listening(self, first: LoadedCertificate, policy: TlsPolicy) -> ssl.SSLContext:
         # The first certificate is only the start-up default: the callback always picks from
-        # ``_active``, which is what ``reload`` replaces.
-        self._context = _load_into(_policy_context(), certs[0].source)
-        self._context.sni_callback = self._on_server_name
+        # ``_active``, which is what ``reload`` replaces. No client CA here (module docstring).
+        context = _load_into(_policy_context(policy), first.source)
+        context.sni_callback = self._on_server_name
+        return context
 
     @property
     def context(self) -> ssl.SSLContext:
@@ -416,9 +607,46 @@ class ServerTLS:
         active = self._active
         return active.certificates[active.table.select(server_name)]
 
-    def reload(self, certs: Sequence[LoadedCertificate]) -> None:
-        """Serve ``certs`` to handshakes that start from now on; no rebind, no dropped client."""
-        self._active = _activate(certs)  # one assignment: a handshake sees old or new, never a mix
+    def reload(self, certs: Sequence[LoadedCertificate],
+               policy: TlsPolicy | None = None) -> bool:
+        """Serve ``certs`` (loaded with ``policy``, by default the current one) to handshakes
+        that start from now on; no rebind, no dropped client. Returns True when the policy
+        changed, and with it ``context``: the caller must serve its sockets with the new one."""
+        policy = self.policy if policy is None else policy
+        active = _activate(certs, policy)
+        if policy == self.policy:
+            self._active = active  # one assignment: a handshake sees old or new, never a mix
+            return False
+        context = self._listening(certs[0], policy)
+        self._active, self._context, self.policy = active, context, policy
+        self._refused = {}  # its sessions die with the old context
+        return True
+
+    def client_certificate(self, ssl_object: Any) -> ClientCertificate:
+        """The verdict on a finished handshake's client certificate (mutual TLS), and the
+        values of its headers: ``NONE`` without one; ``SUCCESS`` when OpenSSL verified it
+        against client_ca (the handshake fails otherwise) within ``verify_depth``;
+        ``FAILED:certificate chain too long`` beyond it."""
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if not der:
+            return _NO_CERTIFICATE
+        try:
+            leaf = x509.load_der_x509_certificate(der)
+            fingerprint = leaf.fingerprint(hashes.SHA256()).hex()
+            subject = _header_safe(leaf.subject.rfc4514_string())
+        except ValueError:  # OpenSSL took it, cryptography cannot read it: refuse, never crash
+            return ClientCertificate("FAILED:unreadable certificate")
+        chain = _verified_chain(ssl_object)
+        if chain is None:  # resumed: its full handshake was judged by this context
+            verify = _TOO_LONG if fingerprint in self._refused else "SUCCESS"
+        elif max(len(chain) - 2, 0) > self.policy.verify_depth:
+            verify = _TOO_LONG
+            if len(self._refused) >= _REFUSED_MAX:
+                del self._refused[next(iter(self._refused))]
+            self._refused[fingerprint] = None
+        else:
+            verify = "SUCCESS"
+        return ClientCertificate(verify, subject, fingerprint)
 
     def _on_server_name(self, conn: ssl.SSLObject | ssl.SSLSocket, server_name: str | None,
                         _listening: ssl.SSLContext) -> int | None:
@@ -438,13 +666,41 @@ class ServerTLS:
                 and _memory_handshake(self._context, "X25519"))
 
 
-def _memory_handshake(server_ctx: ssl.SSLContext, group: str) -> bool:
+def _verified_chain(ssl_object: Any) -> list[Any] | None:
+    """The chain OpenSSL verified (leaf first, trust anchor last), or None when there is none
+    to see: a resumed session, or a Python without the (3.10+, public in 3.13) accessor."""
+    native = getattr(ssl_object, "_sslobj", ssl_object)
+    getter = getattr(native, "get_verified_chain", None)
+    chain = getter() if getter is not None else None
+    return list(chain) if chain else None
+
+
+def _header_safe(text: str) -> str:
+    """``text`` with every character outside printable ASCII written as RFC 4514 escapes of
+    its UTF-8 bytes (``\\0A``): a subject can hold any character, a header value may not
+    hold CR, LF or NUL (RFC 9110 §5.5)."""
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(ch if " " <= ch <= "~" else "".join(f"\\{b:02X}" for b in ch.encode())
+                   for ch in text)
+
+
+def _memory_handshake(server_ctx: ssl.SSLContext, group: str | None = None, *,
+                      version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3) -> bool:
+    """Whether a client offering only ``group`` (or OpenSSL's groups), pinned to
+    ``version``, completes a handshake with ``server_ctx``."""
     client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client_ctx.check_hostname = False
     client_ctx.verify_mode = ssl.CERT_NONE
-    client_ctx.minimum_version = ssl.TLSVersion.TLSv1_3  # groups alone decide; any cert type
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        # TLS 1.3 by default: groups alone decide, any certificate type does
+        client_ctx.minimum_version = client_ctx.maximum_version = version
+    if version < ssl.TLSVersion.TLSv1_2:
+        client_ctx.set_ciphers(f"ALL:{_LEGACY_LEVEL}")
     try:
-        client_ctx.set_ecdh_curve(group)
+        if group is not None:
+            client_ctx.set_ecdh_curve(group)
     except ssl.SSLError:  # this OpenSSL does not know the group at all: nobody can use it
         return False
     wires = [ssl.MemoryBIO() for _ in range(4)]

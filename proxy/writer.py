@@ -17,7 +17,8 @@ from http import HTTPStatus
 
 import orjson
 
-from .errors import BadFunctionResponse, FunctionError, ProxyError
+from .errors import (BadFunctionResponse, ClientCertificateInvalid, ClientCertificateRequired,
+                     FunctionError, ProxyError)
 from .messages import Response
 from .vocabulary import NO_BODY_STATUSES
 
@@ -137,9 +138,28 @@ _PAGES: dict[int, Response] = {
 }
 
 
+def _nginx_ssl_page(text: str) -> Response:
+    # nginx's pages for its 495/496, sent with status 400 (ngx_http_special_response.c)
+    return Response(400, _HTML, (
+        f"<html>\r\n<head><title>400 {text}</title></head>\r\n<body>\r\n"
+        f"<center><h1>400 Bad Request</h1></center>\r\n<center>{text}</center>\r\n"
+        f"<hr><center>{SERVER_NAME}</center>\r\n</body>\r\n</html>\r\n").encode("ascii"))
+
+
+#: mutual TLS refusals: nginx's texts (docs/BEHAVIOUR.md §8)
+_CLASS_PAGES: dict[type[ProxyError], Response] = {
+    ClientCertificateRequired: _nginx_ssl_page("No required SSL certificate was sent"),
+    ClientCertificateInvalid: _nginx_ssl_page("The SSL certificate error"),
+}
+
+
 def error_response(exc: ProxyError) -> Response:
-    """The client's view of an error: CLB's texts where CLB documents one, else a short page."""
+    """The client's view of an error: CLB's texts where CLB documents one, nginx's for the
+    mutual TLS refusals, else a short page."""
     status = exc.status_hint
+    special = _CLASS_PAGES.get(type(exc))
+    if special is not None:
+        return special
     if isinstance(exc, BadFunctionResponse):
         return Response(status, _JSON, ANALYSE_FAILED_BODY)
     if isinstance(exc, FunctionError) and exc.debug:

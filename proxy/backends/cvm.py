@@ -62,8 +62,8 @@ from ..config import Config, Listener, Rule, Target
 from ..errors import UpstreamError
 from ..handover import Cancel, Done, awaited
 from ..customconfig import CustomConfig
-from ..headers import (CLB_LINES, DROPPED, TrustedProxies, clb_values, end_to_end,
-                       optional_value, redirect_prefixes, rewrite_redirects)
+from ..headers import (CLB_LINES, CLIENT_CERT_HEADERS, DROPPED, TrustedProxies, clb_values,
+                       end_to_end, optional_value, redirect_prefixes, rewrite_redirects)
 from ..deadlines import clock
 from ..messages import Headers, Outcome, Request, Response, Route, UpstreamTiming
 from ..streams import SPOOL_READ_SIZE, BufferedBody, RequestBody, buffer_body
@@ -95,8 +95,9 @@ def request_head(request: Request, trusted: TrustedProxies, address: str,
         # an HTTP/1.0 client may send none; HTTP/1.1 requires one (RFC 9112 §3.2)
         parts.append(f"Host: {address}\r\n")
     parts.append(CLB_LINES.format(*clb_values(request, chain)))
-    if optional:
-        parts += [f"{name}: {optional_value(name, request)}\r\n" for name in optional]
+    if optional:  # custom_config's proxy_set_header, and mutual TLS's client certificate
+        parts += [f"{name}: {value}\r\n" for name in optional
+                  if (value := optional_value(name, request))]
     if upgrade:  # hop-by-hop, so headers.py dropped them: a WebSocket handshake needs both;
         # only the websocket protocol is offered (never h2c, which would bypass us)
         parts.append("Connection: upgrade\r\nUpgrade: websocket\r\n")
@@ -495,10 +496,13 @@ class CvmTarget:
         redirect = own.get("proxy_redirect", listener.custom_config.proxy_redirect)
         self.redirect_prefixes = redirect_prefixes(pool.address) if redirect is not False \
             else ()
-        #: proxy_set_header: the optional CLB headers (the domain's, else the listener's)
+        #: proxy_set_header: the optional CLB headers (the domain's, else the listener's),
+        #: then a mutual TLS listener's client certificate headers
         self.optional_headers = (domain.proxy_set_headers if domain is not None
                                  and domain.proxy_set_headers
                                  else listener.custom_config.proxy_set_headers)
+        if listener.protocol == "HTTPS" and listener.ssl_mode == "MUTUAL":
+            self.optional_headers += CLIENT_CERT_HEADERS
 
     def usable(self) -> bool:
         """Healthy by the active check and not ejected by real traffic."""

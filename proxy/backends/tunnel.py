@@ -41,6 +41,8 @@ class Tunnel(asyncio.Protocol):
         self._up_eof = False
         self._up_gone = False
         self._client_eof = False
+        #: the client transport is TLS: it closes after eof_received whatever we return
+        self._client_tls = False
         self._closed = False
         self._up_paused_by_us = False
         self.idle_timeout = idle_timeout
@@ -59,6 +61,7 @@ class Tunnel(asyncio.Protocol):
     def attach(self, client_transport: Any) -> None:
         """The 101 head is written: the tunnel takes over ``client_transport``."""
         self._client = client_transport
+        self._client_tls = client_transport.get_extra_info("sslcontext") is not None
         self._client_protocol = client_transport.get_protocol()
         client_transport.set_protocol(self)
         if self._closed:
@@ -103,8 +106,10 @@ class Tunnel(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.from_client(data)
 
-    def eof_received(self) -> bool:
-        return self.client_eof()
+    def eof_received(self) -> bool | None:
+        keep_open = self.client_eof()
+        # TLS: the transport closes anyway, and asyncio warns about a True it cannot honour
+        return None if self._client_tls else keep_open
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.close()
