@@ -60,7 +60,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, Listener, Rule, Target
+from ..config import H2_FORWARD_TYPES, TLS_FORWARD_TYPES, Config, Listener, Rule, Target
 from ..errors import ConfigError, UpstreamError
 from ..handover import Cancel, Done, awaited
 from ..customconfig import CustomConfig
@@ -72,7 +72,9 @@ from ..streams import SPOOL_READ_SIZE, BufferedBody, RequestBody, buffer_body
 from ..vocabulary import CONTENT_METHODS, FRAMING, IDEMPOTENT_METHODS, RESPONSE_DROPPED
 from .health import ActiveCheck, PassiveEjection
 from .tunnel import Tunnel
-from .pool import IDLE_TIMEOUT, MAX_IDLE, Pool
+from .grpc import GrpcCheck, GrpcTarget
+from .h2upstream import H2Pool
+from .pool import IDLE_TIMEOUT, MAX_IDLE, Pool, split_address
 from .tlsclient import ALPN, ContextKey, Contexts
 from .upstream import DONE, HEAD, UpstreamConnection
 
@@ -604,28 +606,53 @@ class CvmUpstreams:
         self.eject_after = eject_after
         self.eject_for = eject_for
         self._pools: dict[PoolKey, Pool] = {}
-        #: the TLS client contexts of HTTPS rules, one per CA bundle
+        #: GRPC/GRPCS rules' HTTP/2 pools (grpc.py), keyed as the HTTP/1.1 ones
+        self._h2pools: dict[PoolKey, H2Pool] = {}
+        #: the TLS client contexts of HTTPS and GRPCS rules, one per CA bundle and ALPN
         self._contexts = Contexts()
         self._passive: dict[str, PassiveEjection] = {}
         self._checks: dict[tuple[str, str, str], ActiveCheck] = {}
 
-    def bind(self, listener: Listener, rule: Rule, target: Target) -> tuple[CvmTarget, Usable]:
+    def bind(self, listener: Listener, rule: Rule,
+             target: Target) -> tuple[CvmTarget | GrpcTarget, Usable]:
         address = target.address
         key, context = self._origin(rule, address)
-        pool = self._pools.get(key)
-        if pool is None:
-            pool = self._pools[key] = Pool(address, self.max_idle, self.idle_timeout,
-                                           ssl_context=context)
         passive = self._passive.get(address)
         if passive is None:
             passive = self._passive[address] = PassiveEjection(
                 target.label, self.eject_after, self.eject_for)
+        grpc = rule.forward_type in H2_FORWARD_TYPES
+        check = self._check(listener, rule, target, context, GrpcCheck if grpc else ActiveCheck)
+        if grpc:
+            h2pool = self._h2pools.get(key)
+            if h2pool is None:
+                h2pool = self._h2pools[key] = H2Pool(address, ssl_context=context,
+                                                     idle_timeout=self.idle_timeout)
+            bound_grpc = GrpcTarget(h2pool, passive, check, listener, rule)
+            return bound_grpc, bound_grpc.usable
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = Pool(address, self.max_idle, self.idle_timeout,
+                                           ssl_context=context)
+        bound = CvmTarget(pool, passive, check, listener, self.spool_dir, rule.custom_config,
+                          "https" if context is not None else "http")
+        return bound, bound.usable
+
+    def _check(self, listener: Listener, rule: Rule, target: Target,
+               context: ssl.SSLContext | None, kind: type[ActiveCheck]) -> ActiveCheck:
+        """The rule's check of the target, made or reconfigured (and replaced when the rule
+        changed between HTTP/1.1 and gRPC), started when a loop runs."""
+        address = target.address
         check_key = (listener.name, rule.location_id, address)
         check = self._checks.get(check_key)
+        if check is not None and type(check) is not kind:
+            check.stop(retire=True)
+            check = None
+        host, port = split_address(address)
         if check is None:
-            check = self._checks[check_key] = ActiveCheck(
-                f"{target.label} ({listener.name} {rule.domain}{rule.url})", pool.host,
-                pool.port, rule.health_check, check_host(rule, address), context)
+            check = self._checks[check_key] = kind(
+                f"{target.label} ({listener.name} {rule.domain}{rule.url})", host, port,
+                rule.health_check, check_host(rule, address), context)
         else:
             check.reconfigure(rule.health_check, check_host(rule, address), context)
         try:
@@ -634,16 +661,14 @@ class CvmUpstreams:
             pass  # no loop yet: the first usable() starts it
         else:
             check.start()
-        bound = CvmTarget(pool, passive, check, listener, self.spool_dir, rule.custom_config,
-                          "https" if context is not None else "http")
-        return bound, bound.usable
+        return check
 
     def _origin(self, rule: Rule, address: str) -> tuple[PoolKey, ssl.SSLContext | None]:
-        """The pool a rule's target uses: by address, and for HTTPS by the TLS context too
-        (a pool's connections are all of one kind); the context is made once per CA here."""
-        if rule.forward_type != "HTTPS":
+        """The pool a rule's target uses: by address, and for TLS by the context too (a
+        pool's connections are all of one kind); the context is made once per CA here."""
+        if rule.forward_type not in TLS_FORWARD_TYPES:
             return (address, None), None
-        key, context = self._contexts.get(rule.backend_ca, ALPN["HTTPS"])
+        key, context = self._contexts.get(rule.backend_ca, ALPN[rule.forward_type])
         return (address, key), context
 
     def retain(self, config: Config) -> None:
@@ -651,19 +676,23 @@ class CvmUpstreams:
                 for rule in lst.rules for t in rule.targets if t.type == "CVM"}
         addresses = {key[2] for key in keys}
         pools: set[PoolKey] = set()
+        h2pools: set[PoolKey] = set()
         for lst in config.listeners:
             for rule in lst.rules:
                 for t in rule.targets:
                     if t.type == "CVM":
                         try:
-                            pools.add(self._origin(rule, t.address)[0])
+                            origin = self._origin(rule, t.address)[0]
                         except ConfigError:
-                            pass  # its CA file is gone: nothing can use that pool
-        self._contexts.retain({key[1] for key in pools if key[1] is not None})
+                            continue  # its CA file is gone: nothing can use that pool
+                        (h2pools if rule.forward_type in H2_FORWARD_TYPES else pools).add(origin)
+        self._contexts.retain({o[1] for o in pools | h2pools if o[1] is not None})
         for key in [k for k in self._checks if k not in keys]:
             self._checks.pop(key).stop(retire=True)
         for pool_key in [k for k in self._pools if k not in pools]:
             self._pools.pop(pool_key).retire()
+        for pool_key in [k for k in self._h2pools if k not in h2pools]:
+            self._h2pools.pop(pool_key).retire()
         for address in [a for a in self._passive if a not in addresses]:
             self._passive.pop(address, None)
 
@@ -684,6 +713,7 @@ class CvmUpstreams:
         """Pools, ejection and health-check state, for metrics."""
         return {
             "pools": {_pool_name(k): p.state() for k, p in self._pools.items()},
+            "h2_pools": {_pool_name(k): p.state() for k, p in self._h2pools.items()},
             "ejection": {a: p.state() for a, p in self._passive.items()},
             "checks": [{"listener": k[0], "location_id": k[1], "address": k[2], **c.state()}
                        for k, c in self._checks.items()],
@@ -696,3 +726,6 @@ class CvmUpstreams:
         for pool in self._pools.values():
             pool.retire()
         self._pools.clear()
+        for h2pool in self._h2pools.values():
+            h2pool.retire()
+        self._h2pools.clear()
