@@ -54,7 +54,7 @@ import asyncio
 import ssl
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import h2.config
 import h2.connection
@@ -258,8 +258,8 @@ class H2UpstreamConnection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a cast, not an isinstance check: uvloop's transports are not asyncio.Transport's
+        self.transport = cast(asyncio.Transport, transport)
         self.h2.initiate_connection()
         self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.flush()

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 import trustme
+import uvloop
 
 from proxy.backends.cvm import CvmUpstreams
 from proxy.backends.grpc import GrpcBody
@@ -52,7 +53,8 @@ def _request(method: str, body: bytes = b"", stream: RequestBody | None = None) 
 
 
 def run(make: Callable[[], Awaitable[T]]) -> T:
-    return asyncio.run(asyncio.wait_for(make(), 60))
+    """On uvloop, the proxy's loop (test_h2upstream.py runs on asyncio's own)."""
+    return uvloop.run(asyncio.wait_for(make(), 60))
 
 
 async def _answer(outcome: Outcome) -> tuple[int, dict[str, str], list[bytes], dict[str, str],
