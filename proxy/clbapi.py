@@ -23,8 +23,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from .config import (COOKIE_NAME_EXPECTED, COOKIE_NAME_PATTERN, SCHEDULERS,
-                     SECRET_VARIABLES, SESSION_EXPIRE_MAX, SESSION_EXPIRE_MIN, Config,
+from .config import (COOKIE_NAME_EXPECTED, COOKIE_NAME_PATTERN, FORWARD_TYPES, SCHEDULERS,
+                     SECRET_VARIABLES, SESSION_EXPIRE_MAX, SESSION_EXPIRE_MIN,
+                     TLS_FORWARD_TYPES, Config,
                      HealthCheck, Listener, Rule, Target, location_id, normalize_domain,
                      normalize_url, qualifiers)
 from .errors import ConfigError
@@ -444,10 +445,10 @@ _HEALTH_NUMBERS = {"HealthSwitch": ("enabled", 0, 1), "IntervalTime": ("interval
 _HEALTH_TEXTS = {"HttpCheckPath": "path", "HttpCheckDomain": "domain",
                  "HttpCheckMethod": "method"}
 #: RuleInput fields we accept only with the value that means "nothing special"
-_NEUTRAL_RULE_FIELDS: dict[str, object] = {"ForwardType": "HTTP", "TargetType": "NODE",
-                                           "Http2": False, "Quic": False}
+_NEUTRAL_RULE_FIELDS: dict[str, object] = {"TargetType": "NODE", "Http2": False,
+                                           "Quic": False}
 _RULE_KEYS = frozenset({"Url", "Domain", "Domains", "Scheduler", "HealthCheck",
-                        "DefaultServer", "SessionExpireTime", "CookieName"})
+                        "DefaultServer", "SessionExpireTime", "CookieName", "ForwardType"})
 _COOKIE_NAME_RE = re.compile(COOKIE_NAME_PATTERN)
 _CHECK_PATH_RE = re.compile(r"/[!-~]{0,199}")  # as the loader: visible ASCII, 1..200
 
@@ -505,6 +506,23 @@ def _session(item: Params, where: str, rule: Rule) -> Rule:
     return replace(rule, session_expire_time=seconds, cookie_name=name if seconds else "")
 
 
+def _forward_type(item: Params, where: str, rule: Rule) -> Rule:
+    """RuleInput/ModifyRule's ForwardType applied to ``rule`` (CLB's values; TRPC is not
+    public, clb-features.md §2.4). A rule whose config file gives it a ``backend_ca`` keeps
+    TLS: the API cannot see or drop that key, so leaving TLS is refused, not done halfway."""
+    forward = _opt(item, "ForwardType", str, where)
+    if forward is None:
+        return rule
+    if forward not in FORWARD_TYPES:
+        raise ApiError("InvalidParameterValue", f"{where}ForwardType must be one of "
+                       f"{', '.join(FORWARD_TYPES)}, got {forward!r}")
+    if rule.backend_ca is not None and forward not in TLS_FORWARD_TYPES:
+        raise ApiError("InvalidParameterValue", f"{where}ForwardType {forward}: the rule "
+                       f"verifies its backends against backend_ca ({rule.backend_ca.name}) "
+                       "in the config file, which needs HTTPS or GRPCS; remove it there first")
+    return replace(rule, forward_type=forward)
+
+
 def _rule_input(listener: Listener, where: str, item: Params) -> tuple[Rule, bool]:
     for key, neutral in _NEUTRAL_RULE_FIELDS.items():
         if _opt(item, key, type(neutral), where) not in (None, neutral):
@@ -526,6 +544,7 @@ def _rule_input(listener: Listener, where: str, item: Params) -> tuple[Rule, boo
     rule = _session(item, where, Rule(domain=domain, url=url, scheduler=scheduler,
                                       health_check=health,
                                       location_id=location_id(listener.name, domain, url)))
+    rule = _forward_type(item, where, rule)
     return rule, bool(_opt(item, "DefaultServer", bool, where))
 
 
@@ -581,9 +600,6 @@ def _modify_rule(ctx: ActionContext, params: Params) -> Result:
     listener = ctx.config.listeners[li]
     ri = _rule(listener, {"LocationId": required_param(params, "LocationId", str)})
     rule = listener.rules[ri]
-    if params.get("ForwardType") not in (None, "HTTP"):
-        raise ApiError("UnsupportedOperation", "ForwardType: only 'HTTP' is supported by "
-                       "clbscf-proxy")
     url = _opt(params, "Url", str)
     if url is not None:
         url = _normalized(normalize_url, url, "Url: ")
@@ -600,6 +616,7 @@ def _modify_rule(ctx: ActionContext, params: Params) -> Result:
     health = _health_check(_opt(params, "HealthCheck", dict), "HealthCheck.", rule.health_check)
     new = _session(params, "", replace(rule, url=url or rule.url, scheduler=scheduler,
                                        health_check=health))
+    new = _forward_type(params, "", new)
     rules = list(listener.rules)
     rules[ri] = new
     return _with_listener(ctx.config, li, replace(listener, rules=tuple(rules))), {}
@@ -678,7 +695,8 @@ def _rule_output(listener: Listener, rule: Rule) -> dict[str, Any]:
     return {"LocationId": rule.location_id, "Domain": rule.domain, "Url": rule.url,
             "Domains": [rule.domain], "Scheduler": rule.scheduler,
             "ListenerId": listener_id(listener), "HealthCheck": _health_output(rule.health_check),
-            "DefaultServer": rule.domain == listener.default_domain, "ForwardType": "HTTP",
+            "DefaultServer": rule.domain == listener.default_domain,
+            "ForwardType": rule.forward_type,
             "TargetType": "NODE", "SessionExpireTime": rule.session_expire_time,
             "CookieName": rule.cookie_name, "Http2": False}
 

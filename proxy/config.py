@@ -53,6 +53,13 @@ LATEST, DEFAULT_ALIAS = "$LATEST", "$DEFAULT"
 #: an alias's additional_version_matches: the key's prefix and the methods (SCF's RoutingConfig)
 MATCH_KEY_PREFIX = "invoke.headers."
 MATCH_METHODS = ("exact", "range")
+#: how a rule's CVM targets are reached (CLB's ForwardType, clb-features.md §2.4): HTTP/1.1,
+#: HTTP/1.1 over TLS, HTTP/2 cleartext (gRPC), HTTP/2 over TLS (gRPC)
+FORWARD_TYPES = ("HTTP", "HTTPS", "GRPC", "GRPCS")
+#: the forward types that speak TLS to the backend (``backend_ca`` applies to them)
+TLS_FORWARD_TYPES = frozenset({"HTTPS", "GRPCS"})
+#: the forward types that speak HTTP/2 to the backend (gRPC; SCF cannot be their target)
+H2_FORWARD_TYPES = frozenset({"GRPC", "GRPCS"})
 PROTOCOLS = ("HTTP", "HTTPS")
 #: CLB's SSLMode (clb-features.md §2.2), and nginx's ssl_verify_client values we take
 SSL_MODES = ("UNIDIRECTIONAL", "MUTUAL")
@@ -125,6 +132,11 @@ class Rule:
     session_expire_time: int = 0
     #: the inserted cookie's name; "" = SESSION_COOKIE (CLB's CookieName)
     cookie_name: str = ""
+    #: how CVM targets are reached (CLB's ForwardType): one of FORWARD_TYPES
+    forward_type: str = "HTTP"
+    #: HTTPS/GRPCS: verify the backend's certificate against this CA bundle (PEM); None = no
+    #: verification (docs/BEHAVIOUR.md "Forwarding to backends")
+    backend_ca: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -778,6 +790,7 @@ _RULE_FIELDS: dict[str, Check] = {
     "custom_config": _custom_config(True),
     "session_expire_time": _session_time,
     "cookie_name": _string(COOKIE_NAME_PATTERN, COOKIE_NAME_EXPECTED),
+    "forward_type": _choice(FORWARD_TYPES), "backend_ca": _existing("file"),
 }
 
 _LISTENER_FIELDS: dict[str, Check] = {
@@ -857,6 +870,7 @@ def _listener(ctx: _Ctx, path: str, value: object) -> Listener:
                            f"(CLB persists sessions only under WRR), got {rule.scheduler}")
         if rule.cookie_name and not rule.session_expire_time:
             raise _Invalid(f"{path}.rule[{j}].cookie_name", "needs session_expire_time > 0")
+        _check_forwarding(f"{path}.rule[{j}]", rule)
     domains = [rule.domain for rule in listener.rules]
     if listener.default_domain and listener.default_domain not in domains:
         raise _bad(f"{path}.default_domain", "must be the domain of one of the listener's rules "
@@ -867,6 +881,20 @@ def _listener(ctx: _Ctx, path: str, value: object) -> Listener:
 
 
 _LISTENER_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Listener))
+
+
+def _check_forwarding(path: str, rule: Rule) -> None:
+    """``backend_ca`` only where TLS goes to the backend; a gRPC rule has no SCF target (CLB:
+    "SCF cannot be a real server" of gRPC, clb-features.md §2.4)."""
+    if rule.backend_ca is not None and rule.forward_type not in TLS_FORWARD_TYPES:
+        raise _Invalid(f"{path}.backend_ca", "needs forward_type HTTPS or GRPCS, got "
+                       f"{rule.forward_type}")
+    if rule.forward_type in H2_FORWARD_TYPES:
+        for k, target in enumerate(rule.targets):
+            if target.type != "CVM":
+                raise _Invalid(f"{path}.target[{k}]", f"a {rule.forward_type} rule forwards "
+                               "gRPC to CVM targets only (CLB: SCF cannot be a gRPC real "
+                               f"server), got {target.label}")
 
 
 def _domain_configs(path: str, rules: tuple[Rule, ...]) -> tuple[Rule, ...]:

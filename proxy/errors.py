@@ -17,7 +17,8 @@ Foreign errors (OSError, orjson, ssl, ...) are converted at the boundary where t
         │   ├── PayloadTooLarge           413 (body over client_max_body_size, event over 6 MB)
         │   ├── UriTooLong                414 (request line over the limit)
         │   ├── HeadersTooLarge           431 (header block or line count over the limit)
-        │   └── NotImplementedCoding      501 (a transfer coding we do not implement)
+        │   ├── NotImplementedCoding      501 (a transfer coding we do not implement)
+        │   └── HttpVersionNotSupported   505 (HTTP/1.x to a GRPC/GRPCS rule: gRPC needs HTTP/2)
         ├── BadGateway                    502, the backend's fault
         │   ├── BadFunctionResponse       502, CLB's "Analyse scf response failed." body
         │   ├── FunctionError             502, the handler raised (SCF status 430)
@@ -91,6 +92,12 @@ class HeadersTooLarge(ClientError):
 
 class NotImplementedCoding(ClientError):
     status_hint = 501
+
+
+class HttpVersionNotSupported(ClientError):
+    """The rule cannot serve the request's HTTP major version (RFC 9110 §15.6.6)."""
+
+    status_hint = 505
 
 
 class BadGateway(ProxyError):

@@ -186,15 +186,16 @@ def optional_value(name: str, request: Request) -> str:
             "X-Client-Cert-Fingerprint": cert.fingerprint}.get(name, "")
 
 
-def redirect_prefixes(address: str) -> tuple[str, ...]:
+def redirect_prefixes(address: str, scheme: str = "http") -> tuple[str, ...]:
     """What ``proxy_redirect default`` looks for at the start of an upstream's ``Location``
     and ``Refresh`` url: the target as the proxy connects to it, ``http://host:port/`` (as
-    nginx matches its proxy_pass URL), plus ``http://host/`` for port 80, where a client
-    would write no port. Compared case-insensitively (scheme and host are, RFC 3986 §6.2.2.1)."""
+    nginx matches its proxy_pass URL; ``https://`` for a rule forwarding HTTPS), plus
+    ``http://host/`` for port 80 (``https://host/`` for 443), where a client would write no
+    port. Compared case-insensitively (scheme and host are, RFC 3986 §6.2.2.1)."""
     host, _, port = address.rpartition(":")
-    prefixes = [f"http://{address}/".lower()]
-    if port == "80":
-        prefixes.append(f"http://{host}/".lower())
+    prefixes = [f"{scheme}://{address}/".lower()]
+    if port == ("443" if scheme == "https" else "80"):
+        prefixes.append(f"{scheme}://{host}/".lower())
     return tuple(prefixes)
 
 

@@ -134,7 +134,7 @@ _HTML = (("Content-Type", "text/html"),)
 _JSON = (("Content-Type", "application/json"),)
 _PAGES: dict[int, Response] = {
     s: Response(s, _HTML, _html_page(s)) for s in (400, 404, 408, 413, 414, 431, 500, 501, 502,
-                                                   503, 504)
+                                                   503, 504, 505)
 }
 
 

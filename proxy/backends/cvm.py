@@ -44,8 +44,9 @@ Decisions (ours): upstream ``Date`` and ``Server`` are replaced by ours (nginx's
 proxy_hide_header default; two Date fields would be invalid, RFC 9110 §6.6.1); a POST, PUT or
 PATCH without a body is sent with ``Content-Length: 0`` (RFC 9110 §8.6); a client without
 ``Host`` (HTTP/1.0) is sent the target's address as Host; pools are per address (shared by
-rules), health checks per listener + rule + address; after a reload ``retain(config)`` stops
-what no rule uses any more.
+rules; per address and TLS context for a rule's ``forward_type = "HTTPS"``, tlsclient.py, the
+same exchange over TLS), health checks per listener + rule + address (over TLS for HTTPS);
+after a reload ``retain(config)`` stops what no rule uses any more.
 
 Must not know routing, the client connection, or how the writer frames the response.
 """
@@ -53,13 +54,14 @@ Must not know routing, the client connection, or how the writer frames the respo
 from __future__ import annotations
 
 import asyncio
+import ssl
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, Listener, Rule, Target
-from ..errors import UpstreamError
+from ..config import H2_FORWARD_TYPES, TLS_FORWARD_TYPES, Config, Listener, Rule, Target
+from ..errors import ConfigError, UpstreamError
 from ..handover import Cancel, Done, awaited
 from ..customconfig import CustomConfig
 from ..headers import (CLB_LINES, CLIENT_CERT_HEADERS, DROPPED, TrustedProxies, clb_values,
@@ -70,7 +72,10 @@ from ..streams import SPOOL_READ_SIZE, BufferedBody, RequestBody, buffer_body
 from ..vocabulary import CONTENT_METHODS, FRAMING, IDEMPOTENT_METHODS, RESPONSE_DROPPED
 from .health import ActiveCheck, PassiveEjection
 from .tunnel import Tunnel
-from .pool import IDLE_TIMEOUT, MAX_IDLE, Pool
+from .grpc import GrpcCheck, GrpcTarget
+from .h2upstream import H2Pool
+from .pool import IDLE_TIMEOUT, MAX_IDLE, Pool, split_address
+from .tlsclient import ALPN, ContextKey, Contexts
 from .upstream import DONE, HEAD, UpstreamConnection
 
 Usable = Callable[[], bool]
@@ -477,7 +482,7 @@ class CvmTarget:
 
     def __init__(self, pool: Pool, passive: PassiveEjection, check: ActiveCheck,
                  listener: Listener, spool_dir: Path,
-                 domain: CustomConfig | None = None) -> None:
+                 domain: CustomConfig | None = None, scheme: str = "http") -> None:
         """``domain``: the rule's domain's custom_config, over the listener's settings (which
         already hold the listener's custom_config)."""
         own = domain.overrides() if domain is not None else {}
@@ -494,8 +499,8 @@ class CvmTarget:
         self.spool_dir = spool_dir
         #: proxy_redirect default: Location/Refresh prefixes naming this target, rewritten
         redirect = own.get("proxy_redirect", listener.custom_config.proxy_redirect)
-        self.redirect_prefixes = redirect_prefixes(pool.address) if redirect is not False \
-            else ()
+        self.redirect_prefixes = redirect_prefixes(pool.address, scheme) \
+            if redirect is not False else ()
         #: proxy_set_header: the optional CLB headers (the domain's, else the listener's),
         #: then a mutual TLS listener's client certificate headers
         self.optional_headers = (domain.proxy_set_headers if domain is not None
@@ -570,6 +575,15 @@ class CvmTarget:
                           and not conn.dirty and not conn.chunks and conn.error is None)
 
 
+#: a pool's identity: the address, and the TLS context's key for HTTPS (None: plain)
+PoolKey = tuple[str, ContextKey | None]
+
+
+def _pool_name(key: PoolKey) -> str:
+    """How metrics name a pool: its address, ``https://`` in front for TLS."""
+    return key[0] if key[1] is None else f"https://{key[0]}"
+
+
 def check_host(rule: Rule, address: str) -> str:
     """The health check's Host: its own domain, else the rule's when that is one fixed name,
     else the target's address (a wildcard or regex domain names no host)."""
@@ -595,44 +609,95 @@ class CvmUpstreams:
         self.idle_timeout = idle_timeout
         self.eject_after = eject_after
         self.eject_for = eject_for
-        self._pools: dict[str, Pool] = {}
+        self._pools: dict[PoolKey, Pool] = {}
+        #: GRPC/GRPCS rules' HTTP/2 pools (grpc.py), keyed as the HTTP/1.1 ones
+        self._h2pools: dict[PoolKey, H2Pool] = {}
+        #: the TLS client contexts of HTTPS and GRPCS rules, one per CA bundle and ALPN
+        self._contexts = Contexts()
         self._passive: dict[str, PassiveEjection] = {}
         self._checks: dict[tuple[str, str, str], ActiveCheck] = {}
 
-    def bind(self, listener: Listener, rule: Rule, target: Target) -> tuple[CvmTarget, Usable]:
+    def bind(self, listener: Listener, rule: Rule,
+             target: Target) -> tuple[CvmTarget | GrpcTarget, Usable]:
         address = target.address
-        pool = self._pools.get(address)
-        if pool is None:
-            pool = self._pools[address] = Pool(address, self.max_idle, self.idle_timeout)
+        key, context = self._origin(rule, address)
         passive = self._passive.get(address)
         if passive is None:
             passive = self._passive[address] = PassiveEjection(
                 target.label, self.eject_after, self.eject_for)
-        key = (listener.name, rule.location_id, address)
-        check = self._checks.get(key)
+        grpc = rule.forward_type in H2_FORWARD_TYPES
+        check = self._check(listener, rule, target, context, GrpcCheck if grpc else ActiveCheck)
+        if grpc:
+            h2pool = self._h2pools.get(key)
+            if h2pool is None:
+                h2pool = self._h2pools[key] = H2Pool(address, ssl_context=context,
+                                                     idle_timeout=self.idle_timeout)
+            bound_grpc = GrpcTarget(h2pool, passive, check, listener, rule)
+            return bound_grpc, bound_grpc.usable
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = Pool(address, self.max_idle, self.idle_timeout,
+                                           ssl_context=context)
+        bound = CvmTarget(pool, passive, check, listener, self.spool_dir, rule.custom_config,
+                          "https" if context is not None else "http")
+        return bound, bound.usable
+
+    def _check(self, listener: Listener, rule: Rule, target: Target,
+               context: ssl.SSLContext | None, kind: type[ActiveCheck]) -> ActiveCheck:
+        """The rule's check of the target, made or reconfigured (and replaced when the rule
+        changed between HTTP/1.1 and gRPC), started when a loop runs."""
+        address = target.address
+        check_key = (listener.name, rule.location_id, address)
+        check = self._checks.get(check_key)
+        if check is not None and type(check) is not kind:
+            check.stop(retire=True)
+            check = None
+        host, port = split_address(address)
         if check is None:
-            check = self._checks[key] = ActiveCheck(
-                f"{target.label} ({listener.name} {rule.domain}{rule.url})", pool.host,
-                pool.port, rule.health_check, check_host(rule, address))
+            check = self._checks[check_key] = kind(
+                f"{target.label} ({listener.name} {rule.domain}{rule.url})", host, port,
+                rule.health_check, check_host(rule, address), context)
         else:
-            check.reconfigure(rule.health_check, check_host(rule, address))
+            check.reconfigure(rule.health_check, check_host(rule, address), context)
         try:
             asyncio.get_running_loop()
         except RuntimeError:
             pass  # no loop yet: the first usable() starts it
         else:
             check.start()
-        bound = CvmTarget(pool, passive, check, listener, self.spool_dir, rule.custom_config)
-        return bound, bound.usable
+        return check
+
+    def _origin(self, rule: Rule, address: str) -> tuple[PoolKey, ssl.SSLContext | None]:
+        """The pool a rule's target uses: by address, and for TLS by the context too (a
+        pool's connections are all of one kind); the context is made once per CA here."""
+        if rule.forward_type not in TLS_FORWARD_TYPES:
+            return (address, None), None
+        key, context = self._contexts.get(rule.backend_ca, ALPN[rule.forward_type])
+        return (address, key), context
 
     def retain(self, config: Config) -> None:
         keys = {(lst.name, rule.location_id, t.address) for lst in config.listeners
                 for rule in lst.rules for t in rule.targets if t.type == "CVM"}
         addresses = {key[2] for key in keys}
+        pools: set[PoolKey] = set()
+        h2pools: set[PoolKey] = set()
+        for lst in config.listeners:
+            for rule in lst.rules:
+                for t in rule.targets:
+                    if t.type == "CVM":
+                        try:
+                            origin = self._origin(rule, t.address)[0]
+                        except ConfigError:
+                            continue  # its CA file is gone: nothing can use that pool
+                        (h2pools if rule.forward_type in H2_FORWARD_TYPES else pools).add(origin)
+        self._contexts.retain({o[1] for o in pools | h2pools if o[1] is not None})
         for key in [k for k in self._checks if k not in keys]:
             self._checks.pop(key).stop(retire=True)
-        for address in [a for a in self._pools if a not in addresses]:
-            self._pools.pop(address).retire()
+        for pool_key in [k for k in self._pools if k not in pools]:
+            self._pools.pop(pool_key).retire()
+        for pool_key in [k for k in self._h2pools if k not in h2pools]:
+            self._h2pools.pop(pool_key).retire()
+        for address in [a for a in self._passive if a not in addresses]:
             self._passive.pop(address, None)
 
     def health_of(self, listener: str, location_id: str, address: str) -> str:
@@ -651,7 +716,8 @@ class CvmUpstreams:
     def state(self) -> dict[str, Any]:
         """Pools, ejection and health-check state, for metrics."""
         return {
-            "pools": {a: p.state() for a, p in self._pools.items()},
+            "pools": {_pool_name(k): p.state() for k, p in self._pools.items()},
+            "h2_pools": {_pool_name(k): p.state() for k, p in self._h2pools.items()},
             "ejection": {a: p.state() for a, p in self._passive.items()},
             "checks": [{"listener": k[0], "location_id": k[1], "address": k[2], **c.state()}
                        for k, c in self._checks.items()],
@@ -664,3 +730,6 @@ class CvmUpstreams:
         for pool in self._pools.values():
             pool.retire()
         self._pools.clear()
+        for h2pool in self._h2pools.values():
+            h2pool.retire()
+        self._h2pools.clear()

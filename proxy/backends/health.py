@@ -3,12 +3,12 @@
 Owns two kinds of state, both readable as plain dicts for metrics:
 
 - ``ActiveCheck``: CLB's per-rule HTTP health check (clb-scf-facts.md §6.2). Every ``interval``
-  seconds it opens a fresh connection to the target (the outgoing layer's ``Pool`` and
-  ``exchange``, h1client.py: llhttp reads the answer's head), sends ``method path`` with the
-  check's ``Host``, and counts the answer a success when its status class is in the ``http_codes``
-  bitmask (1=1xx 2=2xx 4=3xx 8=4xx 16=5xx) and it arrived within ``timeout``. A target goes down
-  after ``unhealthy_threshold`` consecutive failures and up again after ``healthy_threshold``
-  consecutive successes.
+  seconds it opens a fresh connection to the target (TLS when the rule forwards HTTPS; the
+  outgoing layer's ``Pool`` and ``exchange``, h1client.py: llhttp reads the answer's head),
+  sends ``method path`` with the check's ``Host``, and counts the answer a success when its
+  status class is in the ``http_codes`` bitmask (1=1xx 2=2xx 4=3xx 8=4xx 16=5xx) and it arrived
+  within ``timeout``. A target goes down after ``unhealthy_threshold`` consecutive failures and
+  up again after ``healthy_threshold`` consecutive successes.
 - ``PassiveEjection``: real traffic's verdict on one address. ``threshold`` consecutive
   connect failures (refused, unreachable, timed out) eject it for ``base`` seconds, doubled
   at each ejection that follows without a success in between (capped at ``cap``); when the
@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Callable
 
@@ -61,12 +62,15 @@ class ActiveCheck:
     """CLB's HTTP health check of one target of one rule."""
 
     def __init__(self, label: str, host: str, port: int, config: HealthCheck,
-                 host_header: str) -> None:
+                 host_header: str, ssl_context: ssl.SSLContext | None = None) -> None:
         self.label = label
         self.host = host
         self.port = port
         self.config = config
         self.host_header = host_header
+        #: the rule forwards HTTPS: the check goes over TLS too (CLB: an HTTPS rule's check
+        #: defaults to the forward protocol, clb-features.md §2.4), SNI the target's host
+        self.ssl_context = ssl_context
         self.healthy = True
         self.successes = 0
         self.failures = 0
@@ -76,12 +80,14 @@ class ActiveCheck:
         self.retired = False
         self._task: asyncio.Task[None] | None = None
 
-    def reconfigure(self, config: HealthCheck, host_header: str) -> None:
+    def reconfigure(self, config: HealthCheck, host_header: str,
+                    ssl_context: ssl.SSLContext | None = None) -> None:
         """A reload changed the rule's check: the next round uses the new knobs."""
         if not config.enabled and self.config.enabled:
             self.stop()
         self.config = config
         self.host_header = host_header
+        self.ssl_context = ssl_context
         if not config.enabled:
             self.healthy = True  # a disabled check says nothing against a target
 
@@ -112,7 +118,8 @@ class ActiveCheck:
         """One check: True when a status in ``http_codes`` came back within ``timeout``."""
         timeout = self.config.timeout
         host = f"[{self.host}]" if ":" in self.host else self.host
-        pool = Pool(f"{host}:{self.port}", max_idle=0)  # a fresh connection, closed after
+        # a fresh connection, closed after
+        pool = Pool(f"{host}:{self.port}", max_idle=0, ssl_context=self.ssl_context)
         conn = None
         try:
             async with asyncio.timeout(timeout):

@@ -224,7 +224,7 @@ def test_create_rule_with_default_server_moves_the_default_domain(admin: Admin) 
     ({"Domain": "a.com", "Url": "/", "HealthCheck": {"IntervalTime": 3, "TimeOut": 5}},
      "InvalidParameterValue"),
     ({"Domain": "a.com", "Url": "/", "Certificate": {"CertId": "x"}}, "UnsupportedOperation"),
-    ({"Domain": "a.com", "Url": "/", "ForwardType": "HTTPS"}, "UnsupportedOperation"),
+    ({"Domain": "a.com", "Url": "/", "ForwardType": "TRPC"}, "InvalidParameterValue"),
     ({"Domains": ["a.com", "b.com"], "Url": "/"}, "UnsupportedOperation"),
     ({"Domain": 5, "Url": "/"}, "InvalidParameter.FormatError"),
 ])
