@@ -34,7 +34,8 @@ from .admin import AdminApp
 from .adminserver import start_admin
 from .backends.cvm import CvmUpstreams
 from .config import Config, Listener, RemoteScf, load_config
-from .connection import HttpConnection, ListenerContext, ServerState
+from .connection import H2cConnection, HttpConnection, ListenerContext, ServerState
+from .http2 import H2Connection, sni_http2
 from .errors import ConfigError
 from .listening import AcceptGate, announce, bind_listener
 from .logs import AccessLog
@@ -174,8 +175,9 @@ class ProxyServer:
             else:
                 bound = bind_listener(listener)
                 announce(listener, bound)
+            kind = H2cConnection if listener.h2c else HttpConnection
             gate = AcceptGate(listener.name, bound,
-                              lambda ctx=ctx: HttpConnection(ctx),  # type: ignore[misc]
+                              lambda ctx=ctx, kind=kind: kind(ctx),  # type: ignore[misc]
                               listener.max_connections, ssl_ctx, listener.ssl_handshake_timeout)
             ctx.gate = gate
             self._gates.append(gate)
@@ -201,7 +203,8 @@ class ProxyServer:
                      ) -> ssl.SSLContext | None:
         if listener.protocol != "HTTPS":
             return None
-        server_tls = tls.ServerTLS(certificates, handshake_timeout=listener.ssl_handshake_timeout)
+        server_tls = tls.ServerTLS(certificates, handshake_timeout=listener.ssl_handshake_timeout,
+                                   http2=sni_http2(listener))
         if not server_tls.groups_policy_in_effect():
             error_log.warning("listener %r: TLS key-exchange groups are not limited to "
                               "X25519/P-256/P-384", listener.name)
@@ -232,10 +235,16 @@ class ProxyServer:
         self._sync_remote(config)
         await self.backends.local.update(config.functions)
         router = Router(config, self.backends, self.metrics)
+        listeners = {l.name: l for l in config.listeners}
         for name, loaded in certificates.items():
             if name in self._tls:
-                self._tls[name].reload(loaded)
+                self._tls[name].reload(loaded, sni_http2(listeners[name]))
         self.state.router = router
+        for conn in list(self.state.connections):
+            if isinstance(conn, H2Connection):
+                # GOAWAY: its streams finish, and the client's next connection is negotiated
+                # under the new config (certificates, the per-domain Http2 switch)
+                conn.goaway()
         if self._watcher is not None:
             await self._watcher.watch(config)
         for listener in config.listeners:  # custom_config's response headers follow reloads

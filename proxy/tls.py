@@ -2,7 +2,8 @@
 
 Owns: reading and checking certificate/key PEM files with ``cryptography`` (key matches leaf,
 chain order, names, validity), the Mozilla "intermediate" server policy (TLS 1.2/1.3, the six
-ECDHE AEAD suites, no compression, no renegotiation, X25519/P-256/P-384, ALPN http/1.1),
+ECDHE AEAD suites, no compression, no renegotiation, X25519/P-256/P-384, ALPN h2 then
+http/1.1, or http/1.1 alone for SNI names whose domain turned HTTP/2 off),
 certificate choice by SNI, atomic certificate reload, the self-signed development certificate and
 the OpenSSL config file that limits key-exchange groups.
 
@@ -45,7 +46,7 @@ from .config import Certificate, Config
 from .errors import ConfigError
 
 __all__ = [
-    "ALPN_PROTOCOLS", "GROUPS", "HANDSHAKE_TIMEOUT", "HSTS_MAX_AGE", "TLS12_CIPHERS",
+    "ALPN_HTTP1", "ALPN_PROTOCOLS", "GROUPS", "HANDSHAKE_TIMEOUT", "HSTS_MAX_AGE", "TLS12_CIPHERS",
     "CertFileError", "KeyFileError", "LoadedCertificate", "ServerTLS", "SniTable",
     "config_certificates", "default_state_dir", "ensure_dev_certificate",
     "ensure_openssl_groups_config", "hsts_header", "load_certificate", "load_certificates",
@@ -71,7 +72,10 @@ TLS12_CIPHERS = ":".join((
     "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
 ))
 GROUPS = ("X25519", "P-256", "P-384")
-ALPN_PROTOCOLS = ("http/1.1",)
+#: ALPN (RFC 7301) in our order of preference: OpenSSL picks the first of ours the client offers
+ALPN_PROTOCOLS = ("h2", "http/1.1")
+#: what a handshake whose SNI name's domain has HTTP/2 off is offered (ServerTLS ``http2``)
+ALPN_HTTP1 = ("http/1.1",)
 
 # Options set on every server context, and why.
 _OPTIONS_ON: dict[str, str] = {
@@ -342,7 +346,7 @@ class SniTable:
 
 # --------------------------------------------------------------------------- contexts
 
-def _policy_context() -> ssl.SSLContext:
+def _policy_context(alpn: Sequence[str] = ALPN_PROTOCOLS) -> ssl.SSLContext:
     """A server context with Mozilla's intermediate policy and no certificate yet."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # RFC 8996: TLS 1.0 and 1.1 are deprecated
@@ -351,7 +355,7 @@ def _policy_context() -> ssl.SSLContext:
         ctx.options |= getattr(ssl, name, 0)
     for name in _OPTIONS_OFF:
         ctx.options &= ~getattr(ssl, name, 0)
-    ctx.set_alpn_protocols(list(ALPN_PROTOCOLS))  # RFC 7301; we speak HTTP/1.1 only
+    ctx.set_alpn_protocols(list(alpn))  # RFC 7301
     return ctx
 
 
@@ -377,14 +381,22 @@ class _Active:
     certificates: tuple[LoadedCertificate, ...]
     contexts: tuple[ssl.SSLContext, ...]
     table: SniTable
+    #: ALPN: whether a handshake with this SNI name (None: none sent) is offered h2; None:
+    #: every one is (see ServerTLS)
+    http2: Callable[[str | None], bool] | None = None
+    #: the same certificates offering http/1.1 only, for the names ``http2`` says no to
+    http1_contexts: tuple[ssl.SSLContext, ...] = ()
 
 
-def _activate(certs: Sequence[LoadedCertificate]) -> _Active:
+def _activate(certs: Sequence[LoadedCertificate],
+              http2: Callable[[str | None], bool] | None = None) -> _Active:
     if not certs:
         raise ConfigError("an HTTPS listener needs at least one certificate")
     contexts = tuple(c.context if c.context is not None else _certificate_context(c)
                      for c in certs)
-    return _Active(tuple(certs), contexts, SniTable([c.names for c in certs]))
+    http1 = () if http2 is None else tuple(
+        _load_into(_policy_context(ALPN_HTTP1), c.source) for c in certs)
+    return _Active(tuple(certs), contexts, SniTable([c.names for c in certs]), http2, http1)
 
 
 class ServerTLS:
@@ -392,12 +404,17 @@ class ServerTLS:
 
     ``context`` goes to ``loop.create_server(ssl=..., ssl_handshake_timeout=handshake_timeout)``
     and stays the same object across ``reload``; a failed reload (ConfigError) changes nothing.
+    ``http2``: which SNI names are offered ALPN h2 (CLB's per-domain switch, decided by the
+    caller); None offers it to every handshake. OpenSSL selects ALPN after the SNI callback,
+    from the context the callback switched to, so a name told no gets its certificate's
+    http/1.1-only twin.
     """
 
     def __init__(self, certs: Sequence[LoadedCertificate], *,
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                 http2: Callable[[str | None], bool] | None = None) -> None:
         self.handshake_timeout = handshake_timeout
-        self._active = _activate(certs)
+        self._active = _activate(certs, http2)
         # The first certificate is only the start-up default: the callback always picks from
         # ``_active``, which is what ``reload`` replaces.
         self._context = _load_into(_policy_context(), certs[0].source)
@@ -416,16 +433,22 @@ class ServerTLS:
         active = self._active
         return active.certificates[active.table.select(server_name)]
 
-    def reload(self, certs: Sequence[LoadedCertificate]) -> None:
-        """Serve ``certs`` to handshakes that start from now on; no rebind, no dropped client."""
-        self._active = _activate(certs)  # one assignment: a handshake sees old or new, never a mix
+    def reload(self, certs: Sequence[LoadedCertificate],
+               http2: Callable[[str | None], bool] | None = None) -> None:
+        """Serve ``certs`` (and the ``http2`` choice) to handshakes that start from now on; no
+        rebind, no dropped client."""
+        # one assignment: a handshake sees old or new, never a mix
+        self._active = _activate(certs, http2)
 
     def _on_server_name(self, conn: ssl.SSLObject | ssl.SSLSocket, server_name: str | None,
                         _listening: ssl.SSLContext) -> int | None:
         # Must never raise: an exception here aborts the handshake with a reset (§3.6 pitfall 4).
         try:
             active = self._active
-            conn.context = active.contexts[active.table.select(server_name)]
+            index = active.table.select(server_name)
+            http2 = active.http2
+            conn.context = active.contexts[index] if http2 is None or http2(server_name) \
+                else active.http1_contexts[index]
         except Exception:  # noqa: BLE001 - logged; the client keeps the default certificate
             log.exception("SNI: could not switch certificate for %r", server_name)
         return None
