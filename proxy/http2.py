@@ -48,7 +48,8 @@ import h2.events
 import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
-from hyperframe.frame import GoAwayFrame
+from hpack.exceptions import HPACKError
+from hyperframe.frame import Frame, GoAwayFrame
 
 from . import writer
 from .config import Listener, Rule
@@ -105,6 +106,21 @@ _CONFIG: Final = h2.config.H2Configuration(
 #: connection-specific request fields (RFC 9113 §8.2.2): h2 refuses them; "te" other than
 #: "trailers" too. Pseudo-headers are read, never forwarded.
 _PSEUDO: Final = frozenset({b":method", b":scheme", b":authority", b":path", b":protocol"})
+
+
+class _Engine(h2.connection.H2Connection):
+    """h2's connection, with one verdict corrected: a header block HPACK cannot decode is a
+    COMPRESSION_ERROR (RFC 9113 §4.3, RFC 7541 §4.2 for a table size update over ours); h2
+    reports every decoding failure but the oversized list as PROTOCOL_ERROR."""
+
+    def _receive_frame(self, frame: Frame) -> list[h2.events.Event]:
+        try:
+            return super()._receive_frame(frame)
+        except h2.exceptions.ProtocolError as exc:
+            if isinstance(exc.__cause__, HPACKError) \
+                    and not isinstance(exc, h2.exceptions.DenialOfServiceError):
+                exc.error_code = ErrorCodes.COMPRESSION_ERROR
+            raise
 
 
 def sni_http2(listener: Listener) -> Callable[[str | None], bool] | None:
@@ -212,7 +228,7 @@ class H2Connection(asyncio.Protocol):
         self.server_addr = ""
         self.tls: tuple[str, str] | None = None
         self.streams: dict[int, _Stream] = {}
-        self.h2 = h2.connection.H2Connection(_CONFIG)
+        self.h2 = _Engine(_CONFIG)
         #: the last stream id our GOAWAY accepts; None before we send one
         self.goaway_last: int | None = None
         #: the connection is ending for an error of the client's: nothing more is read
@@ -297,7 +313,13 @@ class H2Connection(asyncio.Protocol):
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
-            # h2 queued the GOAWAY with the error code its verdict carries
+            # h2 queued the GOAWAY with the error code its verdict carries, except for a bad
+            # preface (RFC 9113 §3.4 makes that GOAWAY optional; we send it)
+            if self.h2.state_machine.state is not h2.connection.ConnectionState.CLOSED:
+                try:
+                    self.h2.close_connection(ErrorCodes.PROTOCOL_ERROR)
+                except h2.exceptions.ProtocolError:
+                    pass
             error_log.info("%s:%s HTTP/2 connection error: %s", self.client_ip,
                            self.client_port, exc)
             self._fail()
@@ -659,7 +681,7 @@ class H2Connection(asyncio.Protocol):
         stream = self.streams.get(event.stream_id)
         if stream is None:
             return
-        if not stream.done:
+        if not stream.done and event.remote_reset:
             # Rapid Reset: a stream reset before it was answered cost us a dispatch
             now = self.state.clock()
             self.reset_tokens = min(float(RESET_BURST),
