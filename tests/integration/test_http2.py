@@ -12,6 +12,7 @@ import signal
 import ssl
 import subprocess
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from hyperframe.frame import (
 
 from benchmarks import install
 from tests import h2client
+from tests.clbcall import clb
 from tests.configs import function, listener, rule, scf_rule
 from tests.proxyproc import ProxyProcess, memory_kb
 from tests.upstreams import Upstream
@@ -570,3 +572,22 @@ def test_streams_after_goaway_are_refused(own_proxy: ProxyProcess,
         assert b"".join(f.data for f in frames if isinstance(f, DataFrame)) == b"A"
     finally:
         raw.close()
+
+
+def test_modify_domain_attributes_http2_applies_to_new_handshakes(
+        tls_files: dict[str, Path], upstream: Upstream, tmp_path: Path) -> None:
+    with ProxyProcess.with_config(_config(tls_files, upstream), tmp_path, "--admin",
+                                  "127.0.0.1:0", "--state-dir",
+                                  str(tmp_path / "state")) as proc:
+        assert _curl(proc, tls_files, "a.test", "/", "--http2") == ("A", "2")
+        answer = clb(proc.admin_port, "ModifyDomainAttributes", {
+            "ListenerId": "lbl-tls", "Domain": "a.test", "Http2": False})
+        assert "Error" not in answer, answer
+        # written back before the answer, and applied to the next handshake
+        rules = tomllib.loads((tmp_path / "rules.toml").read_text())["listener"][0]["rule"]
+        assert [r.get("http2", True) for r in rules if r["domain"] == "a.test"] == [False] * 2
+        assert _curl(proc, tls_files, "a.test", "/", "--http2") == ("A", "1.1")
+        assert _curl(proc, tls_files, "x.w.test", "/", "--http2") == ("A", "2")
+        described = clb(proc.admin_port, "DescribeListeners", {"ListenerIds": ["lbl-tls"]})
+        assert {(r["Domain"], r["Url"]): r["Http2"]
+                for r in described["Listeners"][0]["Rules"]}[("a.test", "/")] is False
