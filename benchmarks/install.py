@@ -1,4 +1,4 @@
-"""What a run needs on the machine, installed when missing: nginx, wrk, trustme, uvicorn;
+"""What a run needs on the machine, installed when missing: nginx, wrk, h2load, trustme, uvicorn;
 py-spy for the profiles.
 
 Strategy: a table of tools -> (how to tell it is there, how to install it). System tools come
@@ -71,6 +71,8 @@ def py_spy() -> str:
 TOOLS: dict[str, tuple[Callable[[], bool], Callable[[], None]]] = {
     "nginx": (_program("nginx"), _apt("nginx-light")),
     "wrk": (_program("wrk"), _apt("wrk")),
+    # h2load: nghttp2's HTTP/2 load generator (the h2 scenario and tests/integration/test_http2)
+    "h2load": (_program("h2load"), _apt("nghttp2-client")),
     "uvicorn": (_module("uvicorn"), _pip("uvicorn")),
     "trustme": (_module("trustme"), _pip("trustme")),
     "py-spy": (lambda: _py_spy() is not None, _pip("py-spy")),

@@ -445,10 +445,10 @@ _HEALTH_NUMBERS = {"HealthSwitch": ("enabled", 0, 1), "IntervalTime": ("interval
 _HEALTH_TEXTS = {"HttpCheckPath": "path", "HttpCheckDomain": "domain",
                  "HttpCheckMethod": "method"}
 #: RuleInput fields we accept only with the value that means "nothing special"
-_NEUTRAL_RULE_FIELDS: dict[str, object] = {"TargetType": "NODE", "Http2": False,
-                                           "Quic": False}
+_NEUTRAL_RULE_FIELDS: dict[str, object] = {"TargetType": "NODE", "Quic": False}
 _RULE_KEYS = frozenset({"Url", "Domain", "Domains", "Scheduler", "HealthCheck",
-                        "DefaultServer", "SessionExpireTime", "CookieName", "ForwardType"})
+                        "DefaultServer", "SessionExpireTime", "CookieName", "ForwardType",
+                        "Http2"})
 _COOKIE_NAME_RE = re.compile(COOKIE_NAME_PATTERN)
 _CHECK_PATH_RE = re.compile(r"/[!-~]{0,199}")  # as the loader: visible ASCII, 1..200
 
@@ -523,6 +523,27 @@ def _forward_type(item: Params, where: str, rule: Rule) -> Rule:
     return replace(rule, forward_type=forward)
 
 
+def _http2_input(listener: Listener, params: Params, where: str = "") -> bool | None:
+    """CLB's Http2 (RuleInput, ModifyDomainAttributes): the domain's switch, HTTPS listeners
+    only; None when not given (or False on an HTTP listener, where it means what it says:
+    h2c is the listener's own switch)."""
+    value = _opt(params, "Http2", bool, where)
+    if value is None or listener.protocol == "HTTPS":
+        return value
+    if value:
+        raise ApiError("UnsupportedOperation", f"{where}Http2: only for an HTTPS listener's "
+                       "domains (HTTP listeners speak h2c only with their h2c key)")
+    return None
+
+
+def _with_http2(rules: list[Rule], domain: str, http2: bool | None) -> list[Rule]:
+    """Every rule of ``domain`` with the domain's Http2 switch set to ``http2`` (None: as
+    it is)."""
+    if http2 is None:
+        return rules
+    return [replace(r, http2=http2) if r.domain == domain else r for r in rules]
+
+
 def _rule_input(listener: Listener, where: str, item: Params) -> tuple[Rule, bool]:
     for key, neutral in _NEUTRAL_RULE_FIELDS.items():
         if _opt(item, key, type(neutral), where) not in (None, neutral):
@@ -541,8 +562,13 @@ def _rule_input(listener: Listener, where: str, item: Params) -> tuple[Rule, boo
         raise ApiError("InvalidParameterValue", f"{where}Scheduler must be one of "
                        f"{', '.join(SCHEDULERS)}, got {scheduler!r}")
     health = _health_check(_opt(item, "HealthCheck", dict, where), where + "HealthCheck.")
+    # Http2: the domain's switch when given; else the domain's own when it has rules already
+    # (one switch per domain), else on (CLB's default for a new domain: UNCONFIRMED)
+    http2 = _http2_input(listener, item, where)
+    if http2 is None:
+        http2 = next((r.http2 for r in listener.rules if r.domain == domain), True)
     rule = _session(item, where, Rule(domain=domain, url=url, scheduler=scheduler,
-                                      health_check=health,
+                                      health_check=health, http2=http2,
                                       location_id=location_id(listener.name, domain, url)))
     rule = _forward_type(item, where, rule)
     return rule, bool(_opt(item, "DefaultServer", bool, where))
@@ -557,7 +583,7 @@ def _create_rule(ctx: ActionContext, params: Params) -> Result:
         if any((r.domain, r.url) == (rule.domain, rule.url) for r in rules):
             raise ApiError("InvalidParameterValue.Duplicate", f"{where}: listener "
                            f"{listener_id(listener)} already has {rule.domain} {rule.url}")
-        rules.append(rule)
+        rules = _with_http2(rules, rule.domain, rule.http2) + [rule]
         # CLB: the first domain of a listener becomes its default (clb-scf-facts §5.1)
         default = rule.domain if make_default or not default else default
     new = replace(listener, rules=tuple(rules), default_domain=default)
@@ -624,13 +650,13 @@ def _modify_rule(ctx: ActionContext, params: Params) -> Result:
 
 def _modify_domain_attributes(ctx: ActionContext, params: Params) -> Result:
     """ModifyDomainAttributes: rename a domain (NewDomain, or NewDomains with one name) and
-    choose the listener's default domain (DefaultServer, NewDefaultServerDomain)."""
+    choose the listener's default domain (DefaultServer, NewDefaultServerDomain); Http2 sets the
+    domain's HTTP/2 switch (HTTPS listeners)."""
     li = _listener(ctx.config, params)
     listener = ctx.config.listeners[li]
-    for key, neutral in (("Http2", False), ("Quic", False)):
-        if _opt(params, key, type(neutral)) not in (None, neutral):
-            raise ApiError("UnsupportedOperation", f"{key}: only {neutral!r} is supported by "
-                           "clbscf-proxy")
+    if _opt(params, "Quic", bool) not in (None, False):
+        raise ApiError("UnsupportedOperation", "Quic: only False is supported by clbscf-proxy")
+    http2 = _http2_input(listener, params)
     domain = _normalized(normalize_domain, required_param(params, "Domain", str), "Domain: ")
     if all(r.domain != domain for r in listener.rules):
         raise ApiError("InvalidParameter.DomainNotFound", f"no rule of listener "
@@ -646,8 +672,8 @@ def _modify_domain_attributes(ctx: ActionContext, params: Params) -> Result:
         renamed = names[0]
     new_domain = domain if renamed is None else _normalized(normalize_domain, renamed,
                                                             "NewDomain: ")
-    rules = tuple(replace(r, domain=new_domain) if r.domain == domain else r
-                  for r in listener.rules)
+    rules = tuple(_with_http2([replace(r, domain=new_domain) if r.domain == domain else r
+                               for r in listener.rules], new_domain, http2))
     keys = [(r.domain, r.url) for r in rules]
     if len(set(keys)) != len(keys):
         raise ApiError("InvalidParameterValue.Duplicate", f"listener {listener_id(listener)} "
@@ -698,7 +724,8 @@ def _rule_output(listener: Listener, rule: Rule) -> dict[str, Any]:
             "DefaultServer": rule.domain == listener.default_domain,
             "ForwardType": rule.forward_type,
             "TargetType": "NODE", "SessionExpireTime": rule.session_expire_time,
-            "CookieName": rule.cookie_name, "Http2": False}
+            "CookieName": rule.cookie_name,
+            "Http2": listener.protocol == "HTTPS" and rule.http2}
 
 
 def _describe_listeners(ctx: ActionContext, params: Params) -> Result:

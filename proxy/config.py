@@ -137,6 +137,9 @@ class Rule:
     #: HTTPS/GRPCS: verify the backend's certificate against this CA bundle (PEM); None = no
     #: verification (docs/BEHAVIOUR.md "Forwarding to backends")
     backend_ca: Path | None = None
+    #: CLB's per-domain Http2 switch (HTTPS listeners): ALPN offers h2 to the domain's SNI
+    #: names; one value per domain (a rule saying false turns it off for the whole domain)
+    http2: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +189,9 @@ class Listener:
     client_ca: Path | None = None  # MUTUAL: the CAs (PEM) client certificates must chain to
     ssl_verify_client: str = "on"  # MUTUAL: "on" requires a certificate, "optional" does not
     ssl_verify_depth: int = 1  # MUTUAL: CAs allowed between a client certificate and client_ca
+    #: HTTP: also speak HTTP/2 cleartext to clients that start with its preface (prior
+    #: knowledge, RFC 9113 §3.3; CLB's H2cSwitch); off as on CLB
+    h2c: bool = False
     #: the personalised configuration; what it sets is also laid over the fields above at load
     custom_config: CustomConfig = field(default_factory=CustomConfig)
 
@@ -791,6 +797,7 @@ _RULE_FIELDS: dict[str, Check] = {
     "session_expire_time": _session_time,
     "cookie_name": _string(COOKIE_NAME_PATTERN, COOKIE_NAME_EXPECTED),
     "forward_type": _choice(FORWARD_TYPES), "backend_ca": _existing("file"),
+    "http2": _boolean,
 }
 
 _LISTENER_FIELDS: dict[str, Check] = {
@@ -811,7 +818,7 @@ _LISTENER_FIELDS: dict[str, Check] = {
     "max_header_size": _integer(1024, 1024 * 1024), "max_header_count": _integer(1, 1000),
     "max_request_line": _integer(256, 65536), "max_connections": _integer(1, 1_000_000),
     "hsts_max_age": _integer(0, 10 * 365 * 86400), "ssl_handshake_timeout": _number(0.1, 300),
-    "redirect_https_port": _integer(0, 65535),
+    "redirect_https_port": _integer(0, 65535), "h2c": _boolean,
     "ssl_protocols": _ssl_protocols, "ssl_ciphers": _ssl_ciphers,
     "ssl_session_tickets": _boolean, "ssl_mode": _choice(SSL_MODES),
     "client_ca": _existing("file"), "ssl_verify_client": _choice(SSL_VERIFY_CLIENT),
@@ -849,6 +856,13 @@ def _listener(ctx: _Ctx, path: str, value: object) -> Listener:
     if listener.protocol == "HTTPS" and listener.redirect_https_port:
         raise _bad(f"{path}.redirect_https_port", "only for an HTTP listener",
                    listener.redirect_https_port)
+    if listener.protocol == "HTTPS" and listener.h2c:
+        raise _bad(f"{path}.h2c", "only for an HTTP listener (an HTTPS listener speaks "
+                   "HTTP/2 through ALPN; see its rules' http2)", listener.h2c)
+    for j, rule in enumerate(listener.rules):
+        if listener.protocol == "HTTP" and not rule.http2:
+            raise _bad(f"{path}.rule[{j}].http2", "only for an HTTPS listener's rules (CLB: "
+                       "HTTPS domains only; h2c is the HTTP listener's key)", rule.http2)
     if listener.protocol == "HTTP" and listener.hsts_max_age:
         raise _bad(f"{path}.hsts_max_age", "only for an HTTPS listener (RFC 6797 §7.2)",
                    listener.hsts_max_age)
@@ -856,7 +870,7 @@ def _listener(ctx: _Ctx, path: str, value: object) -> Listener:
         expected = {"HTTPS": "an HTTPS listener needs at least one { cert, key }",
                     "HTTP": "only an HTTPS listener takes certificates"}[listener.protocol]
         raise _bad(f"{path}.certificates", expected, values.get("certificates", []))
-    listener = replace(listener, rules=_domain_configs(path, listener.rules))
+    listener = replace(listener, rules=_domain_http2(_domain_configs(path, listener.rules)))
     seen: dict[tuple[str, str], int] = {}
     for j, rule in enumerate(listener.rules):
         first = seen.setdefault((rule.domain, rule.url), j)
@@ -977,6 +991,13 @@ def _alias(ctx: _Ctx, path: str, value: object) -> Alias:
         raise _Invalid(f"{path}.additional_version_weights", "must add up to at most 1 (the "
                        f"main version gets the rest), got {total:g}")
     return alias
+
+
+def _domain_http2(rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
+    """A domain has one Http2 switch: a rule of it that turns it off turns it off for all."""
+    off = {rule.domain for rule in rules if not rule.http2}
+    return tuple(replace(rule, http2=False) if rule.domain in off and rule.http2 else rule
+                 for rule in rules)
 
 
 _FUNCTION_FIELDS: dict[str, Check] = {

@@ -13,7 +13,9 @@ requests or a full write buffer pause reading); streamed responses (Content-Leng
 a backend that breaks off mid-body aborts the connection instead of ending it cleanly); a send
 timeout for a client that stops reading (``send_timeout``, by default ``client_body_timeout``);
 lingering close after an error with input still arriving; and a 101 hand-over to a tunnel
-(WebSocket).
+(WebSocket). An HTTPS connection whose ALPN chose ``h2``, or an h2c listener's connection that
+starts with the HTTP/2 preface, is handed over to http2.H2Connection, which shares this
+module's ``ListenerContext`` and ``ServerState``.
 
 It stays on protocol callbacks, with no task or future per request: a request is handed to
 the router's ``dispatch`` with ``_respond`` as the callback, which the router calls once, at
@@ -37,7 +39,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import customconfig, writer
+from . import customconfig, http2, writer
 from .errors import ProxyError, RequestTimeout
 from .handover import Cancel, on_task
 from .http1 import Limits, RequestHead, make_parser
@@ -97,7 +99,8 @@ class ServerState:
         #: monotonic seconds for every deadline of every connection (a fake one in tests)
         self.clock = clock
         self.recorder = Recorder(access_log, metrics)
-        self.connections: set[HttpConnection] = set()
+        #: HttpConnection and http2.H2Connection objects (both have what the sweep reads)
+        self.connections: set[Any] = set()
         self.draining = False
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -198,10 +201,11 @@ class ListenerContext:
         """The response headers of custom_config (add_header, more_set_headers), listener's
         and per domain, and the connection class (mutual TLS or not); called again by a
         reload, so new answers and new connections follow the new config."""
-        #: what the listener's protocol factory makes: mutual TLS costs nothing elsewhere
+        #: what the listener's protocol factory makes: mutual TLS and the h2c preface sniff
+        #: cost nothing elsewhere
         self.connection_class: type[HttpConnection] = (
             MutualTlsConnection if listener.protocol == "HTTPS" and listener.ssl_mode == "MUTUAL"
-            else HttpConnection)
+            else H2cConnection if listener.h2c else HttpConnection)
         self.response_headers = customconfig.response_headers(listener.custom_config)
         self.domain_headers: dict[str, customconfig.ResponseHeaders | None] = {
             rule.domain: customconfig.response_headers(listener.custom_config,
@@ -290,6 +294,13 @@ class HttpConnection(asyncio.Protocol):
     # -- asyncio callbacks ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.ctx.scheme == "https":  # once per connection: what did ALPN choose?
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+                conn = http2.H2Connection(self.ctx, next_request_id)
+                transport.set_protocol(conn)
+                conn.connection_made(transport)
+                return
         self.transport = transport
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
@@ -813,3 +824,43 @@ class MutualTlsConnection(HttpConnection):
     def _on_head(self, head: RequestHead) -> None:
         super()._on_head(head)
         self.queue[-1].client_cert = self.client_cert
+
+
+class H2cConnection(HttpConnection):
+    """A connection of an HTTP listener with ``h2c``: one that starts with the HTTP/2 preface
+    (prior knowledge, RFC 9113 §3.3) becomes an http2.H2Connection, any other stays
+    HTTP/1.1. Only such listeners pay the look at the first bytes."""
+
+    __slots__ = ("sniffed",)
+
+    def __init__(self, ctx: ListenerContext) -> None:
+        super().__init__(ctx)
+        #: the first bytes, while they may still be the start of the preface
+        self.sniffed: bytes | None = b""
+
+    def data_received(self, data: bytes) -> None:
+        sniffed = self.sniffed
+        if sniffed is None:
+            HttpConnection.data_received(self, data)
+            return
+        sniffed += data
+        preface = http2.PREFACE
+        if sniffed[:len(preface)] != preface[:len(sniffed)]:
+            self.sniffed = None  # HTTP/1.1 after all
+            HttpConnection.data_received(self, sniffed)
+            return
+        if len(sniffed) < len(preface):
+            self.sniffed = sniffed
+            return
+        self.sniffed = None
+        # hand over: this object leaves the books, the HTTP/2 connection enters them
+        self.state.connections.discard(self)
+        if self.ctx.gate is not None:
+            self.ctx.gate.closed()
+        self._disarm()
+        transport = self.transport
+        self.transport = None
+        conn = http2.H2Connection(self.ctx, next_request_id)
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
+        conn.data_received(sniffed)

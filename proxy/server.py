@@ -35,6 +35,7 @@ from .adminserver import start_admin
 from .backends.cvm import CvmUpstreams
 from .config import Config, Listener, RemoteScf, load_config
 from .connection import ListenerContext, ServerState
+from .http2 import H2Connection, sni_http2
 from .errors import ConfigError
 from .listening import AcceptGate, announce, bind_listener
 from .logs import AccessLog
@@ -224,7 +225,8 @@ class ProxyServer:
         if listener.protocol != "HTTPS":
             return None
         server_tls = tls.ServerTLS(certificates, policy=policy,
-                                   handshake_timeout=listener.ssl_handshake_timeout)
+                                   handshake_timeout=listener.ssl_handshake_timeout,
+                                   http2=sni_http2(listener))
         if not server_tls.groups_policy_in_effect():
             error_log.warning("listener %r: TLS key-exchange groups are not limited to "
                               "X25519/P-256/P-384", listener.name)
@@ -255,14 +257,21 @@ class ProxyServer:
         self._sync_remote(config)
         await self.backends.local.update(config.functions)
         router = Router(config, self.backends, self.metrics)
+        listeners = {l.name: l for l in config.listeners}
         for name, (policy, loaded) in certificates.items():
-            if name in self._tls and self._tls[name].reload(loaded, policy):
+            if name in self._tls and self._tls[name].reload(loaded, policy,
+                                                            sni_http2(listeners[name])):
                 # a new TLS policy: a new listening context, served from now on (its old
                 # sessions are not resumed under the new policy)
                 for gate in self._gates:
                     if gate.name == name:
                         await gate.serve_with(self._tls[name].context)
         self.state.router = router
+        for conn in list(self.state.connections):
+            if isinstance(conn, H2Connection):
+                # GOAWAY: its streams finish, and the client's next connection is negotiated
+                # under the new config (certificates, the per-domain Http2 switch)
+                conn.goaway()
         if self._watcher is not None:
             await self._watcher.watch(config)
         for listener in config.listeners:  # custom_config's response headers follow reloads

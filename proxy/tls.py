@@ -3,7 +3,8 @@
 Owns: reading and checking certificate/key PEM files with ``cryptography`` (key matches leaf,
 chain order, names, validity), the server policy (by default Mozilla "intermediate": TLS 1.2/1.3,
 the six ECDHE AEAD suites, no compression, no renegotiation, X25519/P-256/P-384; a listener's
-``ssl_protocols``/``ssl_ciphers`` change it, ``TlsPolicy``), session resumption (tickets and
+``ssl_protocols``/``ssl_ciphers`` change it, ``TlsPolicy``), ALPN (h2 then http/1.1, or
+http/1.1 alone for SNI names whose domain turned HTTP/2 off), session resumption (tickets and
 the session cache), mutual TLS (the client CA, the verdict on a client certificate and the
 values its headers carry), certificate choice by SNI, atomic certificate reload, the
 self-signed development certificate and the OpenSSL config file that limits key-exchange groups.
@@ -61,10 +62,10 @@ from .errors import ConfigError
 from .messages import ClientCertificate
 
 __all__ = [
-    "ALPN_PROTOCOLS", "DEFAULT_POLICY", "GROUPS", "HANDSHAKE_TIMEOUT", "HSTS_MAX_AGE",
-    "LEGACY_CIPHERS", "TLS12_CIPHERS", "CertFileError", "KeyFileError", "LoadedCertificate",
-    "ServerTLS", "SniTable", "TlsPolicy", "config_certificates", "config_tls",
-    "default_state_dir", "ensure_dev_certificate", "ensure_openssl_groups_config",
+    "ALPN_HTTP1", "ALPN_PROTOCOLS", "DEFAULT_POLICY", "GROUPS", "HANDSHAKE_TIMEOUT",
+    "HSTS_MAX_AGE", "LEGACY_CIPHERS", "TLS12_CIPHERS", "CertFileError", "KeyFileError",
+    "LoadedCertificate", "ServerTLS", "SniTable", "TlsPolicy", "config_certificates",
+    "config_tls", "default_state_dir", "ensure_dev_certificate", "ensure_openssl_groups_config",
     "hsts_header", "listener_policy", "load_certificate", "load_certificates",
 ]
 
@@ -88,7 +89,10 @@ TLS12_CIPHERS = ":".join((
     "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
 ))
 GROUPS = ("X25519", "P-256", "P-384")
-ALPN_PROTOCOLS = ("http/1.1",)
+#: ALPN (RFC 7301) in our order of preference: OpenSSL picks the first of ours the client offers
+ALPN_PROTOCOLS = ("h2", "http/1.1")
+#: what a handshake whose SNI name's domain has HTTP/2 off is offered (ServerTLS ``http2``)
+ALPN_HTTP1 = ("http/1.1",)
 
 #: TLS 1.0 and 1.1 have no AEAD suites: with them chosen and no ssl_ciphers, these ECDHE CBC
 #: suites (RFC 4492 names, OpenSSL spelling) follow Mozilla's six so that they can negotiate
@@ -500,9 +504,10 @@ class SniTable:
 
 # --------------------------------------------------------------------------- contexts
 
-def _policy_context(policy: TlsPolicy = DEFAULT_POLICY) -> ssl.SSLContext:
-    """A server context with ``policy`` (Mozilla's intermediate by default), no certificate
-    and no client CA yet."""
+def _policy_context(policy: TlsPolicy = DEFAULT_POLICY,
+                    alpn: Sequence[str] = ALPN_PROTOCOLS) -> ssl.SSLContext:
+    """A server context with ``policy`` (Mozilla's intermediate by default) offering ``alpn``,
+    no certificate and no client CA yet."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     with warnings.catch_warnings():  # Python deprecates TLSv1/TLSv1.1; CLB still offers them
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -520,16 +525,16 @@ def _policy_context(policy: TlsPolicy = DEFAULT_POLICY) -> ssl.SSLContext:
         # answers nginx's 400 for "on"; a certificate that fails verification still aborts
         # the handshake (Python cannot install a verify callback that defers it).
         ctx.verify_mode = ssl.CERT_OPTIONAL
-    ctx.set_alpn_protocols(list(ALPN_PROTOCOLS))  # RFC 7301; we speak HTTP/1.1 only
+    ctx.set_alpn_protocols(list(alpn))  # RFC 7301
     return ctx
 
 
-def _certificate_context(cert: LoadedCertificate,
-                         policy: TlsPolicy = DEFAULT_POLICY) -> ssl.SSLContext:
+def _certificate_context(cert: LoadedCertificate, policy: TlsPolicy = DEFAULT_POLICY,
+                         alpn: Sequence[str] = ALPN_PROTOCOLS) -> ssl.SSLContext:
     # The same policy as the listening context: after the SNI switch OpenSSL takes the
     # certificate, the cipher list, the security level, the verify store and a few callbacks
     # such as ALPN selection from this context.
-    ctx = _load_into(_policy_context(policy), cert.source)
+    ctx = _load_into(_policy_context(policy, alpn), cert.source)
     if policy.client_ca:
         ctx.load_verify_locations(cadata=policy.client_ca)
     return ctx
@@ -551,14 +556,22 @@ class _Active:
     certificates: tuple[LoadedCertificate, ...]
     contexts: tuple[ssl.SSLContext, ...]
     table: SniTable
+    #: ALPN: whether a handshake with this SNI name (None: none sent) is offered h2; None:
+    #: every one is (see ServerTLS)
+    http2: Callable[[str | None], bool] | None = None
+    #: the same certificates offering http/1.1 only, for the names ``http2`` says no to
+    http1_contexts: tuple[ssl.SSLContext, ...] = ()
 
 
-def _activate(certs: Sequence[LoadedCertificate], policy: TlsPolicy) -> _Active:
+def _activate(certs: Sequence[LoadedCertificate], policy: TlsPolicy,
+              http2: Callable[[str | None], bool] | None = None) -> _Active:
     if not certs:
         raise ConfigError("an HTTPS listener needs at least one certificate")
     contexts = tuple(c.context if c.context is not None else _certificate_context(c, policy)
                      for c in certs)
-    return _Active(tuple(certs), contexts, SniTable([c.names for c in certs]))
+    http1 = () if http2 is None else tuple(
+        _certificate_context(c, policy, ALPN_HTTP1) for c in certs)
+    return _Active(tuple(certs), contexts, SniTable([c.names for c in certs]), http2, http1)
 
 
 #: X509_V_ERR_CERT_CHAIN_TOO_LONG's text, as nginx's $ssl_client_verify would say it
@@ -576,14 +589,19 @@ class ServerTLS:
     and stays the same object across a ``reload`` that keeps the policy; a reload that
     changes it makes a new one (``reload`` says so, and the server serves its sockets with
     the new context). A failed reload (ConfigError) changes nothing.
+    ``http2``: which SNI names are offered ALPN h2 (CLB's per-domain switch, decided by the
+    caller); None offers it to every handshake. OpenSSL selects ALPN after the SNI callback,
+    from the context the callback switched to, so a name told no gets its certificate's
+    http/1.1-only twin.
     """
 
     def __init__(self, certs: Sequence[LoadedCertificate], *,
                  policy: TlsPolicy = DEFAULT_POLICY,
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                 http2: Callable[[str | None], bool] | None = None) -> None:
         self.handshake_timeout = handshake_timeout
         self.policy = policy
-        self._active = _activate(certs, policy)
+        self._active = _activate(certs, policy, http2)
         self._context = self._listening(certs[0], policy)
         self._refused: dict[str, None] = {}
 
@@ -608,12 +626,14 @@ class ServerTLS:
         return active.certificates[active.table.select(server_name)]
 
     def reload(self, certs: Sequence[LoadedCertificate],
-               policy: TlsPolicy | None = None) -> bool:
-        """Serve ``certs`` (loaded with ``policy``, by default the current one) to handshakes
-        that start from now on; no rebind, no dropped client. Returns True when the policy
-        changed, and with it ``context``: the caller must serve its sockets with the new one."""
+               policy: TlsPolicy | None = None,
+               http2: Callable[[str | None], bool] | None = None) -> bool:
+        """Serve ``certs`` (loaded with ``policy``, by default the current one, and offering h2
+        as ``http2`` says) to handshakes that start from now on; no rebind, no dropped client.
+        Returns True when the policy changed, and with it ``context``: the caller must serve
+        its sockets with the new one."""
         policy = self.policy if policy is None else policy
-        active = _activate(certs, policy)
+        active = _activate(certs, policy, http2)
         if policy == self.policy:
             self._active = active  # one assignment: a handshake sees old or new, never a mix
             return False
@@ -653,7 +673,10 @@ class ServerTLS:
         # Must never raise: an exception here aborts the handshake with a reset (§3.6 pitfall 4).
         try:
             active = self._active
-            conn.context = active.contexts[active.table.select(server_name)]
+            index = active.table.select(server_name)
+            http2 = active.http2
+            conn.context = active.contexts[index] if http2 is None or http2(server_name) \
+                else active.http1_contexts[index]
         except Exception:  # noqa: BLE001 - logged; the client keeps the default certificate
             log.exception("SNI: could not switch certificate for %r", server_name)
         return None

@@ -1,4 +1,5 @@
-"""Bytes out: the one place that turns a Response or a ProxyError into HTTP/1.1 bytes.
+"""Bytes out: the one place that turns a Response or a ProxyError into HTTP/1.1 bytes (and into
+the header list of an HTTP/2 HEADERS frame, ``h2_head``, which http2.py hands to its engine).
 
 Strategy (the hot path): status lines and the static headers are pre-encoded ``bytes``; the
 ``Date`` header is rebuilt at most once a second; a response is joined into one ``bytes`` so the
@@ -20,7 +21,7 @@ import orjson
 from .errors import (BadFunctionResponse, ClientCertificateInvalid, ClientCertificateRequired,
                      FunctionError, ProxyError)
 from .messages import Response
-from .vocabulary import NO_BODY_STATUSES
+from .vocabulary import FRAMING, HOP_BY_HOP, NO_BODY_STATUSES
 
 SERVER_NAME = "clbscf-proxy"
 
@@ -106,6 +107,29 @@ def serialize_head(response: Response, keep_alive: bool, chunked: bool,
     parts.append(_KEEP_ALIVE if keep_alive else _CLOSE)
     parts.append(b"\r\n")
     return b"".join(parts)
+
+
+#: fields an HTTP/2 response never carries: connection-specific ones (RFC 9113 §8.2.2) and the
+#: framing, which is the writer's (as for HTTP/1.1)
+_H2_DROPPED = HOP_BY_HOP | FRAMING
+
+
+def h2_head(response: Response, length: int | None,
+            server: bytes = _SERVER_HEADER) -> list[tuple[bytes, bytes]]:
+    """The header list of ``response`` for HTTP/2: ``:status``, Server and Date as on
+    HTTP/1.1, the response's fields with names lower-cased (RFC 9113 §8.2.1) and without the
+    connection-specific ones, and ``content-length`` when ``length`` is known (never for
+    204/304/1xx)."""
+    status = response.status
+    out = [(b":status", b"%d" % status), (b"server", server[8:-2]),
+           (b"date", date_header()[6:-2])]
+    for name, value in response.headers:
+        lname = name.lower()
+        if lname not in _H2_DROPPED:
+            out.append((lname.encode("latin-1"), value.encode("latin-1")))
+    if length is not None and status not in NO_BODY_STATUSES:
+        out.append((b"content-length", b"%d" % length))
+    return out
 
 
 LAST_CHUNK = b"0\r\n\r\n"

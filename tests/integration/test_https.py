@@ -82,12 +82,15 @@ def test_https_request_carries_https_headers_and_hsts(proxy: ProxyProcess,
     conn.close()
 
 
-def test_alpn_is_http11(proxy: ProxyProcess, ca: trustme.CA) -> None:
+@pytest.mark.parametrize("offered,chosen", [(["h2", "http/1.1"], "h2"),
+                                            (["http/1.1"], "http/1.1")])
+def test_alpn_is_h2_then_http11(proxy: ProxyProcess, ca: trustme.CA, offered: list[str],
+                                chosen: str) -> None:
     ctx = _client(ca)
-    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    ctx.set_alpn_protocols(offered)
     with socket.create_connection(("127.0.0.1", proxy.port("tls")), timeout=5) as raw:
         with ctx.wrap_socket(raw, server_hostname="a.test") as s:
-            assert s.selected_alpn_protocol() == "http/1.1"
+            assert s.selected_alpn_protocol() == chosen
 
 
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1])

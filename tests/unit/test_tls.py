@@ -204,10 +204,32 @@ def test_unknown_sni_name_gets_the_first_certificate(listener: int, sni: str) ->
 
 
 @pytest.mark.parametrize("sni", [None, "b.test"])
-def test_alpn_negotiates_http11(listener: int, sni: str | None) -> None:
+def test_alpn_prefers_h2(listener: int, sni: str | None) -> None:
+    ctx = client_context()
+    ctx.set_alpn_protocols(["http/1.1", "h2"])  # our order decides, not the client's
+    assert fetch(listener, ctx, sni)["alpn"] == "h2"
+
+
+def test_alpn_falls_back_to_http11(listener: int) -> None:
+    ctx = client_context()
+    ctx.set_alpn_protocols(["http/1.1"])
+    assert fetch(listener, ctx, "b.test")["alpn"] == "http/1.1"
+
+
+@pytest.mark.parametrize("sni,alpn", [("a.test", "h2"), ("b.test", "http/1.1"),
+                                      (None, "http/1.1"), ("x.w.test", "h2")])
+def test_alpn_h2_follows_the_http2_choice_per_sni_name(listener_certs: list[tls.LoadedCertificate],
+                                                       sni: str | None, alpn: str) -> None:
+    # the choice is the caller's (http2.sni_http2); names told no get http/1.1 only, and the
+    # certificate is still the one SNI picks
+    server = tls.ServerTLS(listener_certs, http2=lambda name: name not in (None, "b.test"))
     ctx = client_context()
     ctx.set_alpn_protocols(["h2", "http/1.1"])
-    assert fetch(listener, ctx, sni)["alpn"] == "http/1.1"
+    with serving(server.context) as port:
+        seen = fetch(port, ctx, sni)
+    assert seen["alpn"] == alpn
+    assert seen["names"] == {"b.test": ["b.test"], "x.w.test": ["*.w.test"]}.get(sni or "",
+                                                                                ["a.test"])
 
 
 def test_tls12_client_gets_an_ecdhe_aead_suite_and_no_compression(listener: int) -> None:
@@ -298,7 +320,8 @@ def test_curl_with_cacert_verifies_the_certificate_for_each_name(
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     done = subprocess.run(
-        [CURL, "-sS", "-v", "--max-time", "10", "--cacert", str(ca_file),
+        # --http1.1: this test server answers HTTP/1.1 whatever ALPN chose
+        [CURL, "-sS", "-v", "--http1.1", "--max-time", "10", "--cacert", str(ca_file),
          "--resolve", f"{name}:{listener}:127.0.0.1", f"https://{name}:{listener}/"],
         capture_output=True, timeout=20)
     assert done.returncode == 0, done.stderr.decode()
