@@ -11,7 +11,8 @@ entry points turn into ConfigError with the file's name in front. Cross-field ru
 default_domain, SCF target resolution, secrets in the environment) run after the tables.
 
 I/O: reading the file, and one stat per path field (function ``code`` must be a directory,
-certificates and ``ca_file`` must be files). It does not read certificate *contents* (tls.py) nor
+certificates and ``ca_file`` must be files, a web function's ``scf_bootstrap`` an executable
+file). It does not read certificate *contents* (tls.py) nor
 import handlers (scf/local.py). It knows nothing of sockets, asyncio or HTTP.
 
 Decisions where the SPEC is silent (ours):
@@ -51,6 +52,11 @@ SCHEDULERS = ("WRR", "LEAST_CONN", "IP_HASH")
 PROTOCOLS = ("HTTP", "HTTPS")
 TARGET_TYPES = ("SCF", "CVM")
 REMOTE_ACTIONS = ("InvokeFunction", "Invoke")
+#: SCF's CreateFunction.Type: an event function (the CLB event in, an integration response
+#: out) or a web function (raw HTTP to the server its scf_bootstrap starts, scf/web.py)
+FUNCTION_TYPES = ("Event", "HTTP")
+#: the file a web function's code directory must hold, executable (SCF's fixed name)
+WEB_BOOTSTRAP = "scf_bootstrap"
 DEFAULT_ENDPOINT = "https://scf.tencentcloudapi.com"
 #: the credentials of remote invocation; read from the environment only, never from the file
 SECRET_VARIABLES = ("TENCENTCLOUD_SECRETID", "TENCENTCLOUD_SECRETKEY")
@@ -177,6 +183,13 @@ class Function:
     min_instances: int = 0  # kept warm
     queue_size: int = 100  # requests that may wait for a free instance
     queue_timeout: float = 10.0  # seconds one may wait before 503
+    # -- web functions (type = "HTTP", scf/web.py) --
+    type: str = "Event"  # SCF's Type: "Event" or "HTTP"
+    #: requests one instance serves at once (SCF's InstanceConcurrencyConfig.MaxConcurrency);
+    #: web functions only, as on SCF
+    instance_concurrency: int = 1
+    #: seconds a web function's instance may take to listen on its port (SCF's InitTimeout)
+    init_timeout: int = 65
 
     @property
     def key(self) -> str:
@@ -781,16 +794,43 @@ _FUNCTION_FIELDS: dict[str, Check] = {
     "environment": _environment, "debug": _boolean, "idle_timeout": _number(0.001, 86400),
     "min_instances": _integer(0, 1000), "queue_size": _integer(0, 100_000),
     "queue_timeout": _number(0, 3600),  # 0: a request never waits for a busy instance
+    "type": _choice(FUNCTION_TYPES), "instance_concurrency": _integer(1, 100),
+    "init_timeout": _integer(1, 300),
 }
+
+
+_DEFAULT_HANDLER = "index.main_handler"
 
 
 def _function(ctx: _Ctx, path: str, value: object) -> Function:
     values = _fields(ctx, path, value, _FUNCTION_FIELDS, ("name", "code"))
-    fn = Function(**{"namespace": "default", "handler": "index.main_handler", **values})
+    fn = Function(**{"namespace": "default", "handler": _DEFAULT_HANDLER, **values})
     if fn.min_instances > fn.concurrency:
         raise _bad(f"{path}.min_instances", f"must be <= concurrency ({fn.concurrency})",
                    fn.min_instances)
+    if fn.type == "HTTP":
+        _check_web_function(path, fn, values)
+    elif fn.instance_concurrency != 1:
+        # SCF: several requests per instance is for web functions only (clb-features.md §3.1)
+        raise _bad(f"{path}.instance_concurrency", 'must be 1 for an event function (several '
+                   'requests per instance is for type = "HTTP" only)', fn.instance_concurrency)
     return fn
+
+
+def _check_web_function(path: str, fn: Function, values: Mapping[str, Any]) -> None:
+    """A web function is started by the executable scf_bootstrap in its code directory, not
+    by a handler (SCF's rules, clb-features.md §3.1)."""
+    if values.get("handler", _DEFAULT_HANDLER) != _DEFAULT_HANDLER:
+        # the default is let through: write-back writes every function's handler
+        raise _bad(f"{path}.handler", f'must not be set for type = "HTTP" (its {WEB_BOOTSTRAP} '
+                   "starts the web server)", values["handler"])
+    bootstrap = fn.code / WEB_BOOTSTRAP
+    if not bootstrap.is_file():
+        raise _Invalid(f"{path}.code", f'type = "HTTP" needs an executable {WEB_BOOTSTRAP} '
+                       f"in the code directory, got no {bootstrap}")
+    if not os.access(bootstrap, os.X_OK):
+        raise _Invalid(f"{path}.code", f"{bootstrap} must be executable (SCF wants mode 755 "
+                       f"or 777), got mode {bootstrap.stat().st_mode & 0o777:o}")
 
 
 _TOP_FIELDS: dict[str, Check] = {

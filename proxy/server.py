@@ -41,6 +41,7 @@ from .logs import AccessLog
 from .metrics import ProxyMetrics
 from .router import Backends, Router
 from .scf.local import LocalFunctions
+from .scf.web import WebFunctions, event_functions
 from .scf.remote import Credentials, InvokeUrlClient, RemoteFunctions
 from .store.table import Table
 
@@ -74,8 +75,11 @@ class ProxyServer:
         # upstream pools and health state outlive reloads; large buffered uploads are spooled
         # under the state folder (as nginx's client_body_temp)
         self.cvm = CvmUpstreams(spool_dir=tls.default_state_dir() / "client_body_temp")
-        self.backends = Backends(local=LocalFunctions(config.functions, region=region),
-                                 cvm=self.cvm.bind)
+        self.backends = Backends(local=LocalFunctions(event_functions(config.functions),
+                                                      region=region),
+                                 cvm=self.cvm.bind,
+                                 web=WebFunctions(config.functions, region=region,
+                                                  spool_dir=self.cvm.spool_dir))
         self._remote: RemoteFunctions | None = None
         self._remote_config: RemoteScf | None = None
         self._invoke_url: InvokeUrlClient | None = None
@@ -134,7 +138,7 @@ class ProxyServer:
         local.on_queue_wait = metrics.observe_queue_wait
         metrics.track_instances(lambda: {
             fn: {k: v for k, v in stats.items() if k in INSTANCE_STATES}
-            for fn, stats in local.stats().items()})
+            for fn, stats in self.function_stats().items()})
 
         def collect() -> None:
             state = self.cvm.state()
@@ -156,7 +160,12 @@ class ProxyServer:
         """For /healthz: "draining" (answered 503) once a stop has begun."""
         return {"status": "draining" if self.state.draining else "ok", "pid": os.getpid(),
                 "connections": len(self.state.connections),
-                "functions": self.backends.local.stats(), "store": self.table.health()}
+                "functions": self.function_stats(), "store": self.table.health()}
+
+    def function_stats(self) -> dict[str, dict[str, int]]:
+        """Instance counts of every local function, event and web."""
+        web = self.backends.web
+        return {**self.backends.local.stats(), **(web.stats() if web is not None else {})}
 
     async def start(self, sockets: dict[str, list[socket.socket]] | None = None) -> None:
         """Bind the listeners (or serve ``sockets``, listener name -> bound sockets, handed
@@ -164,6 +173,8 @@ class ProxyServer:
         # every certificate is checked before anything is bound, as --check-config checks them
         certificates = tls.config_certificates(self.config)
         await self.backends.local.start()
+        if self.backends.web is not None:
+            await self.backends.web.start()
         for listener in self.config.listeners:
             extra = (tls.hsts_header(listener.hsts_max_age),) if listener.hsts_max_age else ()
             ctx = ListenerContext(listener, self.parser_kind, self.state, extra)
@@ -230,7 +241,9 @@ class ProxyServer:
         check_same_listeners(self.config, config)
         certificates = tls.config_certificates(config)  # the checks of start-up
         self._sync_remote(config)
-        await self.backends.local.update(config.functions)
+        await self.backends.local.update(event_functions(config.functions))
+        if self.backends.web is not None:
+            await self.backends.web.update(config.functions)
         router = Router(config, self.backends, self.metrics)
         for name, loaded in certificates.items():
             if name in self._tls:
@@ -286,6 +299,8 @@ class ProxyServer:
             self._scf_api[1].close()
             await self._scf_api[0].close()
         await self.backends.local.close()
+        if self.backends.web is not None:
+            await self.backends.web.close()
         await self.cvm.close()
         for client in [self._remote, self._invoke_url, *self._closing]:
             if client is not None:
