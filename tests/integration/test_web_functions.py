@@ -214,6 +214,27 @@ def test_an_idle_instance_retires_and_the_next_request_starts_another(
         assert [r["cold_start"] for r in records] == [True, True]
 
 
+def test_a_slow_answer_past_timeout_is_504_and_the_instance_stays(tmp_path: Path,
+                                                                    flask: Path) -> None:
+    with ProxyProcess.with_config(_config(flask, timeout=1), tmp_path) as proxy:
+        pid = _json(proxy.port(), "/whoami")["pid"]
+        status, _ = http_get(proxy.port(), HOST, "/slow?s=4", timeout=60)
+        assert status == 504
+        assert _json(proxy.port(), "/whoami")["pid"] == pid  # not killed: it may serve others
+
+
+def test_an_instance_that_dies_serving_gives_502_and_is_replaced(tmp_path: Path,
+                                                                 flask: Path) -> None:
+    with ProxyProcess.with_config(_config(flask), tmp_path) as proxy:
+        pid = _json(proxy.port(), "/whoami")["pid"]
+        status, _ = http_get(proxy.port(), HOST, "/die", timeout=60)
+        assert status == 502
+        proxy.wait_for_log("scf_bootstrap exited with status 7 while serving", timeout=30)
+        again = _json(proxy.port(), "/whoami")
+        assert again["pid"] != pid
+        assert proxy.access_records("/whoami", 2)[-1]["cold_start"] is True
+
+
 # -- WebSocket and Django ----------------------------------------------------------------------
 
 

@@ -67,6 +67,11 @@ def upload():
     return jsonify(size=size, sha256=digest.hexdigest())
 
 
+@app.route("/die")
+def die():
+    os._exit(7)  # the whole server goes, mid-request
+
+
 @app.route("/moved")
 def moved():
     return redirect("/")
