@@ -136,6 +136,8 @@ class ProxyServer:
         metrics = self.metrics
         local = self.backends.local
         local.on_queue_wait = metrics.observe_queue_wait
+        if self.backends.web is not None:
+            self.backends.web.on_cold_start = metrics.observe_cold_start
         metrics.track_instances(lambda: {
             fn: {k: v for k, v in stats.items() if k in INSTANCE_STATES}
             for fn, stats in self.function_stats().items()})

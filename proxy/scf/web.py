@@ -86,13 +86,15 @@ class WebFunction:
     """The instances of one web function and the callers waiting for room on one."""
 
     def __init__(self, config: Function, environment: dict[str, str], isolated: bool,
-                 spool_dir: Path, wake: Callable[[], None] = lambda: None) -> None:
+                 spool_dir: Path, wake: Callable[[], None] = lambda: None,
+                 started: Callable[[str, float], None] | None = None) -> None:
         self.config = config
         self.key = config.key
         self.environment = environment
         self.isolated = isolated
         self.spool_dir = spool_dir
         self._wake = wake
+        self._started = started  # (function, seconds) for each instance that came up
         #: without namespaces two instances would both want the one port
         self.max_instances = config.concurrency if isolated else 1
         self.instances: list[WebInstance] = []  # live: starting or listening, oldest first
@@ -180,6 +182,8 @@ class WebFunction:
         self.cold_starts += 1
         function_log.info("cold start function=%s instance pid=%d listening on port %d in "
                           "%.0f ms", self.key, instance.pid, instance.port, instance.init_ms)
+        if self._started is not None:
+            self._started(self.key, instance.init_ms / 1000.0)
         self._wake_all()
 
     def gone(self, instance: WebInstance) -> None:
@@ -390,6 +394,8 @@ class WebFunctions:
                  environ: Mapping[str, str] = os.environ) -> None:
         self._identity = (region, appid, uin)
         self._environ = environ
+        #: metrics hook: (function, seconds) for each instance start, bootstrap to listening
+        self.on_cold_start: Callable[[str, float], None] | None = None
         self.spool_dir = spool_dir or Path(tempfile.gettempdir())
         web = [fn for fn in functions if fn.type == "HTTP"]
         #: decided once per process, and only when there is a web function at all
@@ -409,7 +415,11 @@ class WebFunctions:
     def _new(self, config: Function) -> WebFunction:
         environment = runtime.instance_environment(config, *self._identity, self._environ)
         return WebFunction(config, environment, self.isolated, self.spool_dir,
-                           self._start_sweeping)
+                           self._start_sweeping, self._cold_start)
+
+    def _cold_start(self, function: str, seconds: float) -> None:
+        if self.on_cold_start is not None:
+            self.on_cold_start(function, seconds)
 
     def get(self, namespace: str, name: str) -> WebFunction | None:
         return self._functions.get((namespace, name))

@@ -97,6 +97,7 @@ def test_the_flask_template_answers_over_keep_alive_and_counts_one_cold_start(
         assert 'clbscf_function_cold_starts_total{function="default/site"} 1' in text
         assert 'clbscf_function_invocations_total{function="default/site",outcome="ok"} 3' \
             in text
+        assert 'clbscf_function_cold_start_seconds_count{function="default/site"} 1' in text
 
 
 def test_the_app_gets_clb_headers_its_code_directory_and_scf_environment(
