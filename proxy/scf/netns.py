@@ -1,8 +1,8 @@
 """Network namespaces for web-function instances: one each, so every instance binds port 9000.
 
-Owns the three Linux calls web functions need (``unshare``, ``setns`` and the ``SIOCSIFFLAGS``
-ioctl that brings a namespace's loopback up), through ctypes: Python 3.11 has neither
-``os.unshare`` nor ``os.setns``.
+Owns the Linux calls web-function instances need (``unshare``, ``setns``, the ``SIOCSIFFLAGS``
+ioctl that brings a namespace's loopback up, and ``prctl(PR_SET_PDEATHSIG)``), through ctypes:
+Python 3.11 has neither ``os.unshare`` nor ``os.setns``.
 
 Strategy: the instance's process enters a new network namespace between fork and exec
 (``enter_new``, a ``preexec_fn``) and brings its ``lo`` up, so its server listens on
@@ -51,6 +51,24 @@ def enter_new() -> None:
         ifreq = struct.pack(_IFREQ, b"lo", 0)
         flags = struct.unpack(_IFREQ, fcntl.ioctl(probe, _SIOCGIFFLAGS, ifreq))[1]
         fcntl.ioctl(probe, _SIOCSIFFLAGS, struct.pack(_IFREQ, b"lo", flags | _IFF_UP))
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In a child between fork and exec: SIGKILL when the proxy (the forking thread) dies, so
+    a proxy killed outright leaves no bootstrap running (what the bootstrap started without
+    ``exec`` outlives it still: it is reparented, not signalled)."""
+    _call("prctl", _PR_SET_PDEATHSIG, 9)  # SIGKILL
+
+
+def child_setup(isolated: bool) -> None:
+    """The web instance's ``preexec_fn``: its own namespace (when ``isolated``), then
+    ``die_with_parent``."""
+    if isolated:
+        enter_new()
+    die_with_parent()
 
 
 @cache

@@ -22,6 +22,7 @@ Must not know: HTTP, the pool's policy (who is served where), routing.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -119,7 +120,7 @@ class WebInstance:
                 [str(fn.code / WEB_BOOTSTRAP)], cwd=fn.code, env=env,
                 stdin=subprocess.DEVNULL, stdout=fds[1], stderr=fds[3],
                 start_new_session=True,
-                preexec_fn=netns.enter_new if self.isolated else None)
+                preexec_fn=functools.partial(netns.child_setup, self.isolated))
         except BaseException:
             for fd in fds:
                 os.close(fd)
