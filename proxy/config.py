@@ -11,7 +11,8 @@ entry points turn into ConfigError with the file's name in front. Cross-field ru
 default_domain, SCF target resolution, secrets in the environment) run after the tables.
 
 I/O: reading the file, and one stat per path field (function ``code`` must be a directory,
-certificates and ``ca_file`` must be files). It does not read certificate *contents* (tls.py) nor
+certificates and ``ca_file`` must be files, a web function's ``scf_bootstrap`` an executable
+file). It does not read certificate *contents* (tls.py) nor
 import handlers (scf/local.py). It knows nothing of sockets, asyncio or HTTP.
 
 Decisions where the SPEC is silent (ours):
@@ -66,6 +67,11 @@ SSL_MODES = ("UNIDIRECTIONAL", "MUTUAL")
 SSL_VERIFY_CLIENT = ("on", "optional")
 TARGET_TYPES = ("SCF", "CVM")
 REMOTE_ACTIONS = ("InvokeFunction", "Invoke")
+#: SCF's CreateFunction.Type: an event function (the CLB event in, an integration response
+#: out) or a web function (raw HTTP to the server its scf_bootstrap starts, scf/web.py)
+FUNCTION_TYPES = ("Event", "HTTP")
+#: the file a web function's code directory must hold, executable (SCF's fixed name)
+WEB_BOOTSTRAP = "scf_bootstrap"
 DEFAULT_ENDPOINT = "https://scf.tencentcloudapi.com"
 #: the credentials of remote invocation; read from the environment only, never from the file
 SECRET_VARIABLES = ("TENCENTCLOUD_SECRETID", "TENCENTCLOUD_SECRETKEY")
@@ -242,12 +248,18 @@ class Function:
     min_instances: int = 0  # kept warm
     queue_size: int = 100  # requests that may wait for a free instance
     queue_timeout: float = 10.0  # seconds one may wait before 503
-    #: seconds an instance may take to start (interpreter + the code before the handler)
+    #: seconds an instance may take to start: an event function's interpreter and the code
+    #: before its handler, a web function's scf_bootstrap until it listens (SCF's InitTimeout)
     init_timeout: int = 65
     #: the instances get TENCENTCLOUD_SECRETID/SECRETKEY/SESSIONTOKEN (the execution role's)
     role_credentials: bool = False
     versions: tuple[FunctionVersion, ...] = ()
     aliases: tuple[Alias, ...] = ()
+    # -- web functions (type = "HTTP", scf/web.py) --
+    type: str = "Event"  # SCF's Type: "Event" or "HTTP"
+    #: requests one instance serves at once (SCF's InstanceConcurrencyConfig.MaxConcurrency);
+    #: web functions only, as on SCF
+    instance_concurrency: int = 1
 
     @property
     def key(self) -> str:
@@ -1015,9 +1027,13 @@ _FUNCTION_FIELDS: dict[str, Check] = {
                                                  "code": _existing("directory")},
                                ("version", "code"))),
     "alias": _array(_alias),
+    "type": _choice(FUNCTION_TYPES), "instance_concurrency": _integer(1, 100),
 }
 #: [[function.version]] and [[function.alias]] -> the Function's fields
 FUNCTION_ARRAYS = {"version": "versions", "alias": "aliases"}
+
+
+_DEFAULT_HANDLER = "index.main_handler"
 
 
 def _function(ctx: _Ctx, path: str, value: object) -> Function:
@@ -1025,13 +1041,18 @@ def _function(ctx: _Ctx, path: str, value: object) -> Function:
     for key, name in FUNCTION_ARRAYS.items():
         if key in values:
             values[name] = values.pop(key)
-    fn = Function(**{"namespace": "default", "handler": "index.main_handler", **values})
+    fn = Function(**{"namespace": "default", "handler": _DEFAULT_HANDLER, **values})
     if fn.min_instances > fn.concurrency:
         raise _bad(f"{path}.min_instances", f"must be <= concurrency ({fn.concurrency})",
                    fn.min_instances)
+    if fn.type == "HTTP":
+        _check_web_function(path, fn, values)
+    elif fn.instance_concurrency != 1:
+        # SCF: several requests per instance is for web functions only (clb-features.md §3.1)
+        raise _bad(f"{path}.instance_concurrency", 'must be 1 for an event function (several '
+                   'requests per instance is for type = "HTTP" only)', fn.instance_concurrency)
     _check_qualifiers(path, fn)
     return fn
-
 
 def _check_qualifiers(path: str, fn: Function) -> None:
     """Versions and aliases unique; every version an alias names exists."""
@@ -1058,6 +1079,22 @@ def _check_qualifiers(path: str, fn: Function) -> None:
             if match.version not in versions:
                 raise _bad(f"{where}.additional_version_matches[{j}].version", "must be $LATEST "
                            f"or a [[function.version]] of {fn.key} ({known})", match.version)
+
+
+def _check_web_function(path: str, fn: Function, values: Mapping[str, Any]) -> None:
+    """A web function is started by the executable scf_bootstrap in its code directory, not
+    by a handler (SCF's rules, clb-features.md §3.1)."""
+    if values.get("handler", _DEFAULT_HANDLER) != _DEFAULT_HANDLER:
+        # the default is let through: write-back writes every function's handler
+        raise _bad(f"{path}.handler", f'must not be set for type = "HTTP" (its {WEB_BOOTSTRAP} '
+                   "starts the web server)", values["handler"])
+    bootstrap = fn.code / WEB_BOOTSTRAP
+    if not bootstrap.is_file():
+        raise _Invalid(f"{path}.code", f'type = "HTTP" needs an executable {WEB_BOOTSTRAP} '
+                       f"in the code directory, got no {bootstrap}")
+    if not os.access(bootstrap, os.X_OK):
+        raise _Invalid(f"{path}.code", f"{bootstrap} must be executable (SCF wants mode 755 "
+                       f"or 777), got mode {bootstrap.stat().st_mode & 0o777:o}")
 
 
 _TOP_FIELDS: dict[str, Check] = {

@@ -131,6 +131,9 @@ def find_function(args: argparse.Namespace) -> tuple[Function, Config | None]:
         known = ", ".join(fn.key for fn in config.functions) or "none"
         raise ConfigError(f"function {namespace}/{name} is not defined in {where} "
                           f"(functions: {known}); use --code DIR to run code directly")
+    if function.type == "HTTP":
+        raise ConfigError(f"function {function.key} is a web function (type = \"HTTP\"): it "
+                          "takes HTTP requests, not events; send it one through a listener")
     return function, config
 
 

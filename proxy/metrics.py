@@ -342,6 +342,9 @@ class ProxyMetrics:
                                      "started a new instance.", ("function",))
         self.invocation_duration = r.histogram("clbscf_function_duration_seconds", "Time a "
                                                "function invocation took.", ("function",))
+        self.cold_start = r.histogram("clbscf_function_cold_start_seconds", "Time from "
+                                      "starting a web function's instance until its server "
+                                      "listened.", ("function",))
         self.queue_wait = r.histogram("clbscf_function_queue_wait_seconds", "Time a request "
                                       "waited for a free function instance.", ("function",))
         self.instances = r.gauge("clbscf_function_instances", "Local function instances by "
@@ -384,6 +387,9 @@ class ProxyMetrics:
             self.cold_starts.labels(function).inc()
         if duration_s is not None:
             self.invocation_duration.labels(function).observe(duration_s)
+
+    def observe_cold_start(self, function: str, seconds: float) -> None:
+        self.cold_start.labels(function).observe(seconds)
 
     def observe_queue_wait(self, function: str, seconds: float) -> None:
         self.queue_wait.labels(function).observe(seconds)

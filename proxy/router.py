@@ -38,6 +38,7 @@ from .metrics import ProxyMetrics
 from .rules import RuleTable, normalize_path
 from .scf.backend import AliasTarget, FunctionTarget, Invoker
 from .scf.local import LocalFunctions
+from .scf.web import WebFunctions
 from .sessions import Session, for_rule
 
 error_log = logging.getLogger("proxy.error")
@@ -75,10 +76,15 @@ class Backends:
     #: binds a CVM target: (listener, rule, target) -> (backend, usable); the backend has a
     #: ``start`` (a Start) or is an async callable
     cvm: Callable[[Listener, Rule, Target], tuple[object, Usable | None]] | None = None
+    #: the web functions (type = "HTTP", scf/web.py): raw HTTP to their instances
+    web: WebFunctions | None = None
 
 
 def _bind_scf(backends: Backends, listener: Listener, rule: Rule,
               target: Target) -> tuple[object, Usable | None]:
+    web = backends.web.get(target.namespace, target.function) if backends.web else None
+    if web is not None:
+        return backends.web.bind(web, listener, rule), None  # type: ignore[union-attr]
     trusted = TrustedProxies(listener.trusted_proxies)
     selected = backends.local.select(target.namespace, target.function, target.qualifier)
     if selected is not None:  # a local function can also be started without a task

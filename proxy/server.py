@@ -42,6 +42,7 @@ from .logs import AccessLog
 from .metrics import ProxyMetrics
 from .router import Backends, Router
 from .scf.local import INSTANCE_STATES, LocalFunctions
+from .scf.web import WebFunctions, event_functions
 from .scf.remote import Credentials, InvokeUrlClient, RemoteFunctions
 from .statuspage import StatusPage, process_view
 from .store.table import Table
@@ -77,8 +78,11 @@ class ProxyServer:
         # upstream pools and health state outlive reloads; large buffered uploads are spooled
         # under the state folder (as nginx's client_body_temp)
         self.cvm = CvmUpstreams(spool_dir=tls.default_state_dir() / "client_body_temp")
-        self.backends = Backends(local=LocalFunctions(config.functions, region=region),
-                                 cvm=self.cvm.bind)
+        self.backends = Backends(local=LocalFunctions(event_functions(config.functions),
+                                                      region=region),
+                                 cvm=self.cvm.bind,
+                                 web=WebFunctions(config.functions, region=region,
+                                                  spool_dir=self.cvm.spool_dir))
         self._remote: RemoteFunctions | None = None
         self._remote_config: RemoteScf | None = None
         self._invoke_url: InvokeUrlClient | None = None
@@ -138,9 +142,11 @@ class ProxyServer:
         metrics = self.metrics
         local = self.backends.local
         local.on_queue_wait = metrics.observe_queue_wait
+        if self.backends.web is not None:
+            self.backends.web.on_cold_start = metrics.observe_cold_start
         metrics.track_instances(lambda: {
             fn: {k: v for k, v in stats.items() if k in INSTANCE_STATES}
-            for fn, stats in local.stats().items()})
+            for fn, stats in self.function_stats().items()})
 
         def collect() -> None:
             state = self.cvm.state()
@@ -162,7 +168,12 @@ class ProxyServer:
         """For /healthz: "draining" (answered 503) once a stop has begun."""
         return {"status": "draining" if self.state.draining else "ok", "pid": os.getpid(),
                 "connections": len(self.state.connections),
-                "functions": self.backends.local.stats(), "store": self.table.health()}
+                "functions": self.function_stats(), "store": self.table.health()}
+
+    def function_stats(self) -> dict[str, dict[str, int]]:
+        """Instance counts of every local function, event and web."""
+        web = self.backends.web
+        return {**self.backends.local.stats(), **(web.stats() if web is not None else {})}
 
     def status_view(self) -> dict[str, Any]:
         """This process's part of the status page (statuspage.py; a worker's answer to the
@@ -176,6 +187,8 @@ class ProxyServer:
         # every certificate is checked before anything is bound, as --check-config checks them
         certificates = tls.config_tls(self.config)
         await self.backends.local.start()
+        if self.backends.web is not None:
+            await self.backends.web.start()
         for listener in self.config.listeners:
             extra = (tls.hsts_header(listener.hsts_max_age),) if listener.hsts_max_age else ()
             ctx = ListenerContext(listener, self.parser_kind, self.state, extra)
@@ -255,7 +268,9 @@ class ProxyServer:
         check_same_listeners(self.config, config)
         certificates = tls.config_tls(config)  # the checks of start-up
         self._sync_remote(config)
-        await self.backends.local.update(config.functions)
+        await self.backends.local.update(event_functions(config.functions))
+        if self.backends.web is not None:
+            await self.backends.web.update(config.functions)
         router = Router(config, self.backends, self.metrics)
         listeners = {l.name: l for l in config.listeners}
         for name, (policy, loaded) in certificates.items():
@@ -323,6 +338,8 @@ class ProxyServer:
             self._scf_api[1].close()
             await self._scf_api[0].close()
         await self.backends.local.close()
+        if self.backends.web is not None:
+            await self.backends.web.close()
         await self.cvm.close()
         for client in [self._remote, self._invoke_url, *self._closing]:
             if client is not None:

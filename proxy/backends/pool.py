@@ -6,7 +6,9 @@ retired after ``idle_timeout`` by the pool's deadline sweep (the same pass check
 connections' read deadlines, backends/upstream.py); connections handed out are *busy* until
 ``release`` (pooled again or closed) or ``detach``. It connects over TCP, or TLS with
 ``ssl_context`` (verifying ``server_hostname``, also sent as SNI, RFC 6066 §3); with
-``max_open`` it bounds the open connections, and ``acquire`` waits for one to come free.
+``max_open`` it bounds the open connections, and ``acquire`` waits for one to come free. With
+``opener`` the TCP socket is made by it, then connected here (a web function's instance lives in
+a network namespace of its own: scf/netns.py makes its sockets).
 Connect and TLS failures are ``UpstreamError`` with ``retryable`` (nothing was sent).
 
 Must not know what is sent on the connections.
@@ -15,8 +17,10 @@ Must not know what is sent on the connections.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections import deque
+from collections.abc import Callable
 
 from ..deadlines import Deadlines, clock
 from ..errors import UpstreamError
@@ -41,7 +45,8 @@ class Pool:
     def __init__(self, address: str, max_idle: int = MAX_IDLE,
                  idle_timeout: float = IDLE_TIMEOUT, *, ssl_context: ssl.SSLContext | None = None,
                  server_hostname: str | None = None, max_open: int = 0,
-                 max_head: int = MAX_HEAD) -> None:
+                 max_head: int = MAX_HEAD,
+                 opener: Callable[[], socket.socket] | None = None) -> None:
         self.address = address
         self.host, self.port = split_address(address)
         self.max_idle = max_idle
@@ -52,6 +57,8 @@ class Pool:
         #: at most this many connections open (busy, connecting or idle); 0: no bound
         self.max_open = max_open
         self.max_head = max_head
+        #: makes the (non-blocking) socket to connect, instead of the event loop
+        self.opener = opener
         self.idle: deque[UpstreamConnection] = deque()
         #: the read deadlines of busy connections; each pass also retires idle ones
         self.deadlines = Deadlines(SWEEP_INTERVAL, self._retire_idle)
@@ -68,9 +75,19 @@ class Pool:
         self.opening += 1
         try:
             async with asyncio.timeout(timeout):
-                _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(self), self.host, self.port,
-                    ssl=self.ssl_context, server_hostname=self.server_hostname)
+                if self.opener is not None:
+                    sock = self.opener()
+                    try:
+                        await loop.sock_connect(sock, (self.host, self.port))
+                    except BaseException:
+                        sock.close()
+                        raise
+                    _, conn = await loop.create_connection(
+                        lambda: UpstreamConnection(self), sock=sock)
+                else:
+                    _, conn = await loop.create_connection(
+                        lambda: UpstreamConnection(self), self.host, self.port,
+                        ssl=self.ssl_context, server_hostname=self.server_hostname)
         except BaseException as exc:
             self.opening -= 1
             self._freed()

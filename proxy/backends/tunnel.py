@@ -26,6 +26,7 @@ Must not know HTTP, WebSocket framing, pools or routing.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 
@@ -50,6 +51,8 @@ class Tunnel(asyncio.Protocol):
         self._last = self._loop.time()
         self._timer: asyncio.TimerHandle | None = self._loop.call_later(idle_timeout,
                                                                          self._check_idle)
+        #: called once when the tunnel closes (a web function's instance counts it as busy)
+        self.on_close: Callable[[], None] | None = None
         #: bytes passed client -> upstream and upstream -> client
         self.sent = 0
         self.received = 0
@@ -205,3 +208,6 @@ class Tunnel(asyncio.Protocol):
         self._up.close()
         if self._client is not None:
             self._client.close()
+        on_close, self.on_close = self.on_close, None
+        if on_close is not None:
+            on_close()
