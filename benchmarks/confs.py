@@ -98,8 +98,11 @@ def upstream(name: str, port: int) -> str:
 
 
 def proxy_server(port: int, upstream_name: str, *, tls: tuple[Path, Path] | None = None,
-                 access_log: Path | None = None) -> str:
+                 access_log: Path | None = None, http2: bool = False) -> str:
     """nginx as the reverse proxy under test: ``proxy_pass`` to a keep-alive upstream.
+
+    ``http2`` (with ``tls``): HTTP/2 through ALPN as well (``listen ... ssl http2``, nginx
+    1.22's spelling); ``keepalive_requests`` (the skeleton's) bounds its streams per connection.
 
     ``access_log``: JSON lines (``JSON_LOG_FORMAT``, which the ``http`` block must then hold)
     to that file, buffered as our proxy buffers its own (proxy/logs.py).
@@ -109,7 +112,7 @@ def proxy_server(port: int, upstream_name: str, *, tls: tuple[Path, Path] | None
         ssl = ""
     else:
         cert, key = tls
-        listen = f"listen 127.0.0.1:{port} ssl backlog=4096;"
+        listen = f"listen 127.0.0.1:{port} ssl{' http2' if http2 else ''} backlog=4096;"
         # the same protocol floor as the proxy's Mozilla "intermediate" policy
         ssl = (f"        ssl_certificate {cert};\n        ssl_certificate_key {key};\n"
                "        ssl_protocols TLSv1.2 TLSv1.3;\n"

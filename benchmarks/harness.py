@@ -19,7 +19,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks import confs, procs, proctree, wrk
+from benchmarks import confs, h2load, procs, proctree, wrk
 from benchmarks.checkout import ProxyCode, this_checkout
 from benchmarks.report import Row, Side
 
@@ -31,7 +31,8 @@ ERROR_TEXT_LIMIT = 2000
 
 @dataclass(frozen=True)
 class Load:
-    """One wrk run: which row it fills, the Host header and path, and what a good answer holds."""
+    """One wrk run (or h2load's, with ``h2_streams``): which row it fills, the Host header and
+    path, and what a good answer holds."""
 
     row: Row
     expect: bytes
@@ -42,6 +43,10 @@ class Load:
     #: the row the floor relay fills (its ours side; its peer side is ``row.peer``, the same
     #: measurement); None: the floor relay does not run this load
     floor: Row | None = None
+    #: > 0: HTTP/2 (h2load, TLS with ALPN h2) with this many concurrent streams per connection
+    #: in place of wrk; ``connections`` then overrides the run's wrk connection count
+    h2_streams: int = 0
+    connections: int | None = None
 
     def targets(self, which: str) -> list[tuple[Row, str]]:
         """(row, "ours" | "peer") that a run of server ``which`` fills; [] for none."""
@@ -52,9 +57,9 @@ class Load:
 
 @dataclass(frozen=True)
 class Measured:
-    """One measured wrk run and the CPU time spent in it."""
+    """One measured wrk (or h2load) run and the CPU time spent in it."""
 
-    wrk: wrk.WrkResult
+    wrk: wrk.WrkResult | h2load.H2loadResult
     cpu: list[proctree.ProcCpu]  # the server's processes (its tree and its companions')
     origin_cpu_us: float | None  # the shared origin's, per request (None: not involved)
 
@@ -124,15 +129,18 @@ class Bench:
                                  self.certificate() if tls else None)
 
     def nginx_proxy(self, name: str, upstream_port: int, *, tls: bool = False,
-                    worker_connections: int = 4096, access_log: bool = False) -> procs.Server:
+                    worker_connections: int = 4096, access_log: bool = False,
+                    http2: bool = False) -> procs.Server:
         """nginx as a reverse proxy to ``upstream_port`` (keep-alive pool), like our CVM path;
-        ``access_log``: JSON lines to ``access.log`` in its prefix."""
+        ``access_log``: JSON lines to ``access.log`` in its prefix; ``http2`` (with ``tls``):
+        ``listen ... ssl http2``."""
         port = procs.free_port()
         log = self.workdir / name / "access.log" if access_log else None
         body = "\n".join([*([confs.JSON_LOG_FORMAT] if log else []),
                           confs.upstream("backend", upstream_port),
                           confs.proxy_server(port, "backend", access_log=log,
-                                             tls=self.certificate() if tls else None)])
+                                             tls=self.certificate() if tls else None,
+                                             http2=http2)])
         conf = confs.nginx_conf(self.workdir / name, body,
                                 worker_connections=worker_connections,
                                 nofile=max(8192, 2 * worker_connections + 1024))
@@ -148,9 +156,15 @@ class Bench:
         CPU time of ``server``'s processes (and the origin's) read right before and after."""
         url = f"{load.scheme}://127.0.0.1:{server.port}{load.path}"
         headers = [f"Host: {load.host}"] + (["Connection: close"] if load.closing else [])
+        connections = load.connections or self.connections
 
-        def run(duration: float) -> wrk.WrkResult:
-            return wrk.run(url, connections=self.connections, duration=duration,
+        def run(duration: float) -> wrk.WrkResult | h2load.H2loadResult:
+            if load.h2_streams:  # the Host is the :authority and the SNI name
+                return h2load.run(f"https://{load.host}:{server.port}{load.path}",
+                                  connect_to=f"127.0.0.1:{server.port}",
+                                  connections=connections, streams=load.h2_streams,
+                                  duration=duration, cpus=self.load_cpus)
+            return wrk.run(url, connections=connections, duration=duration,
                            headers=headers, cpus=self.load_cpus, closing=load.closing)
 
         if first:
@@ -252,7 +266,8 @@ def _run_one(bench: Bench, which: str, server: procs.Server, load: Load, round_n
         side: Side = getattr(row, side_name)
         if side.value is None or result.rps > side.value:
             measured.fill(side)
+    latency = ("" if result.p50_ms is None or result.p99_ms is None else
+               f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms, ")
     bench.log(f"    {load.row.scenario} {which} round {round_no + 1}: {result.rps:,.0f} req/s, "
-              f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms, CPU "
-              f"{proctree.total(measured.cpu):.1f} µs/req")
+              f"{latency}CPU {proctree.total(measured.cpu):.1f} µs/req")
     return True

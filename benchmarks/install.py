@@ -78,7 +78,7 @@ TOOLS: dict[str, tuple[Callable[[], bool], Callable[[], None]]] = {
     "py-spy": (lambda: _py_spy() is not None, _pip("py-spy")),
 }
 #: what run.py needs (profile.py needs these and py-spy)
-RUN_TOOLS = ("nginx", "wrk", "uvicorn", "trustme")
+RUN_TOOLS = ("nginx", "wrk", "h2load", "uvicorn", "trustme")
 _FALLBACKS: dict[str, Callable[[], None]] = {"nginx": _apt("nginx")}
 
 
@@ -121,6 +121,7 @@ def versions() -> dict[str, str]:
         return text.splitlines()[0] if text else "unknown"
 
     found = {"nginx": first_line(["nginx", "-v"]), "wrk": first_line(["wrk", "-v"]),
+             "h2load": first_line(["h2load", "--version"]),
              "python": sys.version.split()[0]}
     try:
         import uvicorn

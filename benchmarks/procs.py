@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Self
 
@@ -51,6 +52,13 @@ def raise_nofile(want: int = NOFILE) -> int:
         except (ValueError, OSError):
             continue
     return soft
+
+
+def pinner(cpus: set[int] | None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` pinning a load generator's process to ``cpus`` (None: not pinned)."""
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
 
 
 def free_port() -> int:

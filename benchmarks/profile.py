@@ -13,7 +13,6 @@ stacks are read by stacks.py.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -92,7 +91,7 @@ def record(bench: Bench, server: procs.Server, load: Load, raw: Path,
             str(max(1, round(bench.duration))), "--pid", str(server.pid), "--nonblocking",
             "--output", str(raw), *(["--subprocesses"] if subprocesses else [])]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=bench.duration + 60,
-                          preexec_fn=_pin(bench.load_cpus))
+                          preexec_fn=procs.pinner(bench.load_cpus))
     thread.join()
     if done.returncode != 0 or not raw.exists():
         raise RuntimeError(f"py-spy failed ({done.returncode}): {done.stderr.strip()[-400:]}")
@@ -101,13 +100,6 @@ def record(bench: Bench, server: procs.Server, load: Load, raw: Path,
             + (f"{result.rps:,.0f} req/s with it" if isinstance(result, wrk.WrkResult)
                else f"wrk with it: {loaded.get('error')}"))
     return stacks.parse(raw.read_text(errors="replace").splitlines()), rate
-
-
-def _pin(cpus: set[int] | None) -> Callable[[], None]:
-    def pin() -> None:
-        if cpus:
-            os.sched_setaffinity(0, cpus)
-    return pin
 
 
 def profile_path(bench: Bench, name: str, top: int) -> list[str]:

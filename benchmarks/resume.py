@@ -14,7 +14,6 @@ Knows nothing of rows or of which server it measures.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import time
@@ -49,15 +48,12 @@ def measure(server: procs.Server, *, seconds: float, clients: int, version: str,
     argv = ["openssl", "s_time", "-connect", f"127.0.0.1:{server.port}", "-reuse",
             "-www", "/", "-time", str(max(1, round(seconds))), version]
 
-    def pin() -> None:
-        if cpus:
-            os.sched_setaffinity(0, cpus)
-
     watched = server.roots()
     before = proctree.snapshot(watched)
     started = time.monotonic()
     runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, preexec_fn=pin) for _ in range(clients)]
+                             stdin=subprocess.DEVNULL, preexec_fn=procs.pinner(cpus))
+            for _ in range(clients)]
     outputs = []
     for run in runs:
         out, _ = run.communicate(timeout=seconds + 60)

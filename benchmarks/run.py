@@ -29,7 +29,7 @@ from benchmarks.report import Row, Side, render_markdown, render_text, write_jso
 from benchmarks.scenarios import ORIGIN, SCENARIOS  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ORIGIN_USERS = {"cvm", "cvm-log", "https", "rules"}
+ORIGIN_USERS = {"cvm", "cvm-log", "https", "https-resume", "h2", "rules"}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -118,6 +118,24 @@ def https(bench: Bench) -> list[Row]:
     return [keep, floor, fresh]
 
 
+#: h2load's load of the HTTP/2 scenario: connections, and concurrent streams on each
+H2_CONNECTIONS, H2_STREAMS = 10, 10
+
+
+def h2(bench: Bench) -> list[Row]:
+    """HTTP/2 (issue 15): h2load over TLS with ALPN h2 against the HTTPS listener (its rules'
+    ``http2`` is on by default) and against nginx ``listen ... ssl http2``, both proxying to
+    the origin over HTTP/1.1 keep-alive; the same certificate, alternating rounds."""
+    row = Row("h2", f"HTTP/2 over TLS (ALPN h2), h2load {H2_CONNECTIONS} connections x "
+              f"{H2_STREAMS} streams: HTTPS listener -> origin vs nginx ssl http2 proxy_pass, "
+              "same certificate", "req/s", Side("clbscf-proxy h2"), Side("nginx h2"))
+    compare(bench, [Load(row, ORIGIN, scheme="https", h2_streams=H2_STREAMS,
+                         connections=H2_CONNECTIONS)], {
+        OURS: lambda: bench.proxy("proxy-h2", https_toml(bench)),
+        PEER: lambda: bench.nginx_proxy("nginx-h2", bench.origin_port(), tls=True, http2=True)})
+    return [row]
+
+
 #: parallel ``openssl s_time`` clients of the resumption scenario
 RESUME_CLIENTS = 4
 
@@ -257,5 +275,5 @@ def idle_memory(bench: Bench) -> list[Row]:
 #: --only names -> scenario, in the order a full run goes
 SCENARIOS: dict[str, Callable[[Bench], list[Row]]] = {
     "cvm": cvm, "cvm-log": cvm_log, "scf": scf, "scf2": scf2, "https": https,
-    "https-resume": https_resume, "rules": rules, "match": match, "idle": idle_memory,
+    "https-resume": https_resume, "h2": h2, "rules": rules, "match": match, "idle": idle_memory,
 }

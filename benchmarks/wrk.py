@@ -9,11 +9,12 @@ of what is behind the URL.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from benchmarks import procs
 
 #: wrk prints latencies with these units
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
@@ -97,14 +98,9 @@ def run(url: str, *, connections: int, duration: float, headers: Sequence[str] =
         cpus: set[int] | None = None, closing: bool = False) -> WrkResult:
     """Run wrk against ``url`` and return its checked result."""
     argv = command(url, connections=connections, duration=duration, headers=headers)
-
-    def pin() -> None:
-        if cpus:
-            os.sched_setaffinity(0, cpus)
-
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, preexec_fn=pin,
-                              timeout=duration + 60)
+        done = subprocess.run(argv, capture_output=True, text=True,
+                              preexec_fn=procs.pinner(cpus), timeout=duration + 60)
     except subprocess.TimeoutExpired as exc:
         raise LoadError(f"wrk did not finish within {duration + 60:.0f}s") from exc
     if done.returncode != 0:

@@ -48,6 +48,14 @@ def test_tls_reverse_proxy_conf_passes_nginx_test(tmp_path: Path,
     assert "worker_connections 21000;" in (tmp_path / "nginx.conf").read_text()
 
 
+def test_http2_reverse_proxy_conf_passes_nginx_test(tmp_path: Path,
+                                                    certificate: tuple[Path, Path]) -> None:
+    server = confs.proxy_server(18002, "backend", tls=certificate, http2=True)
+    assert "listen 127.0.0.1:18002 ssl http2 backlog=4096;" in server
+    done = nginx_test(tmp_path, confs.upstream("backend", 18001) + "\n" + server)
+    assert done.returncode == 0, done.stderr
+
+
 def test_nginx_conf_keeps_every_path_under_the_prefix(tmp_path: Path) -> None:
     text = confs.nginx_conf(tmp_path, confs.origin_server(1))
     paths = [line.split()[1].rstrip(";") for line in text.splitlines()

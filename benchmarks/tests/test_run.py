@@ -20,7 +20,7 @@ def test_defaults_are_the_issues_ten_seconds_fifty_connections() -> None:
 def test_only_takes_several_known_scenarios() -> None:
     assert build_parser().parse_args(["--only", "cvm", "idle"]).only == ["cvm", "idle"]
     assert set(SCENARIOS) == {"cvm", "cvm-log", "scf", "scf2", "https", "https-resume",
-                              "rules", "match", "idle"}
+                              "h2", "rules", "match", "idle"}
 
 
 def test_unknown_scenario_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
