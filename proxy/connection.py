@@ -44,7 +44,7 @@ from .errors import ProxyError, RequestTimeout
 from .handover import Cancel, on_task
 from .http1 import Limits, RequestHead, make_parser
 from .messages import ClientCertificate, Outcome, Request, Response
-from .recording import Recorder
+from .recording import Recorder, tls_fields
 from .streams import RequestBody
 from .vocabulary import NO_BODY_STATUSES
 
@@ -716,13 +716,9 @@ class HttpConnection(asyncio.Protocol):
 
     def _tls_info(self) -> tuple[str, str]:
         """The connection's TLS protocol and cipher ("" without TLS), read once."""
-        info = ("", "")
-        ssl_object = self.transport.get_extra_info("ssl_object") \
-            if self.ctx.scheme == "https" and self.transport is not None else None
-        if ssl_object is not None:
-            cipher = ssl_object.cipher()
-            info = (ssl_object.version() or "", cipher[0] if cipher else "")
-        self.tls = info
+        https = self.ctx.scheme == "https" and self.transport is not None
+        self.tls = info = tls_fields(self.transport.get_extra_info("ssl_object")
+                                     if https else None)
         return info
 
     def _header_timeout(self) -> None:

@@ -63,6 +63,7 @@ from .errors import (
 )
 from .http1 import METHODS
 from .messages import Outcome, Request, Response
+from .recording import tls_fields
 from .rules import RuleTablePy
 from .streams import RequestBody
 from .vocabulary import NO_BODY_STATUSES
@@ -834,11 +835,8 @@ class H2Connection(asyncio.Protocol):
             return False
 
     def _tls_info(self) -> tuple[str, str]:
-        info = ("", "")
-        ssl_object = self.transport.get_extra_info("ssl_object") \
-            if self.ctx.scheme == "https" and self.transport is not None else None
-        if ssl_object is not None:
-            cipher = ssl_object.cipher()
-            info = (ssl_object.version() or "", cipher[0] if cipher else "")
-        self.tls = info
+        """The connection's TLS protocol and cipher ("" without TLS), read once."""
+        https = self.ctx.scheme == "https" and self.transport is not None
+        self.tls = info = tls_fields(self.transport.get_extra_info("ssl_object")
+                                     if https else None)
         return info

@@ -27,11 +27,21 @@ routing or backends.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from .errors import ProxyError
 from .logs import AccessLog
 from .messages import Outcome, Request, UpstreamTiming
 from .metrics import ProxyMetrics
+
+
+def tls_fields(ssl_object: Any) -> tuple[str, str]:
+    """``ssl_protocol`` and ``ssl_cipher`` of a connection's ``ssl.SSLObject`` ("" for both
+    without one): read once per connection, by HTTP/1.1 and HTTP/2 alike."""
+    if ssl_object is None:
+        return ("", "")
+    cipher = ssl_object.cipher()
+    return (ssl_object.version() or "", cipher[0] if cipher else "")
 
 
 class Recorder:
