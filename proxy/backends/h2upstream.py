@@ -38,8 +38,10 @@ windows already bound what is held. Outbound, ``send`` writes no more than the p
 allow and waits on the transport's ``pause_writing``.
 
 Strategy: one ``asyncio.Protocol`` per connection; events from ``receive_data`` are handed to
-their stream, which wakes its one waiter (a future made only while someone waits). No task per
-stream: the caller's own task awaits.
+their stream, which wakes its waiters (one for the answer, one for window to send in: a
+streamed upload and the answer are awaited at once; futures made only while someone waits).
+No task per stream: the caller's own task awaits. A new connection takes streams only once the
+peer's SETTINGS arrived, so its SETTINGS_MAX_CONCURRENT_STREAMS is kept from the first stream.
 
 Decisions (ours): no server push (SETTINGS_ENABLE_PUSH 0); a response header list over 64 KiB
 is refused (SETTINGS_MAX_HEADER_LIST_SIZE); over TLS the peer must agree on ``h2`` by ALPN or
@@ -90,7 +92,7 @@ class H2Stream:
     """One request/response exchange on an HTTP/2 connection."""
 
     __slots__ = ("conn", "id", "status", "fields", "trailers", "chunks", "ended", "error",
-                 "local_closed", "headers_only", "_waiter", "_unacked")
+                 "local_closed", "headers_only", "_waiter", "_send_waiter", "_unacked")
 
     def __init__(self, conn: H2UpstreamConnection, stream_id: int) -> None:
         self.conn = conn
@@ -106,7 +108,10 @@ class H2Stream:
         self.headers_only = False
         self.local_closed = False  # we ended our side (or reset)
         self.error: UpstreamError | None = None
+        #: one waiter for the answer (response, read) and one for window (send): a streamed
+        #: upload's sender and the reader of the answer wait at the same time
         self._waiter: asyncio.Future[None] | None = None
+        self._send_waiter: asyncio.Future[None] | None = None
         self._unacked = 0
 
     # -- the caller's side ----------------------------------------------------------------
@@ -132,7 +137,7 @@ class H2Stream:
                                             log_detail=f"{conn.pool.address}: stream {self.id} "
                                                        "closed while sending") from None
                     if window <= 0:
-                        await self._wait()
+                        await self._wait_window()
                         continue
                     chunk, view = view[:window], view[window:]
                     last = end_stream and not view
@@ -214,10 +219,18 @@ class H2Stream:
         finally:
             self._waiter = None
 
+    async def _wait_window(self) -> None:
+        waiter = self._send_waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            self._send_waiter = None
+
     def wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        """Something changed for this stream: both waiters look again."""
+        for waiter in (self._waiter, self._send_waiter):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     def fail(self, error: UpstreamError) -> None:
         if self.error is None and not self.ended:
@@ -254,6 +267,9 @@ class H2UpstreamConnection(asyncio.Protocol):
         self._drained: asyncio.Future[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
         self._unacked = 0
+        #: done once the peer's first SETTINGS frame (its preface, RFC 9113 §3.4) arrived, or
+        #: the connection was lost: its limits are known only then
+        self.settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -283,6 +299,8 @@ class H2UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if not self.settled.done():
+            self.settled.set_result(None)
         self._lost(f"connection lost: {exc!r}" if exc else "connection closed by upstream")
         self.pool.forget(self)
         if self._drained is not None and not self._drained.done():
@@ -355,6 +373,8 @@ class H2UpstreamConnection(asyncio.Protocol):
                 stream.wake()
 
     def _on_settings(self, event: h2.events.RemoteSettingsChanged) -> None:
+        if not self.settled.done():
+            self.settled.set_result(None)
         for stream in list(self.streams.values()):
             stream.wake()  # a larger initial window may let a sender go on
         self.pool.capacity_changed()
@@ -551,13 +571,20 @@ class H2Pool:
                     ssl=self.ssl_context, server_hostname=self.server_hostname)
             except (OSError, TimeoutError) as exc:
                 raise _connect_error(exc, self.address, timeout) from exc
-            if self.ssl_context is not None:
-                agreed = transport.get_extra_info("ssl_object").selected_alpn_protocol()
-                if agreed != "h2":  # RFC 9113 §3.3: h2 over TLS is chosen by ALPN only
-                    transport.close()
-                    raise UpstreamError("upstream TLS did not agree on h2", retryable=True,
-                                        log_detail=f"{self.address}: ALPN chose {agreed!r}, "
-                                                   "not h2")
+            try:
+                if self.ssl_context is not None:
+                    agreed = transport.get_extra_info("ssl_object").selected_alpn_protocol()
+                    if agreed != "h2":  # RFC 9113 §3.3: h2 over TLS is chosen by ALPN only
+                        raise UpstreamError("upstream TLS did not agree on h2", retryable=True,
+                                            log_detail=f"{self.address}: ALPN chose "
+                                                       f"{agreed!r}, not h2")
+                # no stream before the peer's SETTINGS: until then its
+                # SETTINGS_MAX_CONCURRENT_STREAMS is unknown (RFC 9113 §6.5.2: unlimited),
+                # and a burst of waiters would all land on this connection
+                await conn.settled
+            except BaseException:
+                transport.close()
+                raise
             if conn.closed:
                 raise UpstreamError("upstream connect failed", retryable=True,
                                     log_detail=f"{self.address}: closed right after connect")

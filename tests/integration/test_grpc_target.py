@@ -52,9 +52,9 @@ def _request(method: str, body: bytes = b"", stream: RequestBody | None = None) 
                    40000, "https", "web", time.time(), stream=stream)
 
 
-def run(make: Callable[[], Awaitable[T]]) -> T:
+def run(make: Callable[[], Awaitable[T]], timeout: float = 60) -> T:
     """On uvloop, the proxy's loop (test_h2upstream.py runs on asyncio's own)."""
-    return uvloop.run(asyncio.wait_for(make(), 60))
+    return uvloop.run(asyncio.wait_for(make(), timeout))
 
 
 async def _answer(outcome: Outcome) -> tuple[int, dict[str, str], list[bytes], dict[str, str],
@@ -105,7 +105,22 @@ def test_an_error_is_relayed_as_trailers_only(server: GrpcServer) -> None:
     assert head["grpc-status"] == "3" and head["grpc-message"] == "bad thing"
 
 
-def test_a_client_streamed_body_goes_up_as_it_arrives(server: GrpcServer) -> None:
+@pytest.fixture(scope="module")
+def narrow() -> Iterator[GrpcServer]:
+    """A server whose stream window is 16 KiB (no BDP growth): an upload waits for window."""
+    with GrpcServer(options=(("grpc.http2.lookahead_bytes", 16384),
+                             ("grpc.http2.bdp_probe", 0))) as grpc_server:
+        yield grpc_server
+
+
+@pytest.mark.parametrize("pause", [0.0, 0.2], ids=["fed-at-once", "answer-awaited-first"])
+def test_a_client_streamed_body_goes_up_as_it_arrives(narrow: GrpcServer, pause: float
+                                                      ) -> None:
+    """1.25 MiB through a 16 KiB window. With a pause after the first message the answer is
+    awaited before the upload runs out of window: both wait on the one stream at once, and
+    each must be woken (one waiter slot left one of them waiting for ever)."""
+    server = narrow
+
     async def go() -> Any:
         body = RequestBody(None, lambda: None, lambda: None)
         upstreams = CvmUpstreams()
@@ -113,14 +128,14 @@ def test_a_client_streamed_body_goes_up_as_it_arrives(server: GrpcServer) -> Non
                                                           cvm=upstreams.bind))
         try:
             routed = asyncio.ensure_future(router.handle(_request("Sum", stream=body)))
-            for _ in range(20):  # 20 messages of 64 KiB, fed while the call is open
+            for i in range(20):  # 20 messages of 64 KiB, fed while the call is open
                 body.feed(frame(bytes(65536)))
-                await asyncio.sleep(0)
+                await asyncio.sleep(pause if i == 0 else 0)
             body.end()
             return await _answer(await routed)
         finally:
             await upstreams.close()
-    status, _, messages, trailers, _ = run(go)
+    status, _, messages, trailers, _ = run(go, timeout=20)
     assert status == 200 and messages == [str(20 * 65536).encode()]
     assert trailers["grpc-status"] == "0"
 

@@ -7,6 +7,7 @@ the peer's SETTINGS_MAX_CONCURRENT_STREAMS, ALPN h2 required over TLS, connect f
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -250,7 +251,7 @@ def test_many_concurrent_calls_share_one_connection(server: GrpcServer) -> None:
 def test_the_peers_max_concurrent_streams_is_kept() -> None:
     server = GrpcServer(options=(("grpc.max_concurrent_streams", 1),))  # told by SETTINGS
 
-    async def go(max_connections: int) -> Any:
+    async def go(max_connections: int, warm: bool) -> Any:
         pool = H2Pool(server.address, max_connections=max_connections)
         peak = 0
         refused: list[int] = []
@@ -274,16 +275,18 @@ def test_the_peers_max_concurrent_streams_is_kept() -> None:
                 return unframe(await read_all(stream))
             raise AssertionError("refused three times")
         try:
-            await call(pool, "Unary", b"settings first")  # the peer's SETTINGS are known
+            if warm:  # a connection whose SETTINGS are known; cold: the burst comes first
+                await call(pool, "Unary", b"settings first")
             answers = await asyncio.gather(*(one(i) for i in range(6)))
             return answers, peak, pool.state()
         finally:
             await pool.close()
     with server:
-        answers, peak, state = run(lambda: go(1))
-        assert all(len(a) == 3 for a in answers) and peak == 1 and state["connects"] == 1
-        answers, peak, state = run(lambda: go(2))
-        assert all(len(a) == 3 for a in answers) and peak == 1 and state["connects"] == 2
+        for warm in (True, False):
+            answers, peak, state = run(functools.partial(go, 1, warm))
+            assert all(len(a) == 3 for a in answers) and peak == 1 and state["connects"] == 1
+            answers, peak, state = run(functools.partial(go, 2, warm))
+            assert all(len(a) == 3 for a in answers) and peak == 1 and state["connects"] == 2
 
 
 def test_grpcs_over_tls_with_alpn_h2(tmp_path: Path) -> None:
