@@ -26,7 +26,10 @@ leaves the upstream connection paused (backends/upstream.py stops reading past i
 mark) and costs bounded memory, and the other streams go on.
 
 It stays on protocol callbacks like connection.py: a stream costs no task unless its response
-body is streamed (one pump per streamed body). Nothing here imports connection.py: the
+body is streamed (one pump per streamed body). A streamed body that offers ``trailers`` (a
+gRPC answer, backends/grpc.py) ends with them as the final HEADERS frame; one that is
+``headers_only`` (gRPC's Trailers-Only) is answered by its head alone, END_STREAM on it.
+Nothing here imports connection.py: the
 listener's context and the request-id source are handed in.
 """
 
@@ -183,8 +186,8 @@ class _Stream:
     """One request/response exchange on the connection."""
 
     __slots__ = ("sid", "request", "body", "cancel", "started", "pending", "pending_bytes",
-                 "end_pending", "waiter", "sent", "pump", "answered", "unacked", "body_deadline",
-                 "done", "error")
+                 "end_pending", "trailers", "waiter", "sent", "pump", "answered", "unacked",
+                 "body_deadline", "done", "error")
 
     def __init__(self, sid: int) -> None:
         self.sid = sid
@@ -197,6 +200,8 @@ class _Stream:
         self.pending_bytes = 0
         #: END_STREAM goes out once ``pending`` is empty
         self.end_pending = False
+        #: the response's trailers, sent as the final HEADERS frame (END_STREAM on it)
+        self.trailers: list[tuple[bytes, bytes]] = []
         #: the pump waits here for window or buffer room
         self.waiter: asyncio.Future[None] | None = None
         #: response bytes (headers estimated, body exact) for the access log
@@ -217,6 +222,15 @@ class _Stream:
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+
+async def _exhaust(source: Any) -> None:
+    """Run a response body's source to its end, its bytes unwanted (a head-only answer)."""
+    try:
+        async for _ in source:
+            pass
+    except Exception as exc:  # noqa: BLE001 - the answer is out; the backend's end is moot
+        error_log.debug("body of a head-only answer broke off: %s", exc)
 
 
 class H2Connection(asyncio.Protocol):
@@ -508,6 +522,12 @@ class H2Connection(asyncio.Protocol):
                 stream.pending_bytes = len(body)
             stream.end_pending = bool(body)
             self._send_pending(stream)
+        elif getattr(response.stream, "headers_only", False):
+            # the backend's head was its whole answer (gRPC's Trailers-Only): one HEADERS
+            # frame with END_STREAM; the source is still run to its end, which closes the
+            # backend's stream (and cuts an upload still under way)
+            self._send_head(stream, response, None, True)
+            asyncio.get_running_loop().create_task(_exhaust(response.stream))
         else:
             if not self._send_head(stream, response, response.length, False):
                 return
@@ -571,6 +591,10 @@ class H2Connection(asyncio.Protocol):
         finally:
             stream.pump = None
         if not stream.done:
+            trailers = getattr(source, "trailers", None)
+            if trailers and not no_body:
+                stream.trailers = [(name.lower().encode("latin-1"), value.encode("latin-1"))
+                                   for name, value in trailers]
             stream.end_pending = True
             self._send_pending(stream)
             self._flush()
@@ -591,7 +615,7 @@ class H2Connection(asyncio.Protocol):
                 chunk = pending[0]
                 if len(chunk) <= window:
                     pending.popleft()
-                    end = stream.end_pending and not pending
+                    end = stream.end_pending and not pending and not stream.trailers
                     conn.send_data(stream.sid, chunk, end_stream=end)
                     stream.pending_bytes -= len(chunk)
                     stream.sent += len(chunk)
@@ -604,10 +628,19 @@ class H2Connection(asyncio.Protocol):
                     stream.pending_bytes -= window
                     stream.sent += window
             if stream.end_pending:
-                conn.end_stream(stream.sid)
+                if stream.trailers:
+                    stream.sent += sum(len(n) + len(v) + 32 for n, v in stream.trailers)
+                    conn.send_headers(stream.sid, stream.trailers, end_stream=True)
+                else:
+                    conn.end_stream(stream.sid)
                 self._finished(stream)
         except h2.exceptions.StreamClosedError:
             self._forget(stream)
+            return
+        except h2.exceptions.ProtocolError as exc:  # trailers HTTP/2 cannot carry
+            error_log.warning("%s: response trailers not valid for HTTP/2: %s",
+                              stream.request.path if stream.request else "?", exc)
+            self._reset(stream, ErrorCodes.INTERNAL_ERROR)
             return
         finally:
             if stream.pending_bytes < STREAM_BUFFER:

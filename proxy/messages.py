@@ -101,7 +101,11 @@ class Response:
     headers: Headers = ()
     body: bytes = b""
     #: a streamed body instead of ``body``: chunks until exhausted; an exception from it means
-    #: the backend broke off and the client connection is aborted, never ended cleanly
+    #: the backend broke off and the client connection is aborted, never ended cleanly. A
+    #: stream may also offer ``trailers`` (fields, read once it is exhausted) and
+    #: ``headers_only`` (the head was the whole answer), as backends/grpc.py's GrpcBody does:
+    #: the HTTP/2 frontend sends the trailers as the final HEADERS frame, and a head-only
+    #: answer as one HEADERS frame with END_STREAM; HTTP/1.1 has no use for either
     stream: AsyncIterator[bytes] | None = None
     #: the streamed body's length when known (Content-Length), None for chunked framing
     length: int | None = None

@@ -8,7 +8,9 @@ Methods of service ``test.Echo``:
   Sum            client streaming: the total length of every request message, in decimal
   Fail           aborts with INVALID_ARGUMENT and the message ``bad thing``
   Cancel         sends one message, then the server cancels the call (RST_STREAM)
-Every call records its ``:authority`` and metadata (``seen``).
+  Forever        server streaming until the client goes away; then ``gone`` counts it
+Every call records its ``:authority`` and metadata (``seen``), and under ``TIME_REMAINING`` the
+seconds left of its deadline (None without one: grpc-timeout is not metadata).
 
 ``wire`` holds gRPC's length-prefixed message framing (gRPC over HTTP/2 "Length-Prefixed-Message":
 a compressed flag byte, a 4-byte big-endian length, the message).
@@ -26,6 +28,8 @@ import grpc
 import trustme
 
 SERVICE = "test.Echo"
+#: the key of ``seen`` that holds the call's remaining deadline, in seconds
+TIME_REMAINING = "(time remaining)"
 
 
 def frame(message: bytes) -> bytes:
@@ -48,7 +52,9 @@ class _Echo:
 
     def _record(self, context: grpc.ServicerContext) -> None:
         with self.server.lock:
-            self.server.seen.append(dict(context.invocation_metadata()))
+            seen: dict[str, Any] = dict(context.invocation_metadata())
+            seen[TIME_REMAINING] = context.time_remaining()  # the deadline the call came with
+            self.server.seen.append(seen)
 
     def unary(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         self._record(context)
@@ -69,6 +75,15 @@ class _Echo:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad thing")
         raise AssertionError("abort returns never")
 
+    def forever(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        self._record(context)
+        gone = threading.Event()
+        context.add_callback(gone.set)  # the call ended: the client cancelled (RST_STREAM)
+        while not gone.wait(0.01):
+            yield b"more"
+        with self.server.lock:
+            self.server.gone += 1
+
     def cancel(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         self._record(context)
         yield b"first"
@@ -83,6 +98,7 @@ def _handlers(echo: _Echo) -> grpc.GenericRpcHandler:
         "Sum": grpc.stream_unary_rpc_method_handler(echo.sum, **same),
         "Fail": grpc.unary_unary_rpc_method_handler(echo.fail, **same),
         "Cancel": grpc.unary_stream_rpc_method_handler(echo.cancel, **same),
+        "Forever": grpc.unary_stream_rpc_method_handler(echo.forever, **same),
     })
 
 
@@ -94,6 +110,8 @@ class GrpcServer:
                  options: tuple[tuple[str, Any], ...] = ()) -> None:
         """``options``: grpcio server options, such as ``("grpc.max_concurrent_streams", 1)``."""
         self.seen: list[dict[str, Any]] = []
+        #: Forever calls whose client went away
+        self.gone = 0
         self.lock = threading.Lock()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
                                    options=list(options))

@@ -1,10 +1,9 @@
-"""GRPC/GRPCS rules from the router to a real grpcio server: the router and CvmUpstreams.bind
-as the server builds them, fed HTTP/2 ``Request`` values as an HTTP/2 frontend will hand them
-over (that frontend is another branch's: the grpcio-client-through-the-proxy test waits for
-it). Unary and server-streaming calls with trailers, a Trailers-Only error, a client-streamed
-body, the CLB headers reaching the backend, GRPCS with backend_ca, the gRPC health check
-(Alive, then Dead when the server stops) and an HTTP/1.1 request answered 505 through the real
-proxy without reaching the backend."""
+"""GRPC/GRPCS rules from the router to a real grpcio server: the router and CvmUpstreams.bind as
+the server builds them, fed HTTP/2 ``Request`` values as the HTTP/2 frontend hands them over (a
+grpcio client through the real proxy: test_grpc_proxy.py). Unary and server-streaming calls with
+trailers, a Trailers-Only error, a client-streamed body, the CLB headers reaching the backend,
+GRPCS with backend_ca, the gRPC health check (Alive, then Dead when the server stops) and an
+HTTP/1.1 request answered 505 through the real proxy without reaching the backend."""
 
 from __future__ import annotations
 
