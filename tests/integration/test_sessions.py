@@ -14,11 +14,10 @@ from typing import Any
 
 import pytest
 from tencentcloud.clb.v20180317 import clb_client, models
-from tencentcloud.common.credential import Credential
 from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentCloudSDKException
-from tencentcloud.common.profile.client_profile import ClientProfile
-from tencentcloud.common.profile.http_profile import HttpProfile
 
+from tests.clbsdk import client as sdk_client
+from tests.clbsdk import request as sdk
 from tests.configs import function, listener, rule
 from tests.proxyproc import ProxyProcess
 from tests.upstreams import Upstream
@@ -53,17 +52,6 @@ def _mixed(cvm: Upstream, **settings: object) -> str:
             + rule("plain.test", "/", targets) + function("echo", "whoami", concurrency=2))
 
 
-def _clb(port: int) -> clb_client.ClbClient:
-    profile = ClientProfile(httpProfile=HttpProfile(protocol="http",
-                                                    endpoint=f"127.0.0.1:{port}", reqTimeout=10))
-    return clb_client.ClbClient(Credential("admin", "unused-without-a-token"), "ap-guangzhou",
-                                profile)
-
-
-def _sdk(kind: type[Any], **fields: Any) -> Any:
-    request = kind()
-    request.from_json_string(json.dumps(fields))
-    return request
 
 
 @pytest.fixture
@@ -74,7 +62,7 @@ def proxy(tmp_path: Path, cvm: Upstream) -> Iterator[ProxyProcess]:
 
 
 def _where(client: clb_client.ClbClient, domain: str) -> dict[str, str]:
-    listener = client.DescribeListeners(_sdk(models.DescribeListenersRequest,
+    listener = client.DescribeListeners(sdk(models.DescribeListenersRequest,
                                              LoadBalancerId=LB)).Listeners[0]
     [location] = [r.LocationId for r in listener.Rules if r.Domain == domain]
     return {"LoadBalancerId": LB, "ListenerId": listener.ListenerId, "LocationId": location}
@@ -111,94 +99,94 @@ def test_a_forged_cookie_is_balanced_as_new_and_gets_a_real_one(proxy: ProxyProc
 
 def test_drained_or_removed_targets_are_repicked_and_the_cookie_reissued(
         proxy: ProxyProcess, cvm: Upstream) -> None:
-    client = _clb(proxy.admin_port)
+    client = sdk_client(proxy.admin_port)
     where = _where(client, "shop.test")
     port = proxy.port()
     cookies = {who: _pair(line) for who, line in (_get(port, "shop.test") for _ in range(2))}
     # the server drained (weight 0): its clients go to the function, with the function's cookie
-    client.ModifyTargetWeight(_sdk(models.ModifyTargetWeightRequest, **where, Weight=0,
+    client.ModifyTargetWeight(sdk(models.ModifyTargetWeightRequest, **where, Weight=0,
                                    Targets=[{"EniIp": "127.0.0.1", "Port": cvm.port}]))
     who, line = _get(port, "shop.test", cookies["cvm"])
     assert (who, _pair(line)) == ("echo", cookies["echo"])
-    client.ModifyTargetWeight(_sdk(models.ModifyTargetWeightRequest, **where, Weight=10,
+    client.ModifyTargetWeight(sdk(models.ModifyTargetWeightRequest, **where, Weight=10,
                                    Targets=[{"EniIp": "127.0.0.1", "Port": cvm.port}]))
     assert _get(port, "shop.test", cookies["cvm"])[0] == "cvm"  # the id outlives the change
     # the function unbound: its cookie names nothing any more
-    client.DeregisterFunctionTargets(_sdk(models.DeregisterFunctionTargetsRequest, **where,
+    client.DeregisterFunctionTargets(sdk(models.DeregisterFunctionTargetsRequest, **where,
                                           FunctionTargets=[{"Function": {
                                               "FunctionName": "echo"}}]))
     who, line = _get(port, "shop.test", cookies["echo"])
     assert (who, _pair(line)) == ("cvm", cookies["cvm"])
 
 
-def test_session_time_and_cookie_name_through_the_sdk(proxy: ProxyProcess) -> None:
-    client = _clb(proxy.admin_port)
+def test_session_time_and_cookie_name_through_thesdk(proxy: ProxyProcess) -> None:
+    client = sdk_client(proxy.admin_port)
     where = _where(client, "plain.test")
     port = proxy.port()
-    client.ModifyRule(_sdk(models.ModifyRuleRequest, **where, SessionExpireTime=30,
+    client.ModifyRule(sdk(models.ModifyRuleRequest, **where, SessionExpireTime=30,
                            CookieName="cart"))
     who, line = _get(port, "plain.test")
     assert line is not None and line.startswith("cart=") and "Max-Age=30" in line
     assert [_get(port, "plain.test", _pair(line))[0] for _ in range(4)] == [who] * 4
-    described = client.DescribeListeners(_sdk(models.DescribeListenersRequest,
+    described = client.DescribeListeners(sdk(models.DescribeListenersRequest,
                                               LoadBalancerId=LB)).Listeners[0]
     [shown] = [r for r in described.Rules if r.LocationId == where["LocationId"]]
     assert (shown.SessionExpireTime, shown.CookieName) == (30, "cart")
     for bad in ({"SessionExpireTime": 29}, {"SessionExpireTime": 86401},
                 {"SessionExpireTime": 60, "Scheduler": "LEAST_CONN"}):
         with pytest.raises(TencentCloudSDKException) as caught:
-            client.ModifyRule(_sdk(models.ModifyRuleRequest, **where, **bad))
+            client.ModifyRule(sdk(models.ModifyRuleRequest, **where, **bad))
         assert caught.value.code.startswith("InvalidParameterValue"), bad
-    client.ModifyRule(_sdk(models.ModifyRuleRequest, **where, SessionExpireTime=0))
+    client.ModifyRule(sdk(models.ModifyRuleRequest, **where, SessionExpireTime=0))
     assert _get(port, "plain.test")[1] is None
 
 
 def test_terraform_style_sequence(proxy: ProxyProcess, cvm: Upstream) -> None:
     """CreateRule, ModifyRule (scheduler, session time, health check), ModifyDomainAttributes
     (default server), each waited on with DescribeTaskStatus as the provider does."""
-    client = _clb(proxy.admin_port)
+    client = sdk_client(proxy.admin_port)
     listener_id = _where(client, "shop.test")["ListenerId"]
     port = proxy.port()
 
     def wait(response: Any) -> None:
-        status = client.DescribeTaskStatus(_sdk(models.DescribeTaskStatusRequest,
+        status = client.DescribeTaskStatus(sdk(models.DescribeTaskStatusRequest,
                                                 TaskId=response.RequestId))
         assert status.Status == 0
 
-    created = client.CreateRule(_sdk(models.CreateRuleRequest, LoadBalancerId=LB,
+    created = client.CreateRule(sdk(models.CreateRuleRequest, LoadBalancerId=LB,
                                      ListenerId=listener_id, Rules=[{
                                          "Domain": "tf.test", "Url": "/",
                                          "Scheduler": "LEAST_CONN"}]))
     wait(created)
     [location] = created.LocationIds
     where = {"LoadBalancerId": LB, "ListenerId": listener_id, "LocationId": location}
-    wait(client.RegisterTargets(_sdk(models.RegisterTargetsRequest, **where, Targets=[
+    wait(client.RegisterTargets(sdk(models.RegisterTargetsRequest, **where, Targets=[
         {"EniIp": "127.0.0.1", "Port": cvm.port, "Weight": 10}])))
-    wait(client.RegisterFunctionTargets(_sdk(models.RegisterFunctionTargetsRequest, **where,
+    wait(client.RegisterFunctionTargets(sdk(models.RegisterFunctionTargetsRequest, **where,
                                              FunctionTargets=[{"Function": {
                                                  "FunctionName": "echo"}, "Weight": 10}])))
     assert _get(port, "tf.test")[1] is None
-    wait(client.ModifyRule(_sdk(models.ModifyRuleRequest, **where, Scheduler="WRR",
+    wait(client.ModifyRule(sdk(models.ModifyRuleRequest, **where, Scheduler="WRR",
                                 SessionExpireTime=3600,
                                 HealthCheck={"HealthSwitch": 1, "IntervalTime": 10,
                                              "HttpCheckPath": "/"})))
     who, line = _get(port, "tf.test")
     assert line is not None and "Max-Age=3600" in line
     assert {_get(port, "tf.test", _pair(line))[0] for _ in range(4)} == {who}
-    described = client.DescribeListeners(_sdk(models.DescribeListenersRequest,
+    described = client.DescribeListeners(sdk(models.DescribeListenersRequest,
                                               LoadBalancerId=LB)).Listeners[0]
     [shown] = [r for r in described.Rules if r.LocationId == location]
     assert (shown.Scheduler, shown.HealthCheck.IntervalTime) == ("WRR", 10)
     # before: an unknown Host goes to the first rule's domain (shop.test, with a cookie)
     assert _get(port, "elsewhere.test")[1] is not None
-    wait(client.ModifyDomainAttributes(_sdk(models.ModifyDomainAttributesRequest,
+    wait(client.ModifyDomainAttributes(sdk(models.ModifyDomainAttributesRequest,
                                             LoadBalancerId=LB, ListenerId=listener_id,
                                             Domain="tf.test", DefaultServer=True)))
-    described = client.DescribeListeners(_sdk(models.DescribeListenersRequest,
+    described = client.DescribeListeners(sdk(models.DescribeListenersRequest,
                                               LoadBalancerId=LB)).Listeners[0]
     assert [r.Domain for r in described.Rules if r.DefaultServer] == ["tf.test"]
     _, line = _get(port, "elsewhere.test")
     assert line is not None and "Max-Age=3600" in line  # now served by tf.test's rule
     with pytest.raises(TencentCloudSDKException) as caught:
-        client.DescribeTaskStatus(_sdk(models.DescribeTaskStatusRequest, TaskId="nope"))
+        client.DescribeTaskStatus(sdk(models.DescribeTaskStatusRequest, TaskId="nope"))
     assert caught.value.code == "ResourceNotFound"

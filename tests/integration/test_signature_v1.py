@@ -23,6 +23,7 @@ from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentClo
 from tencentcloud.common.profile.client_profile import ClientProfile
 from tencentcloud.common.profile.http_profile import HttpProfile
 
+from tests.clbsdk import request as sdk
 from tests.configs import function, listener, scf_rule
 from tests.proxyproc import ProxyProcess, http_get
 from tests.upstreams import Upstream
@@ -46,34 +47,29 @@ def _client(port: int, method: str, http_method: str = "POST",
     return clb_client.ClbClient(Credential("admin", key), "ap-guangzhou", profile)
 
 
-def _sdk(kind: type[Any], **fields: Any) -> Any:
-    request = kind()
-    request.from_json_string(json.dumps(fields))
-    return request
-
 
 @pytest.mark.parametrize(("method", "http_method"), [
     ("HmacSHA1", "POST"), ("HmacSHA256", "POST"), ("HmacSHA1", "GET"), ("HmacSHA256", "GET")])
 def test_the_sdk_signs_v1_and_traffic_follows(proxy: ProxyProcess, cvm: Upstream,
                                               method: str, http_method: str) -> None:
     client = _client(proxy.admin_port, method, http_method)
-    listener_id = client.DescribeListeners(_sdk(models.DescribeListenersRequest,
+    listener_id = client.DescribeListeners(sdk(models.DescribeListenersRequest,
                                                 LoadBalancerId=LB)).Listeners[0].ListenerId
     domain = f"{method.lower()}-{http_method.lower()}.test"
-    created = client.CreateRule(_sdk(models.CreateRuleRequest, LoadBalancerId=LB,
+    created = client.CreateRule(sdk(models.CreateRuleRequest, LoadBalancerId=LB,
                                      ListenerId=listener_id, Rules=[{
                                          "Domain": domain, "Url": "/", "SessionExpireTime": 30,
                                          "HealthCheck": {"HealthSwitch": 0}}]))
     [location] = created.LocationIds
-    client.RegisterTargets(_sdk(models.RegisterTargetsRequest, LoadBalancerId=LB,
+    client.RegisterTargets(sdk(models.RegisterTargetsRequest, LoadBalancerId=LB,
                                 ListenerId=listener_id, LocationId=location, Targets=[
                                     {"EniIp": "127.0.0.1", "Port": cvm.port, "Weight": 7}]))
     assert http_get(proxy.port(), domain) == (200, b"cvm")
-    described = client.DescribeListeners(_sdk(models.DescribeListenersRequest,
+    described = client.DescribeListeners(sdk(models.DescribeListenersRequest,
                                               LoadBalancerId=LB)).Listeners[0]
     [rule] = [r for r in described.Rules if r.LocationId == location]
     assert (rule.SessionExpireTime, rule.HealthCheck.HealthSwitch) == (30, 0)
-    status = client.DescribeTaskStatus(_sdk(models.DescribeTaskStatusRequest,
+    status = client.DescribeTaskStatus(sdk(models.DescribeTaskStatusRequest,
                                             TaskId=created.RequestId))
     assert status.Status == 0
 
@@ -82,7 +78,7 @@ def test_a_wrong_key_is_a_signature_failure(proxy: ProxyProcess) -> None:
     for method in ("HmacSHA1", "HmacSHA256"):
         client = _client(proxy.admin_port, method, key="not-the-token")
         with pytest.raises(TencentCloudSDKException) as caught:
-            client.DescribeListeners(_sdk(models.DescribeListenersRequest, LoadBalancerId=LB))
+            client.DescribeListeners(sdk(models.DescribeListenersRequest, LoadBalancerId=LB))
         assert caught.value.code == "AuthFailure.SignatureFailure"
 
 

@@ -4,20 +4,17 @@ ModifyTargetPort, BatchDeregisterTargets, DescribeTargetHealth (Alive, Dead, Clo
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from tencentcloud.clb.v20180317 import clb_client, models
-from tencentcloud.common.credential import Credential
 from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentCloudSDKException
-from tencentcloud.common.profile.client_profile import ClientProfile
-from tencentcloud.common.profile.http_profile import HttpProfile
 
+from tests.clbsdk import client as sdk_client
+from tests.clbsdk import request as sdk
 from tests.configs import listener, rule
 from tests.proxyproc import ProxyProcess, free_port, http_get
 from tests.upstreams import Upstream
@@ -48,16 +45,6 @@ def proxy(tmp_path: Path, servers: tuple[Upstream, Upstream]) -> Iterator[ProxyP
         yield proc
 
 
-def _clb(port: int) -> clb_client.ClbClient:
-    profile = ClientProfile(httpProfile=HttpProfile(protocol="http",
-                                                    endpoint=f"127.0.0.1:{port}", reqTimeout=10))
-    return clb_client.ClbClient(Credential("admin", "unused"), "ap-guangzhou", profile)
-
-
-def _sdk(kind: type[Any], **fields: Any) -> Any:
-    request = kind()
-    request.from_json_string(json.dumps(fields))
-    return request
 
 
 def _who(port: int, host: str, n: int) -> Counter[str]:
@@ -69,7 +56,7 @@ def _who(port: int, host: str, n: int) -> Counter[str]:
 
 
 def _locations(client: clb_client.ClbClient) -> tuple[str, dict[str, str]]:
-    lst = client.DescribeListeners(_sdk(models.DescribeListenersRequest,
+    lst = client.DescribeListeners(sdk(models.DescribeListenersRequest,
                                         LoadBalancerId=LB)).Listeners[0]
     return lst.ListenerId, {r.Domain: r.LocationId for r in lst.Rules}
 
@@ -77,10 +64,10 @@ def _locations(client: clb_client.ClbClient) -> tuple[str, dict[str, str]]:
 def test_batch_register_weight_port_deregister_and_traffic_follows(
         proxy: ProxyProcess, servers: tuple[Upstream, Upstream]) -> None:
     a, b = servers
-    client = _clb(proxy.admin_port)
+    client = sdk_client(proxy.admin_port)
     port = proxy.port()
     lid, loc = _locations(client)
-    answer = client.BatchRegisterTargets(_sdk(models.BatchRegisterTargetsRequest,
+    answer = client.BatchRegisterTargets(sdk(models.BatchRegisterTargetsRequest,
                                               LoadBalancerId=LB, Targets=[
         {"ListenerId": lid, "LocationId": loc["one.test"], "EniIp": "127.0.0.1",
          "Port": a.port},
@@ -91,7 +78,7 @@ def test_batch_register_weight_port_deregister_and_traffic_follows(
     assert answer.FailListenerIdSet == []
     assert _who(port, "one.test", 8) == {"A": 4, "B": 4}
 
-    client.BatchModifyTargetWeight(_sdk(models.BatchModifyTargetWeightRequest,
+    client.BatchModifyTargetWeight(sdk(models.BatchModifyTargetWeightRequest,
                                         LoadBalancerId=LB, ModifyList=[
         {"ListenerId": lid, "LocationId": loc["one.test"], "Weight": 0,
          "Targets": [{"EniIp": "127.0.0.1", "Port": a.port}]},
@@ -101,16 +88,16 @@ def test_batch_register_weight_port_deregister_and_traffic_follows(
     assert _who(port, "one.test", 4) == {"B": 4}
     assert _who(port, "unchecked.test", 4) == {"B": 4}  # Target.Weight wins over Weight
 
-    client.ModifyTargetPort(_sdk(models.ModifyTargetPortRequest, LoadBalancerId=LB,
+    client.ModifyTargetPort(sdk(models.ModifyTargetPortRequest, LoadBalancerId=LB,
                                  ListenerId=lid, LocationId=loc["two.test"], NewPort=b.port,
                                  Targets=[{"EniIp": "127.0.0.1", "Port": a.port}]))
     assert _who(port, "two.test", 3) == {"B": 3}
-    described = client.DescribeTargets(_sdk(models.DescribeTargetsRequest, LoadBalancerId=LB,
+    described = client.DescribeTargets(sdk(models.DescribeTargetsRequest, LoadBalancerId=LB,
                                             Filters=[{"Name": "location-id",
                                                       "Values": [loc["two.test"]]}]))
     assert [t.Port for t in described.Listeners[0].Rules[0].Targets] == [b.port]
 
-    client.BatchDeregisterTargets(_sdk(models.BatchDeregisterTargetsRequest,
+    client.BatchDeregisterTargets(sdk(models.BatchDeregisterTargetsRequest,
                                        LoadBalancerId=LB, Targets=[
         {"ListenerId": lid, "LocationId": loc["one.test"], "EniIp": "127.0.0.1",
          "Port": b.port}]))
@@ -118,7 +105,7 @@ def test_batch_register_weight_port_deregister_and_traffic_follows(
 
     # all or nothing: one unknown target fails the whole batch, and nothing changed
     with pytest.raises(TencentCloudSDKException) as caught:
-        client.BatchDeregisterTargets(_sdk(models.BatchDeregisterTargetsRequest,
+        client.BatchDeregisterTargets(sdk(models.BatchDeregisterTargetsRequest,
                                            LoadBalancerId=LB, Targets=[
             {"ListenerId": lid, "LocationId": loc["two.test"], "EniIp": "127.0.0.1",
              "Port": b.port},
@@ -131,11 +118,11 @@ def test_batch_register_weight_port_deregister_and_traffic_follows(
 def test_describe_target_health(proxy: ProxyProcess, servers: tuple[Upstream, Upstream]
                                 ) -> None:
     a, _ = servers
-    client = _clb(proxy.admin_port)
+    client = sdk_client(proxy.admin_port)
     _, loc = _locations(client)
     deadline = time.monotonic() + 30
     while True:
-        answer = client.DescribeTargetHealth(_sdk(models.DescribeTargetHealthRequest,
+        answer = client.DescribeTargetHealth(sdk(models.DescribeTargetHealthRequest,
                                                   LoadBalancerIds=[LB], LocationIds=[
                                                       loc["checked.test"],
                                                       loc["unchecked.test"]]))
@@ -151,6 +138,6 @@ def test_describe_target_health(proxy: ProxyProcess, servers: tuple[Upstream, Up
     assert [(t.Port, t.HealthStatusDetail) for t in rules["unchecked.test"].Targets] == [
         (a.port, "Close")]
     assert set(rules) == {"checked.test", "unchecked.test"}
-    other = client.DescribeTargetHealth(_sdk(models.DescribeTargetHealthRequest,
+    other = client.DescribeTargetHealth(sdk(models.DescribeTargetHealthRequest,
                                              LoadBalancerIds=["lb-other"]))
     assert other.LoadBalancers == []

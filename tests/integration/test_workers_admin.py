@@ -17,15 +17,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from tencentcloud.clb.v20180317 import clb_client, models
-from tencentcloud.common.credential import Credential
-from tencentcloud.common.profile.client_profile import ClientProfile
-from tencentcloud.common.profile.http_profile import HttpProfile
+from tencentcloud.clb.v20180317 import models
 
+from tests.clbsdk import client as sdk_client
+from tests.clbsdk import request as sdk
 from tests.configs import function, listener, rule, scf_rule
 from tests.proxyproc import ROOT, ProxyProcess, http_get
 from tests.upstreams import Upstream
@@ -72,31 +70,20 @@ def _admin(proc: ProxyProcess, path: str, token: str | None = None) -> tuple[int
         return exc.code, exc.read()
 
 
-def _clb(port: int) -> clb_client.ClbClient:
-    profile = ClientProfile(httpProfile=HttpProfile(protocol="http",
-                                                    endpoint=f"127.0.0.1:{port}", reqTimeout=10))
-    return clb_client.ClbClient(Credential("admin", "unused-without-a-token"), "ap-guangzhou",
-                                profile)
-
-
-def _sdk(kind: type[Any], **fields: Any) -> Any:
-    request = kind()
-    request.from_json_string(json.dumps(fields))
-    return request
 
 
 @pytest.mark.filterwarnings("ignore:EniIp fileds are useless")
 def test_official_sdk_binds_a_function_moves_weights_and_traffic_follows(
         proxy: ProxyProcess, cvm: Upstream) -> None:
-    client = _clb(proxy.admin_port)
+    client = sdk_client(proxy.admin_port)
     port = proxy.port()
-    listener = client.DescribeListeners(_sdk(models.DescribeListenersRequest,
+    listener = client.DescribeListeners(sdk(models.DescribeListenersRequest,
                                              LoadBalancerId=LB)).Listeners[0]
     [location] = [r.LocationId for r in listener.Rules if r.Domain == "ops.test"]
     where = {"LoadBalancerId": LB, "ListenerId": listener.ListenerId, "LocationId": location}
     assert _who(port, 6) == {"cvm": 6, "echo": 0, "error": 0}
 
-    client.RegisterFunctionTargets(_sdk(models.RegisterFunctionTargetsRequest, **where,
+    client.RegisterFunctionTargets(sdk(models.RegisterFunctionTargetsRequest, **where,
                                         FunctionTargets=[{"Function": {
                                             "FunctionNamespace": "default",
                                             "FunctionName": "echo"}, "Weight": 10}]))
@@ -104,11 +91,11 @@ def test_official_sdk_binds_a_function_moves_weights_and_traffic_follows(
     assert split["error"] == 0 and split["cvm"] >= 4 and split["echo"] >= 4, split
 
     # CVM -> SCF switch-over: the server drained, the function takes everything
-    client.ModifyTargetWeight(_sdk(models.ModifyTargetWeightRequest, **where, Weight=0,
+    client.ModifyTargetWeight(sdk(models.ModifyTargetWeightRequest, **where, Weight=0,
                                    Targets=[{"EniIp": "127.0.0.1", "Port": cvm.port}]))
     assert _who(port, 10) == {"cvm": 0, "echo": 10, "error": 0}
 
-    described = client.DescribeTargets(_sdk(
+    described = client.DescribeTargets(sdk(
         models.DescribeTargetsRequest, LoadBalancerId=LB, ListenerIds=[listener.ListenerId],
         Filters=[{"Name": "location-id", "Values": [location]}]))
     [rule] = described.Listeners[0].Rules
@@ -116,11 +103,11 @@ def test_official_sdk_binds_a_function_moves_weights_and_traffic_follows(
     assert [(f.Function.FunctionName, f.Weight) for f in rule.FunctionTargets] == [("echo", 10)]
 
     # and back: the function unbound, the server weighted again
-    client.DeregisterFunctionTargets(_sdk(models.DeregisterFunctionTargetsRequest, **where,
+    client.DeregisterFunctionTargets(sdk(models.DeregisterFunctionTargetsRequest, **where,
                                           FunctionTargets=[{"Function": {
                                               "FunctionName": "echo"}}]))
     assert http_get(port, "ops.test")[0] == 503  # only a weight-0 server is left
-    client.ModifyTargetWeight(_sdk(models.ModifyTargetWeightRequest, **where, Weight=10,
+    client.ModifyTargetWeight(sdk(models.ModifyTargetWeightRequest, **where, Weight=10,
                                    Targets=[{"EniIp": "127.0.0.1", "Port": cvm.port}]))
     assert _who(port, 6) == {"cvm": 6, "echo": 0, "error": 0}
 
