@@ -2,7 +2,8 @@
 
 Owns what each action of SPEC §10 means: DescribeListeners, DescribeTargets, CreateRule,
 DeleteRule, RegisterFunctionTargets, DeregisterFunctionTargets, ModifyFunctionTargets,
-RegisterTargets, DeregisterTargets, ModifyTargetWeight; their parameters and Tencent's error
+RegisterTargets, DeregisterTargets, ModifyTargetWeight, the rewrites (AutoRewrite,
+ManualRewrite, DeleteRewrite, DescribeRewrite) and the others of ``ACTIONS``; their parameters and Tencent's error
 codes for bad ones (``ApiError``). Each action returns ``(new Config or None, answer)``; a change
 is a new Config built with ``dataclasses.replace`` (the caller applies it). ``ACTIONS`` is the
 one table of actions with the parameters each accepts.
@@ -23,11 +24,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from .config import (COOKIE_NAME_EXPECTED, COOKIE_NAME_PATTERN, FORWARD_TYPES, SCHEDULERS,
-                     SECRET_VARIABLES, SESSION_EXPIRE_MAX, SESSION_EXPIRE_MIN,
-                     TLS_FORWARD_TYPES, Config,
-                     HealthCheck, Listener, Rule, Target, location_id, normalize_domain,
-                     normalize_url, qualifiers)
+from .config import (COOKIE_NAME_EXPECTED, COOKIE_NAME_PATTERN, FORWARD_TYPES,
+                     REWRITE_CODES, REWRITE_DEFAULT_CODE, SCHEDULERS, SECRET_VARIABLES,
+                     SESSION_EXPIRE_MAX, SESSION_EXPIRE_MIN, TLS_FORWARD_TYPES, Config,
+                     HealthCheck, Listener, Rewrite, Rule, Target, check_rewrites,
+                     location_id, normalize_domain, normalize_url, qualifiers)
 from .errors import ConfigError
 from .sigv1 import FormText
 
@@ -151,9 +152,9 @@ def _check_lb(config: Config, params: Params) -> None:
                        f"gateway is {config.load_balancer_id!r}")
 
 
-def _listener(config: Config, params: Params) -> int:
+def _listener(config: Config, params: Params, key: str = "ListenerId") -> int:
     _check_lb(config, params)
-    wanted = required_param(params, "ListenerId", str)
+    wanted = required_param(params, key, str)
     for i, listener in enumerate(config.listeners):
         if listener_id(listener) == wanted:
             return i
@@ -544,7 +545,9 @@ def _with_http2(rules: list[Rule], domain: str, http2: bool | None) -> list[Rule
     return [replace(r, http2=http2) if r.domain == domain else r for r in rules]
 
 
-def _rule_input(listener: Listener, where: str, item: Params) -> tuple[Rule, bool]:
+def _rule_input(listener: Listener, where: str, item: Params) -> tuple[list[Rule], bool]:
+    """The rules of one RuleInput: one per domain (``Domain``, or each of ``Domains``: a
+    rule here has one domain, so CLB's rule of several domains is one rule each)."""
     for key, neutral in _NEUTRAL_RULE_FIELDS.items():
         if _opt(item, key, type(neutral), where) not in (None, neutral):
             raise ApiError("UnsupportedOperation", f"{where}{key}: only {neutral!r} is "
@@ -552,11 +555,21 @@ def _rule_input(listener: Listener, where: str, item: Params) -> tuple[Rule, boo
     only_params(item, _RULE_KEYS | frozenset(_NEUTRAL_RULE_FIELDS), where, "UnsupportedOperation")
     url = _normalized(normalize_url, required_param(item, "Url", str, where), where + "Url: ")
     domains = _strings(item, "Domains") or []
-    domain = _opt(item, "Domain", str, where) or (domains[0] if len(domains) == 1 else None)
-    if domain is None:
-        raise ApiError("MissingParameter" if not domains else "UnsupportedOperation",
-                       f"{where}Domain (or Domains with one name) is required")
-    domain = _normalized(normalize_domain, domain, where + "Domain: ")
+    one = _opt(item, "Domain", str, where)
+    if one and domains:
+        raise ApiError("InvalidParameter", f"{where}Domain and Domains are exclusive")
+    names = [one] if one else domains
+    if not names:
+        raise ApiError("MissingParameter", f"{where}Domain (or Domains) is required")
+    made = [_normalized(normalize_domain, name, f"{where}Domain: ") for name in names]
+    if len(set(made)) != len(made):
+        raise ApiError("InvalidParameterValue.Duplicate", f"{where}Domains names a domain "
+                       "twice")
+    return [_domain_rule(listener, where, item, url, domain) for domain in made], \
+        bool(_opt(item, "DefaultServer", bool, where))
+
+
+def _domain_rule(listener: Listener, where: str, item: Params, url: str, domain: str) -> Rule:
     scheduler = _opt(item, "Scheduler", str, where) or "WRR"
     if scheduler not in SCHEDULERS:
         raise ApiError("InvalidParameterValue", f"{where}Scheduler must be one of "
@@ -570,8 +583,7 @@ def _rule_input(listener: Listener, where: str, item: Params) -> tuple[Rule, boo
     rule = _session(item, where, Rule(domain=domain, url=url, scheduler=scheduler,
                                       health_check=health, http2=http2,
                                       location_id=location_id(listener.name, domain, url)))
-    rule = _forward_type(item, where, rule)
-    return rule, bool(_opt(item, "DefaultServer", bool, where))
+    return _forward_type(item, where, rule)
 
 
 def _create_rule(ctx: ActionContext, params: Params) -> Result:
@@ -579,13 +591,14 @@ def _create_rule(ctx: ActionContext, params: Params) -> Result:
     listener = ctx.config.listeners[li]
     rules, default = list(listener.rules), listener.default_domain
     for where, item in _objects(params, "Rules"):
-        rule, make_default = _rule_input(listener, where, item)
-        if any((r.domain, r.url) == (rule.domain, rule.url) for r in rules):
-            raise ApiError("InvalidParameterValue.Duplicate", f"{where}: listener "
-                           f"{listener_id(listener)} already has {rule.domain} {rule.url}")
-        rules = _with_http2(rules, rule.domain, rule.http2) + [rule]
+        made, make_default = _rule_input(listener, where, item)
+        for rule in made:
+            if any((r.domain, r.url) == (rule.domain, rule.url) for r in rules):
+                raise ApiError("InvalidParameterValue.Duplicate", f"{where}: listener "
+                               f"{listener_id(listener)} already has {rule.domain} {rule.url}")
+            rules = _with_http2(rules, rule.domain, rule.http2) + [rule]
         # CLB: the first domain of a listener becomes its default (clb-scf-facts §5.1)
-        default = rule.domain if make_default or not default else default
+        default = made[0].domain if make_default or not default else default
     new = replace(listener, rules=tuple(rules), default_domain=default)
     return _with_listener(ctx.config, li, new), {
         "LocationIds": [r.location_id for r in rules[len(listener.rules):]]}
@@ -696,6 +709,183 @@ def _modify_domain_attributes(ctx: ActionContext, params: Params) -> Result:
     return _with_listener(ctx.config, li, new), {}
 
 
+# --- rewrites (CLB's redirects between rules) ---------------------------------------------------
+
+
+def _rewritten(config: Config, listeners: list[Listener]) -> Config:
+    """The config with ``listeners``, its rewrites checked (config.check_rewrites)."""
+    try:
+        check_rewrites(listeners)
+    except ConfigError as exc:
+        raise ApiError("FailedOperation", str(exc)) from None
+    return replace(config, listeners=tuple(listeners))
+
+
+def _code(value: int | None, where: str) -> int:
+    if value is None:
+        return REWRITE_DEFAULT_CODE
+    if value not in REWRITE_CODES:
+        raise ApiError("InvalidParameterValue", f"{where} must be one of "
+                       f"{', '.join(map(str, REWRITE_CODES))}, got {value}")
+    return value
+
+
+def _http_listener_for(config: Config) -> int:
+    """Where AutoRewrite puts its rules: the HTTP listener on port 80, else the only HTTP
+    listener (this gateway binds no listener an API call asks for)."""
+    http = [i for i, lst in enumerate(config.listeners) if lst.protocol == "HTTP"]
+    on_80 = [i for i in http if config.listeners[i].port == 80]
+    if on_80:
+        return on_80[0]
+    if len(http) == 1:
+        return http[0]
+    raise ApiError("FailedOperation", "AutoRewrite needs an HTTP listener on port 80, or a "
+                   f"single HTTP listener; this gateway has {len(http)} HTTP listeners and "
+                   "creates none through the API")
+
+
+def _auto_target(rewrite: Rewrite, targets: list[Rule], url: str) -> Rewrite:
+    """``rewrite`` to the HTTPS rule of ``url``, else of "/", else the domain's first."""
+    target = next((r for r in targets if r.url == url), None) or next(
+        (r for r in targets if r.url == "/"), targets[0])
+    return replace(rewrite, url=target.url)
+
+
+def _auto_rewrite(ctx: ActionContext, params: Params) -> Result:
+    """AutoRewrite: HTTP to HTTPS per domain of the HTTPS listener. Every rule of the domain
+    on the HTTP listener redirects (to the HTTPS rule of the same Url, else the domain's
+    first); a domain without a "/" rule there gets one, with no targets (BeAutoCreated)."""
+    config = ctx.config
+    ti = _listener(config, params)
+    https = config.listeners[ti]
+    if https.protocol != "HTTPS":
+        raise ApiError("InvalidParameter", f"ListenerId {listener_id(https)} is "
+                       f"{https.protocol}; AutoRewrite redirects to an HTTPS listener")
+    own = list(dict.fromkeys(r.domain for r in https.rules))
+    named = _strings(params, "Domains")
+    domains = [_normalized(normalize_domain, d, f"Domains.{i}: ")
+               for i, d in enumerate(named)] if named else own
+    codes = _opt(params, "RewriteCodes", list)
+    takes = _opt(params, "TakeUrls", list)
+    for name, values in (("RewriteCodes", codes), ("TakeUrls", takes)):
+        if values is not None and len(values) != len(domains):
+            raise ApiError("InvalidParameterValue.Length", f"{name} has {len(values)} "
+                           f"values for {len(domains)} domains")
+    hi = _http_listener_for(config)
+    http = config.listeners[hi]
+    rules = list(http.rules)
+    for k, domain in enumerate(domains):
+        targets = [r for r in https.rules if r.domain == domain]
+        if not targets:
+            raise ApiError("InvalidParameter.DomainNotFound", f"Domains.{k}: listener "
+                           f"{listener_id(https)} has no rule of {domain!r}")
+        take = takes[k] if takes is not None else True
+        if not isinstance(take, bool):
+            raise ApiError("InvalidParameter.FormatError", f"TakeUrls.{k} must be a boolean")
+        code = _code(codes[k] if codes is not None else None, f"RewriteCodes.{k}")
+        if any(r.domain == domain and r.rewrite is not None and not r.rewrite.auto
+               for r in rules):
+            raise ApiError("FailedOperation", f"domain {domain!r} of listener "
+                           f"{listener_id(http)} has a ManualRewrite; delete it first")
+        rewrite = Rewrite(https.name, domain, "", code, take, auto=True)
+        rules = [replace(r, rewrite=_auto_target(rewrite, targets, r.url))
+                 if r.domain == domain else r for r in rules]
+        if not any((r.domain, r.url) == (domain, "/") for r in rules):
+            rules.append(Rule(domain=domain, url="/", rewrite=_auto_target(rewrite, targets, "/"),
+                              location_id=location_id(http.name, domain, "/")))
+    listeners = list(config.listeners)
+    listeners[hi] = replace(http, rules=tuple(rules),
+                            default_domain=http.default_domain or rules[0].domain)
+    return _rewritten(config, listeners), {}
+
+
+def _rewrite_infos(config: Config, params: Params) -> tuple[int, int, list[tuple[str, int,
+                                                                                    Params]]]:
+    """(source listener, target listener, [(where, source rule index, info)])."""
+    si = _listener(config, params, "SourceListenerId")
+    ti = _listener(config, params, "TargetListenerId")
+    source = config.listeners[si]
+    infos = [(where, _rule(source, {"LocationId": required_param(item, "SourceLocationId", str,
+                                                                 where)}), item)
+             for where, item in _objects(params, "RewriteInfos")]
+    return si, ti, infos
+
+
+def _manual_rewrite(ctx: ActionContext, params: Params) -> Result:
+    """ManualRewrite: each source rule (SourceLocationId) redirects to a target rule
+    (TargetLocationId) of TargetListenerId."""
+    config = ctx.config
+    si, ti, infos = _rewrite_infos(config, params)
+    source, target = config.listeners[si], config.listeners[ti]
+    rules = list(source.rules)
+    for where, ri, item in infos:
+        only_params(item, frozenset({"SourceLocationId", "TargetLocationId", "RewriteCode",
+                                     "TakeUrl", "SourceDomain"}), where, "UnknownParameter")
+        to = target.rules[_rule(target, {"LocationId": required_param(
+            item, "TargetLocationId", str, where)})]
+        code = _opt(item, "RewriteCode", int, where)
+        take = _opt(item, "TakeUrl", bool, where)
+        domain = _opt(item, "SourceDomain", str, where)
+        if code is not None and (take is None or domain is None):
+            raise ApiError("MissingParameter", f"{where}TakeUrl and {where}SourceDomain are "
+                           "required with RewriteCode")
+        if domain is not None and _normalized(normalize_domain, domain,
+                                              where + "SourceDomain: ") != rules[ri].domain:
+            raise ApiError("InvalidParameterValue", f"{where}SourceDomain {domain!r} is not "
+                           f"the domain of {rules[ri].location_id} ({rules[ri].domain})")
+        rules[ri] = replace(rules[ri], rewrite=Rewrite(
+            target.name, to.domain, to.url, _code(code, where + "RewriteCode"), bool(take)))
+    listeners = list(config.listeners)
+    listeners[si] = replace(source, rules=tuple(rules))
+    return _rewritten(config, listeners), {}
+
+
+def _delete_rewrite(ctx: ActionContext, params: Params) -> Result:
+    """DeleteRewrite: the named rewrites go; a rule AutoRewrite created (no targets of its
+    own) goes with its rewrite."""
+    config = ctx.config
+    si, ti, infos = _rewrite_infos(config, params)
+    source, target = config.listeners[si], config.listeners[ti]
+    rules: list[Rule | None] = list(source.rules)
+    for where, ri, item in infos:
+        rule = source.rules[ri]
+        to = target.rules[_rule(target, {"LocationId": required_param(
+            item, "TargetLocationId", str, where)})]
+        now = rule.rewrite
+        if now is None or (now.listener, now.domain, now.url) != (target.name, to.domain,
+                                                                   to.url):
+            raise ApiError("InvalidParameter", f"{where}: {rule.location_id} does not "
+                           f"redirect to {to.location_id}")
+        rules[ri] = None if now.auto and not rule.targets else replace(rule, rewrite=None)
+    kept = tuple(r for r in rules if r is not None)
+    domains = [r.domain for r in kept]
+    default = source.default_domain if source.default_domain in domains else (
+        domains[0] if domains else "")
+    listeners = list(config.listeners)
+    listeners[si] = replace(source, rules=kept, default_domain=default)
+    return _rewritten(config, listeners), {}
+
+
+def _rewrite_target(config: Config, rewrite: Rewrite) -> dict[str, Any]:
+    target = next(lst for lst in config.listeners if lst.name == rewrite.listener)
+    return {"TargetListenerId": listener_id(target),
+            "TargetLocationId": location_id(target.name, rewrite.domain, rewrite.url),
+            "RewriteCode": rewrite.code, "TakeUrl": rewrite.take_url,
+            "RewriteType": "Auto" if rewrite.auto else "Manual"}
+
+
+def _describe_rewrite(ctx: ActionContext, params: Params) -> Result:
+    config = ctx.config
+    _check_lb(config, params)
+    ids = _strings(params, "SourceListenerIds")
+    locations = _strings(params, "SourceLocationIds")
+    found = [rule_output(config, lst, r) for lst in config.listeners
+             if ids is None or listener_id(lst) in ids
+             for r in lst.rules if r.rewrite is not None
+             and (locations is None or r.location_id in locations)]
+    return None, {"RewriteSet": found}
+
+
 # --- describing -------------------------------------------------------------------------------
 
 
@@ -717,7 +907,9 @@ def _health_output(check: HealthCheck) -> dict[str, Any]:
     return out
 
 
-def _rule_output(listener: Listener, rule: Rule) -> dict[str, Any]:
+def rule_output(config: Config, listener: Listener, rule: Rule) -> dict[str, Any]:
+    """CLB's RuleOutput of ``rule``."""
+    rewrite = rule.rewrite
     return {"LocationId": rule.location_id, "Domain": rule.domain, "Url": rule.url,
             "Domains": [rule.domain], "Scheduler": rule.scheduler,
             "ListenerId": listener_id(listener), "HealthCheck": _health_output(rule.health_check),
@@ -725,14 +917,17 @@ def _rule_output(listener: Listener, rule: Rule) -> dict[str, Any]:
             "ForwardType": rule.forward_type,
             "TargetType": "NODE", "SessionExpireTime": rule.session_expire_time,
             "CookieName": rule.cookie_name,
-            "Http2": listener.protocol == "HTTPS" and rule.http2}
+            "Http2": listener.protocol == "HTTPS" and rule.http2,
+            "RewriteTarget": _rewrite_target(config, rewrite) if rewrite is not None else None,
+            # a rule AutoRewrite made: its redirect and no targets of its own
+            "BeAutoCreated": rewrite is not None and rewrite.auto and not rule.targets}
 
 
 def _describe_listeners(ctx: ActionContext, params: Params) -> Result:
     listeners = [{"ListenerId": listener_id(lst), "ListenerName": lst.name,
                   "Protocol": lst.protocol, "Port": lst.port, "TargetType": "NODE",
                   "SniSwitch": int(len(lst.certificates) > 1), "KeepaliveEnable": 1,
-                  "Rules": [_rule_output(lst, r) for r in lst.rules]}
+                  "Rules": [rule_output(ctx.config, lst, r) for r in lst.rules]}
                  for lst in _select(ctx.config, params)]
     return None, {"Listeners": listeners, "TotalCount": len(listeners)}
 
@@ -833,6 +1028,8 @@ def _describe_target_health(ctx: ActionContext, params: Params) -> Result:
 
 _AT_RULE = frozenset({"LoadBalancerId", "ListenerId", "LocationId", "Domain", "Url"})
 _SELECT = frozenset({"LoadBalancerId", "ListenerIds", "Protocol", "Port"})
+_REWRITE_PAIR = frozenset({"LoadBalancerId", "SourceListenerId", "TargetListenerId",
+                           "RewriteInfos"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -862,6 +1059,12 @@ ACTIONS: dict[str, Action] = {
     "ModifyDomainAttributes": Action(_modify_domain_attributes, frozenset({
         "LoadBalancerId", "ListenerId", "Domain", "NewDomain", "NewDomains", "DefaultServer",
         "NewDefaultServerDomain", "Http2", "Quic"})),
+    "AutoRewrite": Action(_auto_rewrite, frozenset({"LoadBalancerId", "ListenerId", "Domains",
+                                                     "RewriteCodes", "TakeUrls"})),
+    "ManualRewrite": Action(_manual_rewrite, _REWRITE_PAIR),
+    "DeleteRewrite": Action(_delete_rewrite, _REWRITE_PAIR),
+    "DescribeRewrite": Action(_describe_rewrite, frozenset({
+        "LoadBalancerId", "SourceListenerIds", "SourceLocationIds"}), mutates=False),
     "RegisterFunctionTargets": Action(_register(_function_targets),
                                        _AT_RULE | {"FunctionTargets"}),
     "DeregisterFunctionTargets": Action(_deregister(_function_targets),

@@ -57,6 +57,9 @@ MATCH_METHODS = ("exact", "range")
 #: how a rule's CVM targets are reached (CLB's ForwardType, clb-features.md §2.4): HTTP/1.1,
 #: HTTP/1.1 over TLS, HTTP/2 cleartext (gRPC), HTTP/2 over TLS (gRPC)
 FORWARD_TYPES = ("HTTP", "HTTPS", "GRPC", "GRPCS")
+#: CLB's RewriteCode / RewriteCodes values, and the default when none is given
+REWRITE_CODES = (301, 302, 307)
+REWRITE_DEFAULT_CODE = 302
 #: the forward types that speak TLS to the backend (``backend_ca`` applies to them)
 TLS_FORWARD_TYPES = frozenset({"HTTPS", "GRPCS"})
 #: the forward types that speak HTTP/2 to the backend (gRPC; SCF cannot be their target)
@@ -123,6 +126,19 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
+class Rewrite:
+    """CLB's redirect of a rule to a rule (ManualRewrite; AutoRewrite makes ``auto`` ones):
+    every request the rule matches is answered ``code`` with the target rule's address."""
+    listener: str  # the target rule's listener (its name)
+    domain: str
+    url: str
+    code: int = REWRITE_DEFAULT_CODE  # 301, 302 or 307
+    #: carry the request's path and query over (CLB's TakeUrl); else the target rule's url
+    take_url: bool = False
+    auto: bool = False  # made by AutoRewrite (CLB's RewriteType Auto), else Manual
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
     domain: str
     url: str
@@ -146,6 +162,8 @@ class Rule:
     #: CLB's per-domain Http2 switch (HTTPS listeners): ALPN offers h2 to the domain's SNI
     #: names; one value per domain (a rule saying false turns it off for the whole domain)
     http2: bool = True
+    #: a redirect to another rule (CLB's rewrite); its targets then take no requests
+    rewrite: Rewrite | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,8 +202,10 @@ class Listener:
     max_connections: int = 10000
     # TLS and redirects (issue 5)
     hsts_max_age: int = 0  # HTTPS: > 0 adds Strict-Transport-Security with this max-age
+    #: the port clients reach this listener on, when NAT or a Kubernetes Service maps
+    #: another one to ``port``: redirects to this listener (rewrites) name it; 0: ``port``
+    public_port: int = 0
     ssl_handshake_timeout: float = 10.0  # HTTPS: a handshake not done by then is dropped
-    redirect_https_port: int = 0  # HTTP: > 0 answers every request with 301 to https://host:port
     # TLS policy (issue 15): () / "" = Mozilla intermediate (TLSv1.2 TLSv1.3, its six suites)
     ssl_protocols: tuple[str, ...] = ()
     ssl_ciphers: str = ""
@@ -528,6 +548,15 @@ def _choice(options: tuple[str, ...]) -> Check:
     return _string("|".join(map(re.escape, options)), "one of " + ", ".join(options))
 
 
+def _choice_of(options: tuple[int, ...]) -> Check:
+    """An integer among ``options``."""
+    def check(ctx: _Ctx, path: str, value: object) -> int:
+        if isinstance(value, bool) or value not in options:
+            raise _bad(path, "one of " + ", ".join(map(str, options)), value)
+        return int(value)
+    return check
+
+
 def _or_empty(check: Check) -> Check:
     def or_empty(ctx: _Ctx, path: str, value: object) -> Any:
         return "" if value == "" else check(ctx, path, value)
@@ -802,6 +831,23 @@ def _ssl_ciphers(ctx: _Ctx, path: str, value: object) -> str:
     return value
 
 
+_LISTENER_NAME = _string(r"[A-Za-z0-9][A-Za-z0-9._-]{0,59}",
+                         "a name of letters, digits, ., - and _")
+
+
+def _gone(why: str) -> Check:
+    """A key that no longer exists: its error says what replaces it."""
+    def check(ctx: _Ctx, path: str, value: object) -> None:
+        raise _Invalid(path, why)
+    return check
+
+
+_REWRITE_FIELDS: dict[str, Check] = {
+    "listener": _LISTENER_NAME,
+    "domain": _domain, "url": _url, "code": _choice_of(REWRITE_CODES),
+    "take_url": _boolean, "auto": _boolean,
+}
+
 _RULE_FIELDS: dict[str, Check] = {
     "domain": _domain, "url": _url, "scheduler": _choice(SCHEDULERS),
     "health_check": _health_check, "targets": _array(_target),
@@ -810,10 +856,11 @@ _RULE_FIELDS: dict[str, Check] = {
     "cookie_name": _string(COOKIE_NAME_PATTERN, COOKIE_NAME_EXPECTED),
     "forward_type": _choice(FORWARD_TYPES), "backend_ca": _existing("file"),
     "http2": _boolean,
+    "rewrite": _section(Rewrite, _REWRITE_FIELDS, ("listener", "domain", "url")),
 }
 
 _LISTENER_FIELDS: dict[str, Check] = {
-    "name": _string(r"[A-Za-z0-9][A-Za-z0-9._-]{0,59}", "a name of letters, digits, ., - and _"),
+    "name": _LISTENER_NAME,
     "protocol": _choice(PROTOCOLS), "port": _integer(0, 65535), "host": _bind_host,
     "certificates": _array(_section(Certificate, {"cert": _existing("file"),
                                                   "key": _existing("file")}, ("cert", "key"))),
@@ -830,7 +877,12 @@ _LISTENER_FIELDS: dict[str, Check] = {
     "max_header_size": _integer(1024, 1024 * 1024), "max_header_count": _integer(1, 1000),
     "max_request_line": _integer(256, 65536), "max_connections": _integer(1, 1_000_000),
     "hsts_max_age": _integer(0, 10 * 365 * 86400), "ssl_handshake_timeout": _number(0.1, 300),
-    "redirect_https_port": _integer(0, 65535), "h2c": _boolean,
+    "redirect_https_port": _gone("redirect_https_port is replaced by CLB's AutoRewrite: give "
+                                 "this listener a rule per domain with rewrite = { listener = "
+                                 '"<the HTTPS listener>", domain = "...", url = "/", code = '
+                                 "301, take_url = true, auto = true }, or call AutoRewrite "
+                                 "(docs/CONFIG.md \"Redirects\")"),
+    "h2c": _boolean, "public_port": _integer(0, 65535),
     "ssl_protocols": _ssl_protocols, "ssl_ciphers": _ssl_ciphers,
     "ssl_session_tickets": _boolean, "ssl_mode": _choice(SSL_MODES),
     "client_ca": _existing("file"), "ssl_verify_client": _choice(SSL_VERIFY_CLIENT),
@@ -865,9 +917,6 @@ def _listener(ctx: _Ctx, path: str, value: object) -> Listener:
                       if k in _LISTENER_FIELD_NAMES)
     listener = Listener(**values)
     _check_tls_keys(path, listener, given)
-    if listener.protocol == "HTTPS" and listener.redirect_https_port:
-        raise _bad(f"{path}.redirect_https_port", "only for an HTTP listener",
-                   listener.redirect_https_port)
     if listener.protocol == "HTTPS" and listener.h2c:
         raise _bad(f"{path}.h2c", "only for an HTTP listener (an HTTPS listener speaks "
                    "HTTP/2 through ALPN; see its rules' http2)", listener.h2c)
@@ -1116,7 +1165,8 @@ def _check_bind(path: str, host: str, port: int) -> None:
 
 
 def _check_listeners(listeners: Sequence[Listener]) -> None:
-    """Names are unique; two listeners never bind the same port on overlapping addresses."""
+    """Names are unique; two listeners never bind the same port on overlapping addresses;
+    the rewrites between their rules hold."""
     for i, lst in enumerate(listeners):
         for j, other in enumerate(listeners[:i]):
             if other.name == lst.name:
@@ -1128,6 +1178,43 @@ def _check_listeners(listeners: Sequence[Listener]) -> None:
                     other.host == lst.host or "" in (other.host, lst.host)):
                 raise _bad(f"listener[{i}].port", f"must not be bound twice (listener[{j}] "
                            f"binds {_show_hostport(other.host, other.port)})", lst.port)
+    _check_rewrites(listeners)
+
+
+def _check_rewrites(listeners: Sequence[Listener]) -> None:
+    """Each rewrite names a rule that exists, is another rule and redirects nowhere itself
+    (CLB: rule to rule, 1:1); an auto one goes from an HTTP listener to an HTTPS one; a
+    domain that has an auto rewrite has no manual one (CLB refuses ManualRewrite there)."""
+    rules = {(lst.name, r.domain, r.url): r for lst in listeners for r in lst.rules}
+    for i, lst in enumerate(listeners):
+        auto = {r.domain for r in lst.rules if r.rewrite is not None and r.rewrite.auto}
+        for j, rule in enumerate(lst.rules):
+            to = rule.rewrite
+            if to is None:
+                continue
+            path = f"listener[{i}].rule[{j}].rewrite"
+            target = rules.get((to.listener, to.domain, to.url))
+            if target is None:
+                raise _Invalid(path, f"names no rule: listener {_show(to.listener)} has no "
+                               f"rule {_show(to.domain)} {_show(to.url)}")
+            if target is rule:
+                raise _Invalid(path, "redirects the rule to itself")
+            if target.rewrite is not None:
+                raise _Invalid(path, f"its target {to.domain}{to.url} redirects too (a rewrite "
+                               "goes from one rule to one rule that serves)")
+            if to.auto and (lst.protocol, next(x.protocol for x in listeners
+                                               if x.name == to.listener)) != ("HTTP", "HTTPS"):
+                raise _Invalid(path, "auto (AutoRewrite) goes from an HTTP listener to an "
+                               "HTTPS one")
+            if not to.auto and rule.domain in auto:
+                raise _Invalid(path, f"domain {_show(rule.domain)} has an auto rewrite "
+                               "(AutoRewrite); CLB allows no manual one beside it")
+
+
+def check_rewrites(listeners: Sequence[Listener]) -> None:
+    """``_check_rewrites`` for the admin API (ConfigError when a rewrite is bad)."""
+    with _errors_named(""):
+        _check_rewrites(listeners)
 
 
 def _check_functions(functions: Sequence[Function]) -> None:

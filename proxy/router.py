@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import writer
 from .balancer import Balancer
-from .config import Config, Listener, Rule, Target
+from .config import Config, Listener, Rewrite, Rule, Target
 from .errors import ConfigError, NoTargetAvailable, NotFound, ProxyError, UpstreamError
 from .handover import Cancel, Done, awaited, on_task
 from .headers import TrustedProxies
@@ -78,6 +78,9 @@ class Backends:
     cvm: Callable[[Listener, Rule, Target], tuple[object, Usable | None]] | None = None
     #: the web functions (type = "HTTP", scf/web.py): raw HTTP to their instances
     web: WebFunctions | None = None
+    #: listener name -> the port it is bound to (filled as listeners bind): where a rewrite
+    #: to a listener configured with port 0 points
+    ports: dict[str, int] = field(default_factory=dict)
 
 
 def _bind_scf(backends: Backends, listener: Listener, rule: Rule,
@@ -126,11 +129,17 @@ TARGET_BINDERS = {"SCF": _bind_scf, "CVM": _bind_cvm}
 
 
 class _BoundRule:
-    __slots__ = ("rule", "balancer", "starts", "usable", "routes", "no_target", "session")
+    __slots__ = ("rule", "balancer", "starts", "usable", "routes", "no_target", "session",
+                 "rewrite")
 
     def __init__(self, listener: Listener, rule: Rule, backends: Backends,
-                 metrics: ProxyMetrics | None) -> None:
+                 metrics: ProxyMetrics | None, listeners: dict[str, Listener]) -> None:
         self.rule = rule
+        #: a rewritten rule answers every request with a redirect (its targets take none)
+        self.rewrite: tuple[Callable[[Request], str], int] | None = None if (
+            rule.rewrite is None) else (_rewrite_location(
+                rule.rewrite, listeners[rule.rewrite.listener], backends.ports),
+                rule.rewrite.code)
         self.balancer = Balancer(rule.scheduler, [t.weight for t in rule.targets])
         bound = [TARGET_BINDERS[t.type](backends, listener, rule, t) for t in rule.targets]
         self.starts = tuple(_starter(b) for b, _ in bound)
@@ -157,29 +166,57 @@ def _route(listener: Listener, rule: Rule, label: str, kind: str,
     return Route(listener.name, rule.domain, rule.url, rule.location_id, label, meter)
 
 
-def _https_location(request: Request, port: int) -> str:
-    """Where an HTTP listener with ``redirect_https_port`` sends a request: same host (port
-    replaced), path and query."""
+#: the port a URL leaves out, by scheme
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _literal(url: str) -> str:
+    """A rule url as a path a redirect can name: "=/a" and "^~/a" are "/a"; a regex is "/"."""
+    if url.startswith("~"):
+        return "/"
+    return url.removeprefix("=").removeprefix("^~")
+
+
+def _request_host(request: Request) -> str:
     host = request.header("host") or ""
     if host.startswith("["):
-        host = host[: host.find("]") + 1]
-    else:
-        host = host.rsplit(":", 1)[0]
-    authority = host if port == 443 else f"{host}:{port}"
-    query = "?" + request.query if request.query else ""
-    return f"https://{authority}{request.path}{query}"
+        return host[: host.find("]") + 1]
+    return host.rsplit(":", 1)[0]
+
+
+def _rewrite_location(rewrite: Rewrite, target: Listener,
+                      ports: dict[str, int]) -> Callable[[Request], str]:
+    """Where a rewritten rule sends a request (docs/BEHAVIOUR.md "Redirects"): the target
+    listener's scheme and port (its public_port, else its port, else the one it was bound to
+    for port 0; none when it is the scheme's default), the target rule's domain (the
+    request's host when that domain is a wildcard or a regex), and the request's path and
+    query with ``take_url``, else the target rule's url."""
+    scheme = "https" if target.protocol == "HTTPS" else "http"
+    domain = rewrite.domain
+    fixed_host = domain if "*" not in domain and not domain.startswith("~") else ""
+    path = _literal(rewrite.url)
+
+    def location(request: Request) -> str:
+        port = target.public_port or target.port or ports.get(target.name, 0)
+        host = fixed_host or _request_host(request)
+        authority = host if port in (0, _DEFAULT_PORTS[scheme]) else f"{host}:{port}"
+        if not rewrite.take_url:
+            return f"{scheme}://{authority}{path}"
+        query = "?" + request.query if request.query else ""
+        return f"{scheme}://{authority}{request.path}{query}"
+    return location
 
 
 class _BoundListener:
-    __slots__ = ("listener", "table", "rules", "https_port", "unrouted")
+    __slots__ = ("listener", "table", "rules", "unrouted")
 
     def __init__(self, listener: Listener, backends: Backends,
-                 metrics: ProxyMetrics | None) -> None:
+                 metrics: ProxyMetrics | None, listeners: dict[str, Listener]) -> None:
         self.listener = listener
-        self.https_port = listener.redirect_https_port
         self.table = RuleTable(listener)
-        self.rules = tuple(_BoundRule(listener, r, backends, metrics) for r in listener.rules)
-        #: the route of a request no rule matched (404) or that was redirected to HTTPS
+        self.rules = tuple(_BoundRule(listener, r, backends, metrics, listeners)
+                           for r in listener.rules)
+        #: the route of a request no rule matched (404)
         meter = metrics.route_meter(listener.name, "", "", "") if metrics is not None else None
         self.unrouted = Route(listener.name, "", "", "", "", meter)
 
@@ -295,17 +332,14 @@ class Router:
     def __init__(self, config: Config, backends: Backends,
                  metrics: ProxyMetrics | None = None) -> None:
         self.config = config
-        self._listeners = {l.name: _BoundListener(l, backends, metrics)
+        by_name = {l.name: l for l in config.listeners}
+        self._listeners = {l.name: _BoundListener(l, backends, metrics, by_name)
                            for l in config.listeners}
 
     def dispatch(self, request: Request, reply: Done) -> Cancel | None:
         """Route ``request``; ``reply`` gets its Outcome once, now or when the target answers
         (errors included, as error pages). Returns what cancels it while in flight."""
         bound = self._listeners[request.listener]
-        if bound.https_port:
-            reply(Outcome(writer.redirect_response(
-                _https_location(request, bound.https_port)), bound.unrouted))
-            return None
         route = bound.unrouted
         try:
             path = normalize_path(request.path)
@@ -317,6 +351,10 @@ class Router:
             if redirect:
                 query = "?" + request.query if request.query else ""
                 reply(Outcome(writer.redirect_response(request.path + "/" + query), route))
+                return None
+            if brule.rewrite is not None:
+                location, code = brule.rewrite
+                reply(Outcome(writer.redirect_response(location(request), code), route))
                 return None
             session = brule.session
             if session is None:

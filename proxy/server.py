@@ -201,6 +201,7 @@ class ProxyServer:
             else:
                 bound = bind_listener(listener)
                 announce(listener, bound)
+            self.backends.ports[listener.name] = bound[0].getsockname()[1]
             gate = AcceptGate(listener.name, bound,
                               lambda ctx=ctx: ctx.connection_class(ctx),  # type: ignore[misc]
                               listener.max_connections, ssl_ctx, listener.ssl_handshake_timeout)

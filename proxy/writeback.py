@@ -33,7 +33,7 @@ from tomlkit.container import Container
 from tomlkit.items import AoT, Array, InlineTable, Table
 
 from .config import (Alias, Certificate, Config, Function, FunctionVersion, HealthCheck, Listener,
-                     RemoteScf, Rule, Target, VersionMatch)
+                     RemoteScf, Rewrite, Rule, Target, VersionMatch)
 from .errors import ConfigError
 
 #: (value type, field) -> TOML key; None: derived, never written
@@ -49,6 +49,8 @@ _TARGET_KEYS = {"SCF": ("type", "namespace", "function", "qualifier", "invoke_ur
                 "CVM": ("type", "address", "weight")}
 #: arrays written as inline tables (``targets = [{...}]``) when the document has none yet
 _INLINE = {(Rule, "targets"), (Listener, "certificates")}
+#: fields written as an inline table (``rewrite = {...}``)
+_INLINE_TABLES = {(Rule, "rewrite")}
 
 
 class Unwritable(Exception):
@@ -90,7 +92,7 @@ def plain(value: Any, inline: bool = False) -> Any:
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, (HealthCheck, Target, Rule, Listener, Function, RemoteScf,
-                          Certificate, FunctionVersion, Alias, VersionMatch)):
+                          Certificate, FunctionVersion, Alias, VersionMatch, Rewrite)):
         table = tomlkit.inline_table() if inline else tomlkit.table()
         defaults = type(value)(**_required(value))
         for key, item in _fields(value):
@@ -102,7 +104,8 @@ def plain(value: Any, inline: bool = False) -> Any:
                 if item is None or (isinstance(item, tuple) and not item):
                     continue
                 table[key] = _array_item(type(value), name, item) \
-                    if isinstance(item, tuple) else plain(item, inline)
+                    if isinstance(item, tuple) else plain(
+                        item, inline or (type(value), name) in _INLINE_TABLES)
         return table
     if isinstance(value, tuple):
         return list(value)
@@ -164,7 +167,8 @@ def patch(document: Container | Table | InlineTable, old: Any, new: Any) -> None
         elif isinstance(after, tuple):
             document[key] = _array_item(kind, f.name, after)
         else:
-            document[key] = plain(after, isinstance(document, InlineTable))
+            document[key] = plain(after, isinstance(document, InlineTable)
+                                  or (kind, f.name) in _INLINE_TABLES)
 
 
 def _is_default(f: dataclasses.Field[Any], value: Any) -> bool:

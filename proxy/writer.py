@@ -195,6 +195,7 @@ def error_response(exc: ProxyError) -> Response:
     return page
 
 
-def redirect_response(location: str) -> Response:
-    """301 to ``location`` (the CLB trailing-slash redirect, SPEC §3)."""
-    return Response(301, (("Location", location),) + _HTML, _html_page(301))
+def redirect_response(location: str, status: int = 301) -> Response:
+    """``status`` (301 by default: the CLB trailing-slash redirect, SPEC §3; a rewrite's
+    301/302/307) to ``location``."""
+    return Response(status, (("Location", location),) + _HTML, _html_page(status))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.configs import function, listener, scf_rule
+from tests.configs import function, listener, rule, scf_rule
 from tests.proxyproc import ProxyProcess
 
 HELLO = b"<html><body><h1>Hello CLB</h1></body></html>"
@@ -35,7 +35,9 @@ def proxy(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         certs.append(f'{{ cert = "{cert}", key = "{key}" }}')
     config = (listener("tls", "HTTPS", hsts_max_age=63072000, ssl_handshake_timeout=1)
               + f"certificates = [{', '.join(certs)}]\n" + scf_rule("a.test", "/", "echo")
-              + listener("plain", redirect_https_port=8443) + function("echo"))
+              + listener("plain") + rule("a.test", "/", "[]") + '  rewrite = { listener = "tls", '
+              'domain = "a.test", url = "/", code = 301, take_url = true, auto = true }\n'
+              + function("echo"))
     with ProxyProcess.with_config(config, tmp, "--state-dir", str(tmp / "state")) as proc:
         yield proc
 
@@ -125,11 +127,12 @@ def test_curl_with_cacert_gets_the_right_certificate(proxy: ProxyProcess, ca: tr
 
 
 def test_http_listener_redirects_to_https(proxy: ProxyProcess) -> None:
+    """AutoRewrite's config form: the HTTPS listener's port (bound from port 0) is named."""
     conn = http.client.HTTPConnection("127.0.0.1", proxy.port("plain"), timeout=5)
-    conn.request("GET", "/a/b?c=1", headers={"Host": "example.test:8080"})
+    conn.request("GET", "/a/b?c=1", headers={"Host": "a.test:8080"})
     resp = conn.getresponse()
     assert resp.status == 301
-    assert resp.headers["Location"] == "https://example.test:8443/a/b?c=1"
+    assert resp.headers["Location"] == f"https://a.test:{proxy.port('tls')}/a/b?c=1"
 
 
 def test_listen_tls_without_files_serves_hello_over_a_generated_certificate(

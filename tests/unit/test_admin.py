@@ -225,7 +225,8 @@ def test_create_rule_with_default_server_moves_the_default_domain(admin: Admin) 
      "InvalidParameterValue"),
     ({"Domain": "a.com", "Url": "/", "Certificate": {"CertId": "x"}}, "UnsupportedOperation"),
     ({"Domain": "a.com", "Url": "/", "ForwardType": "TRPC"}, "InvalidParameterValue"),
-    ({"Domains": ["a.com", "b.com"], "Url": "/"}, "UnsupportedOperation"),
+    ({"Domain": "a.com", "Domains": ["b.com"], "Url": "/"}, "InvalidParameter"),
+    ({"Domains": ["a.com", "A.com"], "Url": "/"}, "InvalidParameterValue.Duplicate"),
     ({"Domain": 5, "Url": "/"}, "InvalidParameter.FormatError"),
 ])
 def test_create_rule_refuses_bad_input_and_changes_nothing(admin: Admin, rule: dict[str, Any],

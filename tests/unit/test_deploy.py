@@ -354,10 +354,15 @@ def test_the_configmap_rule_table_loads_with_the_pods_files_and_secrets(
     assert ports == {named_port(container, "http"), named_port(container, "https")}
     for fn in config.functions:
         assert fn.code.is_relative_to(tmp_path), "function code outside the image"
-    # the 301 from plain HTTP names the port clients reach, the Service's, not the pod's
+    # plain HTTP redirects every domain to the HTTPS listener (AutoRewrite's config form), and
+    # the 301 names the port clients reach, the Service's
     public = {p["name"]: p["port"] for p in k8s[("Service", "clbscf-proxy")]["spec"]["ports"]}
-    redirects = {lst.redirect_https_port for lst in config.listeners if lst.redirect_https_port}
-    assert redirects == {public["https"]}
+    by_name = {lst.name: lst for lst in config.listeners}
+    https = by_name["https"]
+    assert (https.public_port or https.port) == public["https"]
+    redirected = {r.domain for r in by_name["http"].rules
+                  if r.rewrite is not None and r.rewrite.listener == "https" and r.rewrite.auto}
+    assert redirected == {r.domain for r in https.rules}
 
 
 def test_the_configmap_has_a_cvm_scf_split_and_a_remote_scf_rule(
