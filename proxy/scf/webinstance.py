@@ -107,7 +107,8 @@ class WebInstance:
         except (OSError, subprocess.SubprocessError) as exc:
             self.kill(f"cannot start {fn.code / WEB_BOOTSTRAP}: {exc}")
             return
-        self._task = self.loop.create_task(self._wait_listening(fn))
+        if self.pool is not None:  # else it is exiting already (see _spawn)
+            self._task = self.loop.create_task(self._wait_listening(fn))
 
     def _spawn(self, fn: Function) -> None:
         env = dict(self.owner.environment)
@@ -135,7 +136,12 @@ class WebInstance:
         self._watch_exit()
         opener = None
         if self.isolated:
-            self.namespace = netns.Namespace(self.pid)  # the process exists until reaped
+            try:
+                self.namespace = netns.Namespace(self.pid)
+            except FileNotFoundError:
+                # /proc/PID/ns goes as the process exits, before it is reaped: it is
+                # exiting already, and its exit (watched above) says why; nothing to probe
+                return
             opener = self.namespace.socket
         self.pool = Pool(f"127.0.0.1:{self.port}", opener=opener)
 
