@@ -27,7 +27,8 @@ from typing import Any, TypeVar
 from .config import (COOKIE_NAME_EXPECTED, COOKIE_NAME_PATTERN, FORWARD_TYPES,
                      REWRITE_CODES, REWRITE_DEFAULT_CODE, SCHEDULERS, SECRET_VARIABLES,
                      SESSION_EXPIRE_MAX, SESSION_EXPIRE_MIN, TLS_FORWARD_TYPES, Config,
-                     HealthCheck, Listener, Rewrite, Rule, Target, check_rewrites,
+                     HEALTH_CHECK_KEYS, TARGET_KEYS, HealthCheck, Listener, Rewrite, Rule,
+                     Target, bounds_of, check_rewrites, is_host,
                      location_id, normalize_domain, normalize_url, qualifiers)
 from .errors import ConfigError
 from .sigv1 import FormText
@@ -197,7 +198,6 @@ def _with_targets(ctx: ActionContext, params: Params,
 
 # --- targets ------------------------------------------------------------------------------
 
-_HOSTNAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 # SCF names and qualifiers, as the config loader accepts them (SPEC §1)
 _NAME_RE = re.compile(r"[A-Za-z](?:[A-Za-z0-9_-]{0,58}[A-Za-z0-9])?")
 _QUALIFIER_RE = re.compile(r"\$LATEST|\$DEFAULT|[0-9]+|" + _NAME_RE.pattern)
@@ -227,6 +227,12 @@ def target_key(target: Target) -> tuple[str, ...]:
     return ("SCF", target.namespace, target.function, target.qualifier)
 
 
+def _weight(item: Params, default: int, where: str) -> int:
+    """A target's Weight, in the range the config declares for ``weight``."""
+    lo, hi = map(int, bounds_of(TARGET_KEYS["CVM"]["weight"].check) or (0, 100))
+    return _range(item, "Weight", lo, hi, default, where)
+
+
 def _cvm_targets(params: Params, default_weight: int = 10) -> list[Target]:
     targets = []
     for where, item in _objects(params, "Targets"):
@@ -239,7 +245,7 @@ def _cvm_targets(params: Params, default_weight: int = 10) -> list[Target]:
             ip = ipaddress.ip_address(host)
             shown = f"[{ip.compressed}]" if ip.version == 6 else ip.compressed
         except ValueError:
-            if not _HOSTNAME_RE.fullmatch(host):
+            if not is_host(host):  # the loader's own test of a host name
                 raise ApiError("InvalidParameterValue", f"{where}EniIp must be an IP address "
                                f"or a host name, got {host!r}") from None
             shown = host.lower()
@@ -247,7 +253,7 @@ def _cvm_targets(params: Params, default_weight: int = 10) -> list[Target]:
         if not port:
             raise ApiError("MissingParameter", f"{where}Port is required")
         targets.append(Target(type="CVM", address=f"{shown}:{port}",
-                              weight=_range(item, "Weight", 0, 100, default_weight, where)))
+                              weight=_weight(item, default_weight, where)))
     return targets
 
 
@@ -278,7 +284,7 @@ def _function_targets(params: Params) -> list[Target]:
                            "$DEFAULT and names aliases)")
         targets.append(Target(type="SCF", namespace=namespace, function=name,
                               qualifier=qualifier,
-                              weight=_range(item, "Weight", 0, 100, 10, where)))
+                              weight=_weight(item, 10, where)))
     return targets
 
 
@@ -357,7 +363,7 @@ def _reweigh(parse: Callable[[Params], list[Target]]) -> Callable[[ActionContext
 
 def _weighted_cvm_targets(params: Params) -> list[Target]:
     # ModifyTargetWeight: Targets[].Weight wins over the request's Weight (default 10)
-    return _cvm_targets(params, _range(params, "Weight", 0, 100, 10))
+    return _cvm_targets(params, _weight(params, 10, ""))
 
 
 def _batch_targets(params: Params) -> list[tuple[dict[str, Any], Target]]:
@@ -439,12 +445,14 @@ def _modify_target_port(ctx: ActionContext, params: Params) -> Result:
 # --- rules --------------------------------------------------------------------------------
 
 #: API HealthCheck field -> (config field, lo, hi); ranges as the config loader has them
-_HEALTH_NUMBERS = {"HealthSwitch": ("enabled", 0, 1), "IntervalTime": ("interval", 2, 300),
-                   "HealthNum": ("healthy_threshold", 2, 10),
-                   "UnHealthNum": ("unhealthy_threshold", 2, 10),
-                   "TimeOut": ("timeout", 1, 60), "HttpCode": ("http_codes", 1, 31)}
-_HEALTH_TEXTS = {"HttpCheckPath": "path", "HttpCheckDomain": "domain",
-                 "HttpCheckMethod": "method"}
+#: HealthCheck's API fields as the config declares them: numbers with their ranges (the
+#: switch is 0/1), and texts
+_HEALTH_NUMBERS: dict[str, tuple[str, int, int]] = {
+    key.api: (name, *map(int, bounds_of(key.check) or (0, 1)))  # type: ignore[misc]
+    for name, key in HEALTH_CHECK_KEYS.items()
+    if bounds_of(key.check) is not None or name == "enabled"}
+_HEALTH_TEXTS = {key.api: name for name, key in HEALTH_CHECK_KEYS.items()
+                 if key.api not in _HEALTH_NUMBERS}
 #: RuleInput fields we accept only with the value that means "nothing special"
 _NEUTRAL_RULE_FIELDS: dict[str, object] = {"TargetType": "NODE", "Quic": False}
 _RULE_KEYS = frozenset({"Url", "Domain", "Domains", "Scheduler", "HealthCheck",

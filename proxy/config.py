@@ -505,6 +505,26 @@ Check = Callable[[_Ctx, str, object], Any]
 _NO_FILES = _Ctx(Path("/"))  # for checks of values that are not paths
 
 
+def _described(check: Check, values: str, bounds: tuple[float, float] | None = None
+               ) -> Check:
+    """``check`` with what it accepts, for the generated docs (``values``) and, for numbers,
+    its ``bounds`` (the CLB API checks its own ranges with them)."""
+    check.values = values  # type: ignore[attr-defined]
+    check.bounds = bounds  # type: ignore[attr-defined]
+    return check
+
+
+def values_of(check: Check) -> str:
+    """What ``check`` accepts, in words ("" when it does not say)."""
+    return str(getattr(check, "values", ""))
+
+
+def bounds_of(check: Check) -> tuple[float, float] | None:
+    """A number check's (lo, hi), else None."""
+    bounds: tuple[float, float] | None = getattr(check, "bounds", None)
+    return bounds
+
+
 def _integer(lo: int, hi: int) -> Check:
     def check(ctx: _Ctx, path: str, value: object) -> int:
         # TOML booleans are Python bools, which are ints: `weight = true` must not pass as 1.
@@ -513,7 +533,7 @@ def _integer(lo: int, hi: int) -> Check:
         if not lo <= value <= hi:
             raise _bad(path, f"must be {lo}..{hi}", value)
         return value
-    return check
+    return _described(check, f"{lo}–{hi}", (lo, hi))
 
 
 def _number(lo: float, hi: float) -> Check:
@@ -525,13 +545,16 @@ def _number(lo: float, hi: float) -> Check:
         if not lo <= value <= hi:
             raise _bad(path, f"must be {lo:g}..{hi:g}", value)
         return float(value)
-    return check
+    return _described(check, f"{lo:g}–{hi:g}", (lo, hi))
 
 
 def _boolean(ctx: _Ctx, path: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise _bad(path, "must be true or false", value)
     return value
+
+
+_described(_boolean, "`true`, `false`")
 
 
 def _string(pattern: str, expected: str) -> Check:
@@ -541,11 +564,12 @@ def _string(pattern: str, expected: str) -> Check:
         if not isinstance(value, str) or not compiled.fullmatch(value):
             raise _bad(path, f"must be {expected}", value)
         return value
-    return check
+    return _described(check, expected)
 
 
 def _choice(options: tuple[str, ...]) -> Check:
-    return _string("|".join(map(re.escape, options)), "one of " + ", ".join(options))
+    return _described(_string("|".join(map(re.escape, options)), "one of " + ", ".join(options)),
+                      ", ".join(f"`{o}`" for o in options))
 
 
 def _choice_of(options: tuple[int, ...]) -> Check:
@@ -554,7 +578,7 @@ def _choice_of(options: tuple[int, ...]) -> Check:
         if isinstance(value, bool) or value not in options:
             raise _bad(path, "one of " + ", ".join(map(str, options)), value)
         return int(value)
-    return check
+    return _described(check, ", ".join(map(str, options)))
 
 
 def _or_empty(check: Check) -> Check:
@@ -574,7 +598,7 @@ def _existing(kind: str) -> Check:
         if not _PATH_KINDS[kind](resolved):
             raise _bad(path, f"must be an existing {kind} ({resolved})", value)
         return resolved
-    return check
+    return _described(check, f"an existing {kind} (relative to the config file)")
 
 
 def _array(item: Check) -> Check:
@@ -582,7 +606,7 @@ def _array(item: Check) -> Check:
         if not isinstance(value, list):
             raise _bad(path, "must be an array", value)
         return tuple(item(ctx, f"{path}[{i}]", v) for i, v in enumerate(value))
-    return check
+    return _described(check, "an array")
 
 
 def _http_url(ctx: _Ctx, path: str, value: object) -> str:
@@ -595,6 +619,11 @@ def _http_url(ctx: _Ctx, path: str, value: object) -> str:
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                           r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
 _HOSTPORT_RE = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]*)):(?P<port>[0-9]{1,5})")
+
+
+def is_host(text: str) -> bool:
+    """An IP literal or a DNS name, as the loader takes a host (the CLB API's EniIp too)."""
+    return _is_host(text)
 
 
 def _is_host(text: str, version: int | None = None) -> bool:
@@ -715,12 +744,31 @@ def _environment(ctx: _Ctx, path: str, value: object) -> tuple[tuple[str, str], 
 
 #: TOML key -> the name used in field paths (the SPEC's `target[1]`) and dataclass fields
 _PATH_NAMES = {"targets": "target"}
-_FIELD_NAMES = {"rule": "rules"}
+#: TOML keys whose dataclass field has another name
+FIELD_NAMES = {"rule": "rules"}
 #: an unknown key that looks like a credential gets this answer, and its value is not echoed
 _SECRET_WORDS = ("secret", "token", "password", "credential")
 
 
-def _fields(ctx: _Ctx, path: str, value: object, checks: Mapping[str, Check],
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One key of a config section, declared once: its check (type and range, which the
+    loader applies and the CLB API reuses), what it means, the CLB API's name of it; its
+    default is its dataclass field's. docs/CONFIG.md's tables are made from these
+    (proxy/configdoc.py)."""
+    check: Check
+    doc: str
+    #: the CLB API field it is (RuleInput's, HealthCheck's, ...); "" when the API has none
+    api: str = ""
+    #: the default as the docs say it, when the field's own is computed (or there is none)
+    default: str = ""
+
+
+def key_check(spec: Key | Check) -> Check:
+    return spec.check if isinstance(spec, Key) else spec
+
+
+def _fields(ctx: _Ctx, path: str, value: object, checks: Mapping[str, Key | Check],
             required: tuple[str, ...] = (), what: str = "") -> dict[str, Any]:
     """Check a table key by key (unknown keys are errors); returns dataclass keyword values."""
     if not isinstance(value, Mapping):
@@ -728,37 +776,50 @@ def _fields(ctx: _Ctx, path: str, value: object, checks: Mapping[str, Check],
     out: dict[str, Any] = {}
     for key, raw in value.items():
         sub = f"{path}.{_PATH_NAMES.get(key, key)}" if path else key
-        check = checks.get(key)
+        spec = checks.get(key)
+        check = key_check(spec) if spec is not None else None
         if check is None and any(w in key.lower() for w in _SECRET_WORDS):
             raise _Invalid(sub, "credentials are never read from the config file; set "
                            + ", ".join(SECRET_VARIABLES) + " (and TENCENTCLOUD_SESSIONTOKEN) "
                            "in the environment")
         if check is None:
             raise _bad(sub, f"unknown key{what}, expected one of " + ", ".join(checks), key)
-        out[_FIELD_NAMES.get(str(key), str(key))] = check(ctx, sub, raw)
+        out[FIELD_NAMES.get(str(key), str(key))] = check(ctx, sub, raw)
     for key in required:
-        if _FIELD_NAMES.get(key, key) not in out:
+        if FIELD_NAMES.get(key, key) not in out:
             raise _Invalid(f"{path}.{key}" if path else key, "is required, got nothing")
     return out
 
 
-def _section(kind: Callable[..., Any], checks: Mapping[str, Check],
+def _section(kind: Callable[..., Any], checks: Mapping[str, Key | Check],
              required: tuple[str, ...] = ()) -> Check:
     def check(ctx: _Ctx, path: str, value: object) -> Any:
         return kind(**_fields(ctx, path, value, checks, required))
-    return check
+    return _described(check, "a table (below)")
 
 
-_HEALTH_CHECK_FIELDS: dict[str, Check] = {  # clb-scf-facts.md §6.2 (interval 2: quick tests)
-    "enabled": _boolean, "interval": _integer(2, 300), "healthy_threshold": _integer(2, 10),
-    "unhealthy_threshold": _integer(2, 10), "timeout": _integer(1, 60),
-    "http_codes": _integer(1, 31), "path": _string(r"/[!-~]{0,199}", "a path starting with /"),
-    "method": _choice(("HEAD", "GET")), "domain": _or_empty(_fixed_domain),
+#: clb-scf-facts.md §6.2's ranges (interval 2: quick tests)
+HEALTH_CHECK_KEYS: dict[str, Key] = {
+    "enabled": Key(_boolean, "CVM targets are probed (CLB's default: on)", "HealthSwitch"),
+    "interval": Key(_integer(2, 300), "seconds between two probes of a target",
+                    "IntervalTime"),
+    "healthy_threshold": Key(_integer(2, 10), "passed probes in a row that make a target "
+                             "healthy again", "HealthNum"),
+    "unhealthy_threshold": Key(_integer(2, 10), "failed probes in a row that take a target "
+                               "out", "UnHealthNum"),
+    "timeout": Key(_integer(1, 60), "seconds a probe may take; at most `interval`", "TimeOut"),
+    "http_codes": Key(_integer(1, 31), "the status classes that pass, as CLB's bits: 1 = 1xx, "
+                      "2 = 2xx, 4 = 3xx, 8 = 4xx, 16 = 5xx (31: any answer)", "HttpCode"),
+    "path": Key(_string(r"/[!-~]{0,199}", "a path starting with /"),
+                "the probed path", "HttpCheckPath"),
+    "method": Key(_choice(("HEAD", "GET")), "the probe's method", "HttpCheckMethod"),
+    "domain": Key(_or_empty(_fixed_domain), "the probe's `Host`; `\"\"` = the rule's domain "
+                  "(a wildcard or regex domain: the target's address)", "HttpCheckDomain"),
 }
 
 
 def _health_check(ctx: _Ctx, path: str, value: object) -> HealthCheck:
-    check = HealthCheck(**_fields(ctx, path, value, _HEALTH_CHECK_FIELDS))
+    check = HealthCheck(**_fields(ctx, path, value, HEALTH_CHECK_KEYS))
     if check.timeout > check.interval:  # a check must end before the next one starts
         raise _bad(f"{path}.timeout", f"must be <= interval ({check.interval})", check.timeout)
     return check
@@ -766,15 +827,27 @@ def _health_check(ctx: _Ctx, path: str, value: object) -> HealthCheck:
 
 _NAME = r"[A-Za-z](?:[A-Za-z0-9_-]{0,58}[A-Za-z0-9])?"  # SCF's function and namespace names
 _NAME_EXPECTED = "a name of letters, digits, - and _ (1..60, starting with a letter)"
-_COMMON_TARGET_FIELDS: dict[str, Check] = {"type": _choice(TARGET_TYPES),
-                                           "weight": _integer(0, 100)}
-_TARGET_FIELDS: dict[str, dict[str, Check]] = {
-    "SCF": {**_COMMON_TARGET_FIELDS, "namespace": _string(_NAME, _NAME_EXPECTED),
-            "function": _string(_NAME, _NAME_EXPECTED),
-            "qualifier": _string(r"\$LATEST|\$DEFAULT|[0-9]+|" + _NAME,
-                                 "$LATEST, $DEFAULT, a version number or an alias"),
-            "invoke_url": _http_url},
-    "CVM": {**_COMMON_TARGET_FIELDS, "address": _address},
+_TYPE_KEY = Key(_choice(TARGET_TYPES), "what serves the requests", default="required")
+_WEIGHT_KEY = Key(_integer(0, 100), "the target's share (WRR); 0 takes no new requests",
+                  "Weight")
+#: each target type's keys, in the order write-back writes them
+TARGET_KEYS: dict[str, dict[str, Key]] = {
+    "SCF": {"type": _TYPE_KEY,
+            "namespace": Key(_string(_NAME, _NAME_EXPECTED), "the function's namespace",
+                             "Namespace"),
+            "function": Key(_string(_NAME, _NAME_EXPECTED), "the function: a `[[function]]` "
+                            "of this namespace and name runs it locally, else `[scf]` invokes "
+                            "it", "FunctionName"),
+            "qualifier": Key(_string(r"\$LATEST|\$DEFAULT|[0-9]+|" + _NAME,
+                                     "$LATEST, $DEFAULT, a version number or an alias"),
+                             "the version or alias that runs", "FunctionQualifier"),
+            "invoke_url": Key(_http_url, "instead of a function: POST the event here and read "
+                              "the integration response"),
+            "weight": _WEIGHT_KEY},
+    "CVM": {"type": _TYPE_KEY,
+            "address": Key(_address, "the server (CLB's `EniIp` and `Port`)",
+                           default="required"),
+            "weight": _WEIGHT_KEY},
 }
 _TARGET_REQUIRED = {"SCF": (), "CVM": ("address",)}
 
@@ -786,7 +859,7 @@ def _target(ctx: _Ctx, path: str, value: object) -> Target:
         raise _Invalid(f"{path}.type", "is required (SCF or CVM), got nothing")
     # the type decides which other keys are allowed, so it is checked first
     kind = _choice(TARGET_TYPES)(ctx, f"{path}.type", value["type"])
-    target = Target(**_fields(ctx, path, value, _TARGET_FIELDS[kind], _TARGET_REQUIRED[kind],
+    target = Target(**_fields(ctx, path, value, TARGET_KEYS[kind], _TARGET_REQUIRED[kind],
                               f" for a target of type {kind}"))
     if kind == "SCF" and not (target.function or target.invoke_url):
         raise _Invalid(f"{path}.function", "is required (or invoke_url), got nothing")
@@ -842,51 +915,164 @@ def _gone(why: str) -> Check:
     return check
 
 
-_REWRITE_FIELDS: dict[str, Check] = {
-    "listener": _LISTENER_NAME,
-    "domain": _domain, "url": _url, "code": _choice_of(REWRITE_CODES),
-    "take_url": _boolean, "auto": _boolean,
+REWRITE_KEYS: dict[str, Key] = {
+    "listener": Key(_LISTENER_NAME, "the target rule's listener (its `name`)",
+                    "TargetListenerId"),
+    "domain": Key(_domain, "the target rule's domain, as its rule writes it"),
+    "url": Key(_url, "the target rule's url, as its rule writes it (the rule must exist)",
+               "TargetLocationId"),
+    "code": Key(_choice_of(REWRITE_CODES), "the redirect's status (CLB's default 302)",
+                "RewriteCode"),
+    "take_url": Key(_boolean, "`true`: the Location carries the request's own path and "
+                    "query; `false`: the target rule's url, no query", "TakeUrl"),
+    "auto": Key(_boolean, "made by AutoRewrite (CLB's `RewriteType` `Auto`): from an HTTP "
+                "listener to an HTTPS one", "RewriteType"),
 }
 
-_RULE_FIELDS: dict[str, Check] = {
-    "domain": _domain, "url": _url, "scheduler": _choice(SCHEDULERS),
-    "health_check": _health_check, "targets": _array(_target),
-    "custom_config": _custom_config(True),
-    "session_expire_time": _session_time,
-    "cookie_name": _string(COOKIE_NAME_PATTERN, COOKIE_NAME_EXPECTED),
-    "forward_type": _choice(FORWARD_TYPES), "backend_ca": _existing("file"),
-    "http2": _boolean,
-    "rewrite": _section(Rewrite, _REWRITE_FIELDS, ("listener", "domain", "url")),
+RULE_KEYS: dict[str, Key] = {
+    "domain": Key(_domain, "`example.com`, `*.example.com`, `www.example.*`, or `~regex`",
+                  "Domain"),
+    "url": Key(_url, "`/prefix`, `=/exact`, `^~/prefix`, `~regex`, `~*regex`", "Url"),
+    "scheduler": Key(_choice(SCHEDULERS), "how a target is picked (docs/BEHAVIOUR.md §2)",
+                     "Scheduler"),
+    "health_check": Key(_described(_health_check, "a table (below)"), "CVM targets' active "
+                        "health check (below)", "HealthCheck", default="CLB's"),
+    "targets": Key(_described(_array(_target), "an array of tables (below)"),
+                   "`[{ type = \"SCF\", … }, { type = \"CVM\", … }]`", default="`[]`"),
+    "custom_config": Key(_custom_config(True), "the personalised configuration of the rule's "
+                         "**domain** (CLB's SERVER config type): only the directives that act "
+                         "after routing (below); rules of one domain that set it must set the "
+                         "same text, and the domain's other rules get it too", default='`""`'),
+    "session_expire_time": Key(_session_time, "session persistence: 0 off, else seconds; "
+                               "needs `scheduler = \"WRR\"` (CLB keeps sessions only under "
+                               "WRR). See docs/BEHAVIOUR.md §2", "SessionExpireTime"),
+    "cookie_name": Key(_string(COOKIE_NAME_PATTERN, COOKIE_NAME_EXPECTED), "the inserted "
+                       "cookie's name; `\"\"` = `tgw_l7_route`; needs `session_expire_time`",
+                       "CookieName"),
+    "forward_type": Key(_choice(FORWARD_TYPES), "how CVM targets are reached: `HTTP` "
+                        "(HTTP/1.1), `HTTPS` (HTTP/1.1 over TLS, SNI the target's host), "
+                        "`GRPC` (HTTP/2 cleartext), `GRPCS` (HTTP/2 over TLS). A `GRPC`/`GRPCS` "
+                        "rule takes CVM targets only (CLB: SCF cannot be a gRPC real server). "
+                        "See docs/BEHAVIOUR.md §6 \"Forwarding to backends\"", "ForwardType"),
+    "backend_ca": Key(_existing("file"), "`HTTPS`/`GRPCS`: a PEM CA bundle the backends' "
+                      "certificates are verified against (chain and the target's host); "
+                      "without it they are **not** verified (ours, as nginx's "
+                      "`proxy_ssl_verify off`; CLB's behaviour is not documented)"),
+    "http2": Key(_boolean, "HTTPS: CLB's per-domain switch: whether TLS handshakes for this "
+                 "**domain**'s names are offered ALPN `h2` (BEHAVIOUR.md §5a says how a name "
+                 "finds its domain). One value per domain: a rule that says `false` turns "
+                 "HTTP/2 off for every rule of its domain. `false` on an HTTP listener's rule "
+                 "is an error (CLB: \"HTTPS domains only\")", "Http2"),
+    "rewrite": Key(_section(Rewrite, REWRITE_KEYS, ("listener", "domain", "url")),
+                   "a redirect to another rule (CLB's ManualRewrite / AutoRewrite, "
+                   "\"Redirects\" below). Every request the rule matches gets its `code` with "
+                   "the target rule's address; the rule's `targets` take no requests while it "
+                   "stands (a rule may have none)", "RewriteTarget"),
 }
 
-_LISTENER_FIELDS: dict[str, Check] = {
-    "name": _LISTENER_NAME,
-    "protocol": _choice(PROTOCOLS), "port": _integer(0, 65535), "host": _bind_host,
-    "certificates": _array(_section(Certificate, {"cert": _existing("file"),
-                                                  "key": _existing("file")}, ("cert", "key"))),
-    "default_domain": _or_empty(_domain),
-    "rule": _array(_section(Rule, _RULE_FIELDS, ("domain", "url"))),
+_FOR_HTTPS = "HTTPS: "
+LISTENER_KEYS: dict[str, Key] = {
+    "name": Key(_LISTENER_NAME, "unique; the admin API's `ListenerId` is `lbl-<name>`",
+                "ListenerName", default="`<protocol>-<port>`"),
+    "protocol": Key(_choice(PROTOCOLS), "what clients speak to it", "Protocol"),
+    "port": Key(_integer(0, 65535), "`0` binds any free port (the real one is printed at "
+                "start)", "Port"),
+    "host": Key(_described(_bind_host, "an IP address or a host name"), "bind address",
+                default="all addresses"),
+    "certificates": Key(_described(_array(_section(
+        Certificate, {"cert": _existing("file"), "key": _existing("file")}, ("cert", "key"))),
+        "`[{ cert = \"chain.pem\", key = \"key.pem\" }, …]`"), "HTTPS only, required there; "
+        "SNI picks by each certificate's names, the first is the default"),
+    "default_domain": Key(_described(_or_empty(_domain), "a rule's domain"), "where a `Host` "
+                          "that matches no domain goes", default="the first rule's domain"),
+    "rule": Key(_described(_array(_section(Rule, RULE_KEYS, ("domain", "url"))),
+                           "`[[listener.rule]]` tables (below)"), "the forwarding rules",
+                "Rules", default="none"),
     # CLB custom-configuration knobs; shorter timeouts than CLB's console allows, for tests
-    "client_header_timeout": _number(0.001, 3600), "client_body_timeout": _number(0.001, 3600),
-    "keepalive_timeout": _number(0, 3600),  # 0 turns keep-alive off, as on CLB
-    "client_max_body_size": _integer(1, 10240 * 1024 * 1024),  # CLB: 1..10240M
-    "proxy_connect_timeout": _number(0.001, 120), "proxy_read_timeout": _number(0.001, 3600),
-    "proxy_send_timeout": _number(0.001, 3600), "send_timeout": _number(0, 3600),
-    "keepalive_requests": _integer(0, 1_000_000), "custom_config": _custom_config(False),
-    "proxy_request_buffering": _boolean, "trusted_proxies": _array(_cidr),
-    "max_header_size": _integer(1024, 1024 * 1024), "max_header_count": _integer(1, 1000),
-    "max_request_line": _integer(256, 65536), "max_connections": _integer(1, 1_000_000),
-    "hsts_max_age": _integer(0, 10 * 365 * 86400), "ssl_handshake_timeout": _number(0.1, 300),
-    "redirect_https_port": _gone("redirect_https_port is replaced by CLB's AutoRewrite: give "
-                                 "this listener a rule per domain with rewrite = { listener = "
-                                 '"<the HTTPS listener>", domain = "...", url = "/", code = '
-                                 "301, take_url = true, auto = true }, or call AutoRewrite "
-                                 "(docs/CONFIG.md \"Redirects\")"),
-    "h2c": _boolean, "public_port": _integer(0, 65535),
-    "ssl_protocols": _ssl_protocols, "ssl_ciphers": _ssl_ciphers,
-    "ssl_session_tickets": _boolean, "ssl_mode": _choice(SSL_MODES),
-    "client_ca": _existing("file"), "ssl_verify_client": _choice(SSL_VERIFY_CLIENT),
-    "ssl_verify_depth": _integer(*customconfig.SSL_VERIFY_DEPTH),
+    "client_header_timeout": Key(_number(0.001, 3600), "seconds to receive a request head "
+                                 "(408)"),
+    "client_body_timeout": Key(_number(0.001, 3600), "seconds between two reads of a body "
+                               "(408)"),
+    "keepalive_timeout": Key(_number(0, 3600), "idle keep-alive connection lifetime; 0 turns "
+                             "keep-alive off, as on CLB"),
+    "client_max_body_size": Key(_integer(1, 10240 * 1024 * 1024), "bytes (413, checked "
+                                "against `Content-Length` before reading; CLB: 1..10240M)"),
+    "proxy_connect_timeout": Key(_number(0.001, 120), "seconds to connect to an upstream "
+                                 "(502)"),
+    "proxy_read_timeout": Key(_number(0.001, 3600), "seconds waiting for an upstream (504)"),
+    "proxy_send_timeout": Key(_number(0.001, 3600), "seconds a CVM upstream may take to "
+                              "accept more of a request body"),
+    "send_timeout": Key(_number(0, 3600), "seconds a client may take to accept more of a "
+                        "response before it is cut off (nginx's `send_timeout`); 0 = "
+                        "`client_body_timeout`'s value, as before this key existed"),
+    "keepalive_requests": Key(_integer(0, 1_000_000), "requests one client connection serves "
+                              "(0: no limit); the last one's answer says `Connection: close` "
+                              "and later pipelined requests are not read. CLB's default is 100 "
+                              "and nginx's 1000: set `keepalive_requests 100;` for CLB's "
+                              "behaviour (see below)"),
+    "custom_config": Key(_custom_config(False), "CLB's personalised configuration: nginx "
+                         "directives, see below", default='`""`'),
+    "proxy_request_buffering": Key(_boolean, "CVM targets: read a request body whole (memory "
+                                   "up to 64 KiB, then a temp file under "
+                                   "`<state dir>/client_body_temp/`) before anything is sent "
+                                   "upstream, and send it with `Content-Length` (a chunked "
+                                   "upload is de-chunked); `false` streams it as it arrives, in "
+                                   "the client's framing (BEHAVIOUR.md §6)"),
+    "trusted_proxies": Key(_described(_array(_cidr), "an array of CIDRs"), "peers whose "
+                           "`X-Forwarded-For` is extended instead of replaced"),
+    "max_header_size": Key(_integer(1024, 1024 * 1024), "bytes of a request head (431)"),
+    "max_header_count": Key(_integer(1, 1000), "header fields of a request (431)"),
+    "max_request_line": Key(_integer(256, 65536), "bytes of the request line (414)"),
+    "max_connections": Key(_integer(1, 1_000_000), "concurrent client connections per worker "
+                           "process; beyond it the process stops accepting and new connections "
+                           "wait in the kernel backlog until one closes"),
+    "hsts_max_age": Key(_integer(0, 10 * 365 * 86400), _FOR_HTTPS + "> 0 adds "
+                        "`Strict-Transport-Security: max-age=N`"),
+    "ssl_handshake_timeout": Key(_number(0.1, 300), _FOR_HTTPS + "seconds; a handshake not "
+                                 "finished by then is dropped"),
+    "redirect_https_port": Key(_gone(
+        "redirect_https_port is replaced by CLB's AutoRewrite: give this listener a rule per "
+        'domain with rewrite = { listener = "<the HTTPS listener>", domain = "...", url = "/", '
+        "code = 301, take_url = true, auto = true }, or call AutoRewrite (docs/CONFIG.md "
+        '"Redirects")'), "gone: an error naming its replacement, a rule's `rewrite`",
+        default="—"),
+    "h2c": Key(_boolean, "HTTP: also speak HTTP/2 cleartext to a client whose connection "
+               "starts with the HTTP/2 preface (prior knowledge, RFC 9113 §3.3; CLB's "
+               "`H2cSwitch`); other connections stay HTTP/1.1. Only for an HTTP listener (an "
+               "HTTPS listener's HTTP/2 is ALPN and its rules' `http2`). No `Upgrade: h2c` "
+               "(RFC 9113 removed it)"),
+    "public_port": Key(_integer(0, 65535), "the port clients reach this listener on, when NAT "
+                       "or a Kubernetes Service maps another one to `port`: redirects to this "
+                       "listener (a rule's `rewrite`) name it; 0 = `port` (or, for `port = 0`, "
+                       "the port it was bound to)"),
+    "ssl_protocols": Key(_described(_ssl_protocols, "consecutive, among `TLSv1`, `TLSv1.1`, "
+                                    "`TLSv1.2`, `TLSv1.3`"),
+                         _FOR_HTTPS + "the TLS versions (nginx's and CLB's `ssl_protocols`). "
+                         "TLS 1.0/1.1 only when chosen, where this OpenSSL speaks them (else a "
+                         "config error); see BEHAVIOUR.md §8",
+                         default='`["TLSv1.2", "TLSv1.3"]`'),
+    "ssl_ciphers": Key(_described(_ssl_ciphers, "an OpenSSL cipher string"), _FOR_HTTPS +
+                       "the suites for TLS 1.2 and older (TLS 1.3 keeps OpenSSL's three "
+                       "suites, Mozilla's); with TLS 1.0/1.1 chosen and no `ssl_ciphers`, four "
+                       "ECDHE CBC suites are added; it must leave each chosen version a suite",
+                       default="Mozilla intermediate's six ECDHE AEAD suites"),
+    "ssl_session_tickets": Key(_boolean, _FOR_HTTPS + "session resumption by tickets "
+                               "(RFC 5077, RFC 8446 §4.6.1); `false` resumes from the "
+                               "process's session cache only"),
+    "ssl_mode": Key(_choice(SSL_MODES), _FOR_HTTPS + "`\"MUTUAL\"` asks every client for a "
+                    "certificate; BEHAVIOUR.md §8", "SSLMode"),
+    "client_ca": Key(_existing("file"), "MUTUAL, required there: a PEM file of the CA "
+                     "certificates client certificates must chain to; checked at load: "
+                     "readable PEM, at least one certificate valid now, accepted by OpenSSL",
+                     "CertCaId"),
+    "ssl_verify_client": Key(_choice(SSL_VERIFY_CLIENT), "MUTUAL: `\"on\"` requires a "
+                             "certificate (none: 400), `\"optional\"` lets a client without "
+                             "one through (CLB's ON / OPTIONAL)", "SSLVerifyClient"),
+    "ssl_verify_depth": Key(_integer(*customconfig.SSL_VERIFY_DEPTH), "MUTUAL (ignored "
+                            "otherwise, as nginx ignores it without `ssl_verify_client`): how "
+                            "many intermediate CAs may stand between a client certificate and "
+                            "`client_ca` (OpenSSL's and nginx's meaning: the certificate itself "
+                            "and the CA in `client_ca` do not count; the range is CLB's)"),
 }
 #: keys that mean something only on an HTTPS listener, with their defaults
 _HTTPS_ONLY = ("ssl_protocols", "ssl_ciphers", "ssl_session_tickets", "ssl_mode", "client_ca",
@@ -909,7 +1095,7 @@ def _check_tls_keys(path: str, listener: Listener, given: Mapping[str, Any]) -> 
 
 
 def _listener(ctx: _Ctx, path: str, value: object) -> Listener:
-    values = _fields(ctx, path, value, _LISTENER_FIELDS, ("protocol", "port"))
+    values = _fields(ctx, path, value, LISTENER_KEYS, ("protocol", "port"))
     values.setdefault("name", f"{values['protocol'].lower()}-{values['port']}")
     given = dict(values)  # the file's own keys: custom_config's ssl_* mean nothing on HTTP
     if "custom_config" in values:  # CLB's text wins over the listener's own keys
@@ -1061,36 +1247,66 @@ def _domain_http2(rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
                  for rule in rules)
 
 
-_FUNCTION_FIELDS: dict[str, Check] = {
-    "namespace": _string(_NAME, _NAME_EXPECTED), "name": _string(_NAME, _NAME_EXPECTED),
-    "handler": _string(r"(?a)[A-Za-z_]\w*(?:[./][A-Za-z_]\w*)*\.[A-Za-z_]\w*",
-                       "file.function, such as index.main_handler"),
-    "code": _existing("directory"),
-    "runtime": _string(r"Python3\.[0-9]{1,2}", "Python3.x"),
-    "timeout": _integer(1, 900), "memory": _integer(64, 3072), "concurrency": _integer(1, 1000),
-    "environment": _environment, "debug": _boolean, "idle_timeout": _number(0.001, 86400),
-    "min_instances": _integer(0, 1000), "queue_size": _integer(0, 100_000),
-    "queue_timeout": _number(0, 3600),  # 0: a request never waits for a busy instance
-    "init_timeout": _integer(1, 900), "role_credentials": _boolean,
-    "version": _array(_section(FunctionVersion, {"version": _version_number,
-                                                 "code": _existing("directory")},
-                               ("version", "code"))),
-    "alias": _array(_alias),
-    "type": _choice(FUNCTION_TYPES), "instance_concurrency": _integer(1, 100),
+_DEFAULT_HANDLER = "index.main_handler"
+_DEFAULT_NAMESPACE = "default"
+FUNCTION_KEYS: dict[str, Key] = {
+    "namespace": Key(_string(_NAME, _NAME_EXPECTED), "SCF's namespace of the function",
+                     default=f'`"{_DEFAULT_NAMESPACE}"`'),
+    "name": Key(_string(_NAME, _NAME_EXPECTED), "the function's name (a target's `function`)"),
+    "handler": Key(_string(r"(?a)[A-Za-z_]\w*(?:[./][A-Za-z_]\w*)*\.[A-Za-z_]\w*",
+                           "file.function, such as index.main_handler"),
+                   "`file.function` (also `pkg/mod.func`)", default=f'`"{_DEFAULT_HANDLER}"`'),
+    "code": Key(_existing("directory"), "the code directory"),
+    "runtime": Key(_string(r"Python3\.[0-9]{1,2}", "Python3.x"), "passed to the function as "
+                   "`SCF_RUNTIME`"),
+    "timeout": Key(_integer(1, 900), "seconds; the instance is killed past it (504)"),
+    "memory": Key(_integer(64, 3072), "MB; enforced per instance (502 past it)"),
+    "concurrency": Key(_integer(1, 1000), "instances at most"),
+    "environment": Key(_described(_environment, "a table of strings"), "variables; names "
+                       "`[A-Za-z][A-Za-z0-9_]*`, not `SCF_`, `QCLOUD_`, `TENCENTCLOUD_`",
+                       default="`{}`"),
+    "debug": Key(_boolean, "the client sees a raised exception's error object"),
+    "idle_timeout": Key(_number(0.001, 86400), "seconds before an idle instance retires"),
+    "min_instances": Key(_integer(0, 1000), "instances kept warm"),
+    "queue_size": Key(_integer(0, 100_000), "requests that may wait for a busy function "
+                      "(503 past it)"),
+    "queue_timeout": Key(_number(0, 3600), "seconds a request may wait for a busy function "
+                         "(503 past it; 0: it never waits)"),
+    "init_timeout": Key(_integer(1, 900), "seconds (SCF's `InitTimeout`): an instance's start "
+                        "past it is a failed cold start: an event function's (the "
+                        "interpreter, then the code before the handler) answers 504; a web "
+                        "function's (from the start of `scf_bootstrap` to listening on its "
+                        "port) answers 502"),
+    "role_credentials": Key(_boolean, "the instances get `TENCENTCLOUD_SECRETID`, "
+                            "`TENCENTCLOUD_SECRETKEY`, `TENCENTCLOUD_SESSIONTOKEN` (see "
+                            "below)"),
+    "version": Key(_described(_array(_section(
+        FunctionVersion, {"version": _version_number, "code": _existing("directory")},
+        ("version", "code"))), "`[[function.version]]` tables"), "published versions: "
+        "`version` (`\"1\"`, `\"2\"`, …; a number is read as its string) and `code` (its "
+        "own directory). The function's own `code` is `$LATEST`", default="none"),
+    "alias": Key(_described(_array(_alias), "`[[function.alias]]` tables"), "`name` (a name, "
+                 "or `$DEFAULT` to point it elsewhere), `version` (`$LATEST` or a declared "
+                 "version), and at most one of `additional_version_weights` or "
+                 "`additional_version_matches`", default="`$DEFAULT` → `$LATEST`"),
+    "type": Key(_choice(FUNCTION_TYPES), "SCF's function type: `Event` (the CLB event in, an "
+                "integration response out) or `HTTP`, a **web function** (below)"),
+    "instance_concurrency": Key(_integer(1, 100), "web functions: requests one instance "
+                                "serves at once (SCF's `InstanceConcurrencyConfig."
+                                "MaxConcurrency`); an event function must leave it at 1, as "
+                                "on SCF"),
 }
 #: [[function.version]] and [[function.alias]] -> the Function's fields
 FUNCTION_ARRAYS = {"version": "versions", "alias": "aliases"}
 
 
-_DEFAULT_HANDLER = "index.main_handler"
-
 
 def _function(ctx: _Ctx, path: str, value: object) -> Function:
-    values = _fields(ctx, path, value, _FUNCTION_FIELDS, ("name", "code"))
+    values = _fields(ctx, path, value, FUNCTION_KEYS, ("name", "code"))
     for key, name in FUNCTION_ARRAYS.items():
         if key in values:
             values[name] = values.pop(key)
-    fn = Function(**{"namespace": "default", "handler": _DEFAULT_HANDLER, **values})
+    fn = Function(**{"namespace": _DEFAULT_NAMESPACE, "handler": _DEFAULT_HANDLER, **values})
     if fn.min_instances > fn.concurrency:
         raise _bad(f"{path}.min_instances", f"must be <= concurrency ({fn.concurrency})",
                    fn.min_instances)
@@ -1146,12 +1362,18 @@ def _check_web_function(path: str, fn: Function, values: Mapping[str, Any]) -> N
                        f"or 777), got mode {bootstrap.stat().st_mode & 0o777:o}")
 
 
+SCF_KEYS: dict[str, Key] = {
+    "region": Key(_string(r"[a-z]{2,}(?:-[a-z0-9]+)+", "a region such as ap-guangzhou"),
+                  "`X-TC-Region`"),
+    "endpoint": Key(_described(_http_url, "an http(s) URL"), "the SCF API; the default "
+                    "becomes `https://scf.<region>.tencentcloudapi.com`"),
+    "action": Key(_choice(REMOTE_ACTIONS), "the API action that invokes"),
+    "ca_file": Key(_existing("file"), "an extra CA bundle (a private endpoint)"),
+}
+
 _TOP_FIELDS: dict[str, Check] = {
     "listener": _array(_listener), "function": _array(_function),
-    "scf": _section(RemoteScf, {"region": _string(r"[a-z]{2,}(?:-[a-z0-9]+)+",
-                                                   "a region such as ap-guangzhou"),
-                                "endpoint": _http_url, "action": _choice(REMOTE_ACTIONS),
-                                "ca_file": _existing("file")}, ("region",)),
+    "scf": _section(RemoteScf, SCF_KEYS, ("region",)),
     "load_balancer_id": _string(r"[a-z0-9-]{1,60}", "letters a-z, digits and - (1..60)"),
 }
 

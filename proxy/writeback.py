@@ -33,7 +33,7 @@ from tomlkit.container import Container
 from tomlkit.items import AoT, Array, InlineTable, Table
 
 from .config import (Alias, Certificate, Config, Function, FunctionVersion, HealthCheck, Listener,
-                     RemoteScf, Rewrite, Rule, Target, VersionMatch)
+                     TARGET_KEYS, RemoteScf, Rewrite, Rule, Target, VersionMatch)
 from .errors import ConfigError
 
 #: (value type, field) -> TOML key; None: derived, never written
@@ -44,9 +44,8 @@ _KEYS: dict[tuple[type, str], str | None] = {
 }
 #: fields of (key, value) pairs, written as an inline table
 _PAIRS = {"environment", "additional_version_weights"}
-#: Target keys by type, as the loader accepts them (config._TARGET_FIELDS)
-_TARGET_KEYS = {"SCF": ("type", "namespace", "function", "qualifier", "invoke_url", "weight"),
-                "CVM": ("type", "address", "weight")}
+#: Target keys by type, as the loader declares them (config.TARGET_KEYS, in its order)
+_TARGET_KEYS = {kind: tuple(keys) for kind, keys in TARGET_KEYS.items()}
 #: arrays written as inline tables (``targets = [{...}]``) when the document has none yet
 _INLINE = {(Rule, "targets"), (Listener, "certificates")}
 #: fields written as an inline table (``rewrite = {...}``)

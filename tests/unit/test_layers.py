@@ -14,7 +14,7 @@ PROXY = Path(__file__).resolve().parents[2] / "proxy"
 
 LEAVES = {"messages", "errors", "config", "headers", "streams", "_native", "logs", "builtin",
           "metrics", "vocabulary", "recording", "deadlines", "handover",
-          "_speedups", "__init__", "customconfig", "writeback", "traffic"}
+          "_speedups", "__init__", "customconfig", "writeback", "traffic", "configdoc"}
 # layer number per top-level module or package name; higher = later in the flow
 LAYERS = {
     "cli": 0, "invoke": 0, "server": 0, "tls": 0, "admin": 0, "clbapi": 0, "sigv1": 0,
