@@ -19,17 +19,15 @@ Must not know: HTTP, authentication, the envelope (admin.py), how a change is ap
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from .config import (COOKIE_NAME_EXPECTED, COOKIE_NAME_PATTERN, FORWARD_TYPES,
-                     REWRITE_CODES, REWRITE_DEFAULT_CODE, SCHEDULERS, SECRET_VARIABLES,
-                     SESSION_EXPIRE_MAX, SESSION_EXPIRE_MIN, TLS_FORWARD_TYPES, Config,
-                     HEALTH_CHECK_KEYS, TARGET_KEYS, HealthCheck, Listener, Rewrite, Rule,
-                     Target, bounds_of, check_rewrites, is_host,
-                     location_id, normalize_domain, normalize_url, qualifiers)
+from .config import (REWRITE_DEFAULT_CODE, REWRITE_KEYS, RULE_KEYS, SECRET_VARIABLES,
+                     TLS_FORWARD_TYPES, Config, HEALTH_CHECK_KEYS, TARGET_KEYS, HealthCheck,
+                     Key, Listener, Rewrite, Rule, Target, api_names, bounds_of, checked,
+                     check_rewrites, is_host, location_id, normalize_domain, normalize_url,
+                     qualifiers)
 from .errors import ConfigError
 from .sigv1 import FormText
 
@@ -125,6 +123,19 @@ def _range(params: Params, name: str, lo: int, hi: int, default: int, where: str
     return value
 
 
+def _declared(params: Params, name: str, key: Key, kind: type[T], where: str = "") -> T | None:
+    """``params[name]`` checked as the config declares ``key``, its values and range (one
+    declaration for the file and the API); None when not given."""
+    value = _opt(params, name, kind, where)
+    if value is None:
+        return None
+    try:
+        return checked(key, f"{where}{name}", value)  # type: ignore[no-any-return]
+    except ValueError as exc:
+        code = "InvalidParameterValue.Range" if bounds_of(key.check) else "InvalidParameterValue"
+        raise ApiError(code, str(exc)) from None
+
+
 def only_params(params: Params, allowed: frozenset[str], where: str, code: str) -> None:
     for key, value in params.items():
         if key not in allowed and value is not None:
@@ -198,9 +209,9 @@ def _with_targets(ctx: ActionContext, params: Params,
 
 # --- targets ------------------------------------------------------------------------------
 
-# SCF names and qualifiers, as the config loader accepts them (SPEC §1)
-_NAME_RE = re.compile(r"[A-Za-z](?:[A-Za-z0-9_-]{0,58}[A-Za-z0-9])?")
-_QUALIFIER_RE = re.compile(r"\$LATEST|\$DEFAULT|[0-9]+|" + _NAME_RE.pattern)
+#: FunctionInfo's fields that are an SCF target's keys: API name -> config key
+_FUNCTION_FIELDS = {key.api: name for name, key in TARGET_KEYS["SCF"].items() if key.api
+                    and name != "weight"}
 _QUALIFIER_TYPES = ("VERSION", "ALIAS")
 _CVM_KEYS = frozenset({"EniIp", "Port", "Weight", "Type", "Tag"})
 _FUNCTION_KEYS = frozenset({"FunctionNamespace", "FunctionName", "FunctionQualifier",
@@ -228,9 +239,9 @@ def target_key(target: Target) -> tuple[str, ...]:
 
 
 def _weight(item: Params, default: int, where: str) -> int:
-    """A target's Weight, in the range the config declares for ``weight``."""
-    lo, hi = map(int, bounds_of(TARGET_KEYS["CVM"]["weight"].check) or (0, 100))
-    return _range(item, "Weight", lo, hi, default, where)
+    """A target's Weight, as the config declares ``weight``."""
+    weight = _declared(item, "Weight", TARGET_KEYS["CVM"]["weight"], int, where)
+    return default if weight is None else weight
 
 
 def _cvm_targets(params: Params, default_weight: int = 10) -> list[Target]:
@@ -264,16 +275,14 @@ def _function_targets(params: Params) -> list[Target]:
         fn = required_param(item, "Function", dict, where)
         where_fn = where + "Function."
         only_params(fn, _FUNCTION_KEYS, where_fn, "UnsupportedOperation")
-        name = required_param(fn, "FunctionName", str, where_fn)
-        namespace = _opt(fn, "FunctionNamespace", str, where_fn) or "default"
-        qualifier = _opt(fn, "FunctionQualifier", str, where_fn) or "$LATEST"
+        required_param(fn, "FunctionName", str, where_fn)
+        # "" or absent: the config's default
+        given = {name: value for api, name in _FUNCTION_FIELDS.items() if fn.get(api) != ""
+                 and (value := _declared(fn, api, TARGET_KEYS["SCF"][name], str, where_fn))
+                 is not None}
+        target = Target(type="SCF", **given, weight=_weight(item, 10, where))
         kind = _opt(fn, "FunctionQualifierType", str, where_fn)
-        checks = ((name, _NAME_RE, "FunctionName"), (namespace, _NAME_RE, "FunctionNamespace"),
-                  (qualifier, _QUALIFIER_RE, "FunctionQualifier"))
-        for value, pattern, field in checks:
-            if not pattern.fullmatch(value):
-                raise ApiError("InvalidParameterValue", f"{where_fn}{field}: not a valid SCF "
-                               f"name, got {value!r}")
+        qualifier = target.qualifier
         if kind is not None and kind not in _QUALIFIER_TYPES:
             raise ApiError("InvalidParameterValue", f"{where_fn}FunctionQualifierType must be "
                            f"VERSION or ALIAS, got {kind!r}")
@@ -282,9 +291,7 @@ def _function_targets(params: Params) -> list[Target]:
                            f"does not fit FunctionQualifier {qualifier!r}, a "
                            f"{_qualifier_type(qualifier)} ($LATEST and numbers are versions, "
                            "$DEFAULT and names aliases)")
-        targets.append(Target(type="SCF", namespace=namespace, function=name,
-                              qualifier=qualifier,
-                              weight=_weight(item, 10, where)))
+        targets.append(target)
     return targets
 
 
@@ -444,22 +451,19 @@ def _modify_target_port(ctx: ActionContext, params: Params) -> Result:
 
 # --- rules --------------------------------------------------------------------------------
 
-#: API HealthCheck field -> (config field, lo, hi); ranges as the config loader has them
-#: HealthCheck's API fields as the config declares them: numbers with their ranges (the
-#: switch is 0/1), and texts
-_HEALTH_NUMBERS: dict[str, tuple[str, int, int]] = {
-    key.api: (name, *map(int, bounds_of(key.check) or (0, 1)))  # type: ignore[misc]
-    for name, key in HEALTH_CHECK_KEYS.items()
-    if bounds_of(key.check) is not None or name == "enabled"}
-_HEALTH_TEXTS = {key.api: name for name, key in HEALTH_CHECK_KEYS.items()
-                 if key.api not in _HEALTH_NUMBERS}
+#: HealthCheck's API fields: API name -> config key (HEALTH_CHECK_KEYS)
+_HEALTH_FIELDS = {key.api: name for name, key in HEALTH_CHECK_KEYS.items()}
+#: the one the API sends as 0/1 where the file has a boolean
+_HEALTH_SWITCH = HEALTH_CHECK_KEYS["enabled"].api
 #: RuleInput fields we accept only with the value that means "nothing special"
 _NEUTRAL_RULE_FIELDS: dict[str, object] = {"TargetType": "NODE", "Quic": False}
-_RULE_KEYS = frozenset({"Url", "Domain", "Domains", "Scheduler", "HealthCheck",
-                        "DefaultServer", "SessionExpireTime", "CookieName", "ForwardType",
-                        "Http2"})
-_COOKIE_NAME_RE = re.compile(COOKIE_NAME_PATTERN)
-_CHECK_PATH_RE = re.compile(r"/[!-~]{0,199}")  # as the loader: visible ASCII, 1..200
+#: RuleInput's fields: the rule keys' API names, less RewriteTarget (RuleOutput's: the
+#: rewrite actions set it), plus CreateRule's own: several Domains, and the listener's
+#: DefaultServer
+_RULE_KEYS = (api_names(RULE_KEYS) - {RULE_KEYS["rewrite"].api}) | {"Domains", "DefaultServer"}
+#: ModifyRule's: RuleInput's less the domain's (ModifyDomainAttributes changes those)
+_MODIFY_RULE_KEYS = _RULE_KEYS - {RULE_KEYS["domain"].api, "Domains", "DefaultServer",
+                                  RULE_KEYS["http2"].api}
 
 
 _DEFAULT_CHECK = HealthCheck()
@@ -470,26 +474,22 @@ def _health_check(value: Params | None, where: str,
     """A HealthCheck input: the fields given, the others as in ``base``."""
     if value is None:
         return base
-    only_params(value, frozenset(_HEALTH_NUMBERS) | frozenset(_HEALTH_TEXTS), where,
-          "UnsupportedOperation")
+    only_params(value, frozenset(_HEALTH_FIELDS), where, "UnsupportedOperation")
     fields: dict[str, Any] = {}
-    for api, (field, lo, hi) in _HEALTH_NUMBERS.items():
-        if value.get(api) is not None:
-            fields[field] = _range(value, api, lo, hi, 0, where)
-    for api, field in _HEALTH_TEXTS.items():
-        text = _opt(value, api, str, where)
-        if text:
-            fields[field] = text.upper() if field == "method" else text
-    if "enabled" in fields:
-        fields["enabled"] = bool(fields["enabled"])
+    switch = _range(value, _HEALTH_SWITCH, 0, 1, -1, where)
+    if switch >= 0:
+        fields[_HEALTH_FIELDS[_HEALTH_SWITCH]] = bool(switch)
+    for api, name in _HEALTH_FIELDS.items():
+        key = HEALTH_CHECK_KEYS[name]
+        if api == _HEALTH_SWITCH or value.get(api) in (None, ""):  # "": as it is
+            continue
+        if bounds_of(key.check) is not None:
+            fields[name] = _declared(value, api, key, int, where)
+        else:  # a text; the method in any case, as CLB takes it
+            text = required_param(value, api, str, where)
+            fields[name] = _declared({api: text.upper() if name == "method" else text},
+                                     api, key, str, where)
     check = replace(base, **fields)
-    if check.method not in ("HEAD", "GET") or not _CHECK_PATH_RE.fullmatch(check.path):
-        raise ApiError("InvalidParameterValue", f"{where}HttpCheckMethod must be HEAD or GET "
-                       "and HttpCheckPath a path of 1..200 visible characters starting with /")
-    if check.domain and ("*" in check.domain or check.domain.startswith("~")):
-        raise ApiError("InvalidParameterValue", f"{where}HttpCheckDomain must be a fixed name")
-    if check.domain:
-        check = replace(check, domain=_normalized(normalize_domain, check.domain, where))
     if check.timeout > check.interval:  # a check must end before the next one starts
         raise ApiError("InvalidParameterValue", f"{where}TimeOut must be <= IntervalTime")
     return check
@@ -498,17 +498,15 @@ def _health_check(value: Params | None, where: str,
 def _session(item: Params, where: str, rule: Rule) -> Rule:
     """RuleInput/ModifyRule's SessionExpireTime and CookieName applied to ``rule``, checked as
     the config loader checks session_expire_time and cookie_name."""
-    seconds = _range(item, "SessionExpireTime", 0, SESSION_EXPIRE_MAX,
-                     rule.session_expire_time, where)
-    if 0 < seconds < SESSION_EXPIRE_MIN:
-        raise ApiError("InvalidParameterValue.Range", f"{where}SessionExpireTime must be 0 "
-                       f"(off) or {SESSION_EXPIRE_MIN}..{SESSION_EXPIRE_MAX}, got {seconds}")
-    name = _opt(item, "CookieName", str, where)
-    if name is None:
-        name = rule.cookie_name
-    elif name and not _COOKIE_NAME_RE.fullmatch(name):
-        raise ApiError("InvalidParameterValue", f"{where}CookieName must be "
-                       f"{COOKIE_NAME_EXPECTED}, got {name!r}")
+    seconds = _declared(item, "SessionExpireTime", RULE_KEYS["session_expire_time"], int,
+                        where)
+    if seconds is None:
+        seconds = rule.session_expire_time
+    name = item.get("CookieName")
+    name = item.get("CookieName")
+    if name != "":  # "": CLB's own cookie name
+        name = _declared(item, "CookieName", RULE_KEYS["cookie_name"], str, where)
+        name = rule.cookie_name if name is None else name
     if seconds and rule.scheduler != "WRR":  # CLB: only WRR inserts the cookie
         raise ApiError("InvalidParameterValue", f"{where}SessionExpireTime needs Scheduler "
                        f"WRR, got {rule.scheduler}")
@@ -519,12 +517,9 @@ def _forward_type(item: Params, where: str, rule: Rule) -> Rule:
     """RuleInput/ModifyRule's ForwardType applied to ``rule`` (CLB's values; TRPC is not
     public, clb-features.md §2.4). A rule whose config file gives it a ``backend_ca`` keeps
     TLS: the API cannot see or drop that key, so leaving TLS is refused, not done halfway."""
-    forward = _opt(item, "ForwardType", str, where)
+    forward = _declared(item, "ForwardType", RULE_KEYS["forward_type"], str, where)
     if forward is None:
         return rule
-    if forward not in FORWARD_TYPES:
-        raise ApiError("InvalidParameterValue", f"{where}ForwardType must be one of "
-                       f"{', '.join(FORWARD_TYPES)}, got {forward!r}")
     if rule.backend_ca is not None and forward not in TLS_FORWARD_TYPES:
         raise ApiError("InvalidParameterValue", f"{where}ForwardType {forward}: the rule "
                        f"verifies its backends against backend_ca ({rule.backend_ca.name}) "
@@ -578,10 +573,7 @@ def _rule_input(listener: Listener, where: str, item: Params) -> tuple[list[Rule
 
 
 def _domain_rule(listener: Listener, where: str, item: Params, url: str, domain: str) -> Rule:
-    scheduler = _opt(item, "Scheduler", str, where) or "WRR"
-    if scheduler not in SCHEDULERS:
-        raise ApiError("InvalidParameterValue", f"{where}Scheduler must be one of "
-                       f"{', '.join(SCHEDULERS)}, got {scheduler!r}")
+    scheduler = _declared(item, "Scheduler", RULE_KEYS["scheduler"], str, where) or "WRR"
     health = _health_check(_opt(item, "HealthCheck", dict, where), where + "HealthCheck.")
     # Http2: the domain's switch when given; else the domain's own when it has rules already
     # (one switch per domain), else on (CLB's default for a new domain: UNCONFIRMED)
@@ -636,10 +628,6 @@ def _delete_rule(ctx: ActionContext, params: Params) -> Result:
     return _with_listener(ctx.config, li, new), {}
 
 
-_MODIFY_RULE_KEYS = frozenset({"Url", "HealthCheck", "Scheduler", "SessionExpireTime",
-                               "CookieName", "ForwardType"})
-
-
 def _modify_rule(ctx: ActionContext, params: Params) -> Result:
     """ModifyRule: the fields given change, the others stay; the LocationId stays, as on CLB,
     even when the Url changes."""
@@ -654,10 +642,7 @@ def _modify_rule(ctx: ActionContext, params: Params) -> Result:
                if i != ri):
             raise ApiError("InvalidParameterValue.Duplicate", f"listener "
                            f"{listener_id(listener)} already has {rule.domain} {url}")
-    scheduler = _opt(params, "Scheduler", str) or rule.scheduler
-    if scheduler not in SCHEDULERS:
-        raise ApiError("InvalidParameterValue", f"Scheduler must be one of "
-                       f"{', '.join(SCHEDULERS)}, got {scheduler!r}")
+    scheduler = _declared(params, "Scheduler", RULE_KEYS["scheduler"], str) or rule.scheduler
     if scheduler != "WRR" and params.get("SessionExpireTime") is None:
         params = {**params, "SessionExpireTime": 0}  # CLB keeps sessions only under WRR
     health = _health_check(_opt(params, "HealthCheck", dict), "HealthCheck.", rule.health_check)
@@ -730,12 +715,8 @@ def _rewritten(config: Config, listeners: list[Listener]) -> Config:
 
 
 def _code(value: int | None, where: str) -> int:
-    if value is None:
-        return REWRITE_DEFAULT_CODE
-    if value not in REWRITE_CODES:
-        raise ApiError("InvalidParameterValue", f"{where} must be one of "
-                       f"{', '.join(map(str, REWRITE_CODES))}, got {value}")
-    return value
+    code = _declared({"": value}, "", REWRITE_KEYS["code"], int, where)
+    return REWRITE_DEFAULT_CODE if code is None else code
 
 
 def _http_listener_for(config: Config) -> int:
@@ -909,10 +890,9 @@ def _select(config: Config, params: Params) -> list[Listener]:
 
 
 def _health_output(check: HealthCheck) -> dict[str, Any]:
-    out: dict[str, Any] = {api: int(getattr(check, field))
-                           for api, (field, _, _) in _HEALTH_NUMBERS.items()}
-    out.update({api: getattr(check, field) for api, field in _HEALTH_TEXTS.items()})
-    return out
+    return {api: int(value) if isinstance(value, bool) else value
+            for api, value in ((api, getattr(check, name))
+                               for api, name in _HEALTH_FIELDS.items())}
 
 
 def rule_output(config: Config, listener: Listener, rule: Rule) -> dict[str, Any]:

@@ -768,6 +768,21 @@ def key_check(spec: Key | Check) -> Check:
     return spec.check if isinstance(spec, Key) else spec
 
 
+def checked(key: Key, path: str, value: object) -> Any:
+    """``value`` as the loader takes it for ``key`` (a key that is not a path: the CLB API
+    checks its fields with this). Raises ValueError with the loader's message, naming
+    ``path``."""
+    try:
+        return key.check(_NO_FILES, path, value)
+    except _Invalid as exc:
+        raise ValueError(str(exc)) from None
+
+
+def api_names(keys: Mapping[str, Key]) -> frozenset[str]:
+    """The CLB API field names of ``keys`` (those the API has)."""
+    return frozenset(key.api for key in keys.values() if key.api)
+
+
 def _fields(ctx: _Ctx, path: str, value: object, checks: Mapping[str, Key | Check],
             required: tuple[str, ...] = (), what: str = "") -> dict[str, Any]:
     """Check a table key by key (unknown keys are errors); returns dataclass keyword values."""
@@ -834,7 +849,7 @@ _WEIGHT_KEY = Key(_integer(0, 100), "the target's share (WRR); 0 takes no new re
 TARGET_KEYS: dict[str, dict[str, Key]] = {
     "SCF": {"type": _TYPE_KEY,
             "namespace": Key(_string(_NAME, _NAME_EXPECTED), "the function's namespace",
-                             "Namespace"),
+                             "FunctionNamespace"),
             "function": Key(_string(_NAME, _NAME_EXPECTED), "the function: a `[[function]]` "
                             "of this namespace and name runs it locally, else `[scf]` invokes "
                             "it", "FunctionName"),
@@ -884,6 +899,10 @@ def _session_time(ctx: _Ctx, path: str, value: object) -> int:
         raise _bad(path, f"must be 0 (off) or {SESSION_EXPIRE_MIN}..{SESSION_EXPIRE_MAX}",
                    value)
     return int(number)
+
+
+_described(_session_time, f"0, or {SESSION_EXPIRE_MIN}–{SESSION_EXPIRE_MAX}",
+           (0, SESSION_EXPIRE_MAX))
 
 
 def _ssl_protocols(ctx: _Ctx, path: str, value: object) -> tuple[str, ...]:

@@ -54,3 +54,40 @@ def test_the_api_takes_the_loaders_host_names_and_ranges() -> None:
                                        "HealthCheck": {"IntervalTime": 301}})
     assert error_code(answer) == "InvalidParameterValue.Range"
     assert "2..300" in answer["Error"]["Message"]
+
+
+@pytest.mark.parametrize("action, params, field", [
+    ("ModifyRule", {"HealthCheck": {"HttpCheckPath": "no-slash"}}, "HealthCheck.HttpCheckPath"),
+    ("ModifyRule", {"HealthCheck": {"HttpCheckMethod": "POST"}}, "HealthCheck.HttpCheckMethod"),
+    ("ModifyRule", {"HealthCheck": {"HttpCheckDomain": "*.a.com"}},
+     "HealthCheck.HttpCheckDomain"),
+    ("ModifyRule", {"Scheduler": "RANDOM"}, "Scheduler"),
+    ("ModifyRule", {"SessionExpireTime": 10}, "SessionExpireTime"),
+    ("ModifyRule", {"SessionExpireTime": 60, "CookieName": "a b"}, "CookieName"),
+    ("ModifyRule", {"ForwardType": "TRPC"}, "ForwardType"),
+    ("RegisterFunctionTargets", {"FunctionTargets": [{"Function": {
+        "FunctionName": "9lives"}}]}, "FunctionTargets.0.Function.FunctionName"),
+    ("RegisterFunctionTargets", {"FunctionTargets": [{"Function": {
+        "FunctionName": "f", "FunctionQualifier": "$NOPE"}}]},
+     "FunctionTargets.0.Function.FunctionQualifier"),
+])
+def test_the_api_refuses_what_the_loader_refuses_with_its_words(
+        action: str, params: dict[str, object], field: str) -> None:
+    """One check per key: the API's error is the loader's, naming the API's field."""
+    admin = Admin()
+    before = admin.config
+    loc = before.listeners[0].rules[1].location_id
+    answer = admin.call(action, {**WEB, "LocationId": loc, **params})
+    assert error_code(answer).startswith("InvalidParameterValue"), answer
+    assert answer["Error"]["Message"].startswith(f"{field}: must be"), answer
+    assert admin.config is before
+
+
+def test_the_rule_actions_take_the_declared_keys() -> None:
+    """RuleInput and ModifyRule take each rule key's API name (those the API can set), so a
+    key declared with an API name is reachable through the API."""
+    from proxy import clbapi
+    from proxy.config import RULE_KEYS, api_names
+    assert api_names(RULE_KEYS) - {"RewriteTarget"} <= clbapi._RULE_KEYS
+    assert {"Url", "Scheduler", "HealthCheck", "SessionExpireTime", "CookieName",
+            "ForwardType"} == clbapi._MODIFY_RULE_KEYS
