@@ -276,8 +276,9 @@ def _function_targets(params: Params) -> list[Target]:
         where_fn = where + "Function."
         only_params(fn, _FUNCTION_KEYS, where_fn, "UnsupportedOperation")
         required_param(fn, "FunctionName", str, where_fn)
-        # "" or absent: the config's default
-        given = {name: value for api, name in _FUNCTION_FIELDS.items() if fn.get(api) != ""
+        # absent, or "" for the namespace and qualifier: the config's default
+        given = {name: value for api, name in _FUNCTION_FIELDS.items()
+                 if (fn.get(api) != "" or name == "function")
                  and (value := _declared(fn, api, TARGET_KEYS["SCF"][name], str, where_fn))
                  is not None}
         target = Target(type="SCF", **given, weight=_weight(item, 10, where))

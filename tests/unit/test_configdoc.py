@@ -68,6 +68,8 @@ def test_the_api_takes_the_loaders_host_names_and_ranges() -> None:
     ("RegisterFunctionTargets", {"FunctionTargets": [{"Function": {
         "FunctionName": "9lives"}}]}, "FunctionTargets.0.Function.FunctionName"),
     ("RegisterFunctionTargets", {"FunctionTargets": [{"Function": {
+        "FunctionName": ""}}]}, "FunctionTargets.0.Function.FunctionName"),
+    ("RegisterFunctionTargets", {"FunctionTargets": [{"Function": {
         "FunctionName": "f", "FunctionQualifier": "$NOPE"}}]},
      "FunctionTargets.0.Function.FunctionQualifier"),
 ])
