@@ -1,8 +1,8 @@
 """Headless Debian Chromium for the status page's browser test, driven over the DevTools
 protocol on a pipe, with no driver library.
 
-``chromium_path()`` finds ``/usr/bin/chromium`` and, when it is missing and we are root (CI
-is), installs Debian's package with apt-get, so ``make test`` brings what it needs. A
+``chromium_path()`` finds ``chromium`` and, when it is missing, installs Debian's package
+(tests/debian.py), so ``make test`` brings what it needs. A
 ``Browser`` is one Chromium process started with ``--remote-debugging-pipe``: it reads
 commands on its fd 3 and writes answers and events on its fd 4, each a JSON text ended by NUL
 (the transport Puppeteer's ``pipe: true`` uses). That is all a test needs here (navigate, run
@@ -20,7 +20,6 @@ import base64
 import json
 import os
 import queue
-import shutil
 import subprocess
 import sys
 import threading
@@ -28,10 +27,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests import debian
+
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage", "--hide-scrollbars")
-_install_lock = threading.Lock()
 #: argv[1], argv[2] (fds) onto 3 and 4, by way of fds above both, then exec argv[3:]
 _ON_3_AND_4 = """import fcntl, os, sys
 given = [int(fd) for fd in sys.argv[1:3]]
@@ -45,23 +45,9 @@ os.execv(sys.argv[3], sys.argv[3:])
 
 
 def chromium_path() -> str:
-    """Debian's Chromium, installed first (as root, with apt-get) when it is missing."""
-    with _install_lock:
-        found = shutil.which("chromium")
-        if found:
-            return found
-        if os.geteuid() != 0:
-            raise RuntimeError("the status page's browser test needs Debian's chromium: "
-                               "apt-get install -y chromium (as root)")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-q"], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
-        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
-        found = shutil.which("chromium")
-        if not found:
-            raise RuntimeError("apt-get installed chromium but it is not on PATH")
-        return found
+    """Debian's Chromium, installed first (tests/debian.py) when it is missing."""
+    [found] = debian.ensure(("chromium",), ("chromium",), "the status page's browser test")
+    return found
 
 
 class BrowserError(RuntimeError):

@@ -1,10 +1,7 @@
 """A real etcd for the store tests: installed when missing, run on loopback, stopped by PID.
 
-``ensure_etcd()`` finds the ``etcd`` program (PATH, then /usr/bin and /usr/local/bin) and, when
-it is missing, installs Debian's ``etcd-server`` (and ``etcd-client`` for etcdctl) with
-apt-get, running ``apt-get update`` once first if the first attempt fails (a fresh machine has
-no package lists). CI runs as root, so ``make test`` needs nothing installed by hand; without
-root and without etcd the error says what to install.
+``ensure_etcd()`` finds ``etcd`` and ``etcdctl``, installing Debian's ``etcd-server`` and
+``etcd-client`` when they are missing (tests/debian.py).
 
 ``Etcd`` is one single-member cluster: a data folder under the test's tmp path, client and
 peer URLs on free loopback ports, started with ``start()``, stopped (SIGTERM, then SIGKILL)
@@ -18,7 +15,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -27,40 +23,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tests import debian
 from tests.proxyproc import free_port
-
-_APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-_PLACES = ("/usr/bin", "/usr/local/bin")
-
-
-def _which(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    for folder in _PLACES:
-        candidate = Path(folder) / name
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    return None
-
 
 def ensure_etcd() -> tuple[str, str]:
     """(etcd, etcdctl) programs, installed from Debian's packages when missing."""
-    etcd, etcdctl = _which("etcd"), _which("etcdctl")
-    if etcd and etcdctl:
-        return etcd, etcdctl
-    if os.geteuid() != 0:
-        raise RuntimeError("the store tests need etcd and etcdctl: apt-get install etcd-server "
-                           "etcd-client (make test installs them itself when run as root)")
-    argv = ["apt-get", "install", "-y", "--no-install-recommends", "etcd-server", "etcd-client"]
-    if subprocess.run(argv, capture_output=True, env=_APT_ENV).returncode != 0:
-        subprocess.run(["apt-get", "update"], capture_output=True, env=_APT_ENV)
-        done = subprocess.run(argv, capture_output=True, text=True, env=_APT_ENV)
-        if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()[-600:]}")
-    etcd, etcdctl = _which("etcd"), _which("etcdctl")
-    if not (etcd and etcdctl):
-        raise RuntimeError("etcd-server and etcd-client installed, but etcd/etcdctl not found")
+    etcd, etcdctl = debian.ensure(("etcd", "etcdctl"), ("etcd-server", "etcd-client"),
+                                  "the store tests")
     return etcd, etcdctl
 
 

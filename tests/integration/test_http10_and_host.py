@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from typing import BinaryIO
 
 import pytest
 
+from tests import debian
 from tests.configs import function, listener, rule, scf_rule
 from tests.proxyproc import ProxyProcess, raw_exchange
 from tests.upstreams import Upstream, pattern_bytes
@@ -121,11 +121,11 @@ def test_http10_keep_alive_with_a_body_of_unknown_length_still_closes(
     assert body == pattern_bytes(0, n)  # the download alone: the /echo after it is not answered
 
 
-@pytest.mark.skipif(shutil.which("ab") is None, reason="ab (apache2-utils) is not installed")
 @pytest.mark.parametrize("host", TARGETS)
 def test_ab_k_keeps_its_connections(proxy: ProxyProcess, host: str) -> None:
+    [ab] = debian.ensure(("ab",), ("apache2-utils",), "the ab -k test")
     done = subprocess.run(
-        ["ab", "-k", "-n", "200", "-c", "4", "-H", f"Host: {host}",
+        [ab, "-k", "-n", "200", "-c", "4", "-H", f"Host: {host}",
          f"http://127.0.0.1:{proxy.port()}/echo"],
         capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
