@@ -182,9 +182,11 @@ def proxy_listener(*, name: str = "bench", protocol: str = "HTTP",
     return text
 
 
-def hello_function(code_dir: Path, concurrency: int) -> str:
-    """The built-in Hello CLB function, run locally with ``concurrency`` instances at most."""
+def hello_function(code_dir: Path, concurrency: int, invocations_ahead: int = 0) -> str:
+    """The built-in Hello CLB function, run locally with ``concurrency`` instances at most
+    and ``invocations_ahead`` (left out when 0: an older checkout may not know the key)."""
     # min_instances = concurrency keeps the instances warm: cold starts are not measured.
+    ahead = f"invocations_ahead = {invocations_ahead}\n" if invocations_ahead else ""
     return f"""\
 [[function]]
 namespace = "default"
@@ -194,4 +196,4 @@ code = "{code_dir}"
 concurrency = {concurrency}
 min_instances = {concurrency}
 queue_size = 10000
-"""
+{ahead}"""

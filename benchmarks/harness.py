@@ -83,6 +83,8 @@ class Bench:
     load_cpus: set[int] | None
     idle_connections: int
     rounds: int = 1  # each side is measured this many times, alternating; the best is kept
+    #: the SCF scenarios' function's ``invocations_ahead`` (0: not written, as before the key)
+    invocations_ahead: int = 0
     log: Callable[[str], None] = print
     code: ProxyCode = field(default_factory=this_checkout)  # the proxy measured as "ours"
     stack: ExitStack = field(default_factory=ExitStack)

@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "them (default: a temporary directory, removed)")
     parser.add_argument("--no-install", action="store_true",
                         help="do not install missing tools (scenarios needing them fail)")
+    parser.add_argument("--invocations-ahead", type=int, default=0, metavar="N",
+                        help="the SCF scenarios' function's invocations_ahead (default 0, the "
+                             "config's default: the key is left out, so an older checkout "
+                             "runs too)")
     parser.add_argument("--proxy-root", type=Path, metavar="DIR",
                         help="run the proxy from this other checkout of the repo (python -m "
                              "proxy.cli, cwd and PYTHONPATH = DIR, this interpreter; its native "
@@ -124,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     with _workdir(args.keep) as workdir:
         bench = Bench(workdir, args.duration, args.connections, sut, load,
-                      args.idle_connections, max(1, args.rounds), log=_log, code=code)
+                      args.idle_connections, max(1, args.rounds), log=_log, code=code,
+                      invocations_ahead=args.invocations_ahead)
         baseline, rows = run_scenarios(bench, names)
     meta = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
@@ -132,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"duration": args.duration, "connections": args.connections,
                      "rounds": bench.rounds, "wrk_threads": 1, "scenarios": names,
                      "idle_connections": args.idle_connections,
+                     "invocations_ahead": args.invocations_ahead,
                      "pinning": _pinning_text(sut, load)},
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                     "cpu": _cpu_model(), "load_average_at_start": load_before},

@@ -33,7 +33,8 @@ def cvm_toml(bench: Bench) -> str:
 
 def scf_toml(bench: Bench, concurrency: int) -> str:
     return (confs.proxy_listener(rules=[(confs.BENCH_DOMAIN, "/", confs.SCF_TARGET)])
-            + "\n" + confs.hello_function(bench.code.hello_code, concurrency))
+            + "\n" + confs.hello_function(bench.code.hello_code, concurrency,
+                                          bench.invocations_ahead))
 
 
 def https_toml(bench: Bench) -> str:

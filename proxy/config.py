@@ -268,6 +268,8 @@ class Function:
     min_instances: int = 0  # kept warm
     queue_size: int = 100  # requests that may wait for a free instance
     queue_timeout: float = 10.0  # seconds one may wait before 503
+    #: invocations sent to a busy instance before it ends the one it runs (scf/local.py)
+    invocations_ahead: int = 0
     #: seconds an instance may take to start: an event function's interpreter and the code
     #: before its handler, a web function's scf_bootstrap until it listens (SCF's InitTimeout)
     init_timeout: int = 65
@@ -1291,6 +1293,11 @@ FUNCTION_KEYS: dict[str, Key] = {
                       "(503 past it)"),
     "queue_timeout": Key(_number(0, 3600), "seconds a request may wait for a busy function "
                          "(503 past it; 0: it never waits)"),
+    "invocations_ahead": Key(_integer(0, 16), "event functions: when every instance is busy "
+                             "and no more may start, up to this many further invocations are "
+                             "sent to each busy instance, to run as soon as it ends the one it "
+                             "runs (no round trip through the proxy between them; see below); "
+                             "0: they wait in the function's queue"),
     "init_timeout": Key(_integer(1, 900), "seconds (SCF's `InitTimeout`): an instance's start "
                         "past it is a failed cold start: an event function's (the "
                         "interpreter, then the code before the handler) answers 504; a web "
@@ -1331,6 +1338,10 @@ def _function(ctx: _Ctx, path: str, value: object) -> Function:
                    fn.min_instances)
     if fn.type == "HTTP":
         _check_web_function(path, fn, values)
+        if fn.invocations_ahead:
+            raise _bad(f"{path}.invocations_ahead", 'must be 0 for a web function (type = '
+                       '"HTTP": its instances take several requests at once instead)',
+                       fn.invocations_ahead)
     elif fn.instance_concurrency != 1:
         # SCF: several requests per instance is for web functions only (clb-features.md §3.1)
         raise _bad(f"{path}.instance_concurrency", 'must be 1 for an event function (several '

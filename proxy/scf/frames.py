@@ -16,6 +16,10 @@ The conversation (payloads are orjson objects unless said otherwise):
                                ok -> the return value as JSON; error / import_error -> the SCF
                                error object as JSON; memory / too_large / not_json -> a message
 
+A function with ``invocations_ahead`` (scf/local.py) is sent its next invocations while it
+runs one; its worker then writes END_OF_OUTPUT to fd 1 and fd 2 after each invocation, before
+its reply, so the proxy can tell which invocation printed what (scf/instance.py).
+
 The event travels as its own frame so the proxy never decodes and re-encodes it. Imported by the
 worker process too, so it must stay free of the proxy's other modules (and of asyncio).
 """
@@ -43,6 +47,11 @@ MEMORY = "memory"  # MemoryError under the address-space limit (SCF 434)
 TOO_LARGE = "too_large"  # the result is over MAX_RESULT_BYTES (SCF 407)
 NOT_JSON = "not_json"  # the return value cannot be serialised to JSON
 STATUSES = frozenset({OK, ERROR, IMPORT_ERROR, MEMORY, TOO_LARGE, NOT_JSON})
+
+
+#: written to the output pipes after each invocation by a worker that is sent invocations
+#: ahead (``worker_argv``'s ``marks``): what came before it in a pipe is that invocation's
+END_OF_OUTPUT = b"\0scf:end-of-invocation\0\n"
 
 
 class FrameError(Exception):

@@ -14,7 +14,14 @@ exit is the authority on death: the socket's EOF only starts a short grace for t
 show, because a handler's forked child may hold the socket open. Output is attributed to the
 request the instance is running: the worker flushes before replying and the pipes are drained
 before the reply is handed on, so what a request printed is logged under its id even though
-pipe and socket are read independently.
+pipe and socket are read independently. An instance that is sent invocations ahead
+(``invocations_ahead``: the worker may be running the next one before the proxy reads the
+reply to the last) marks the end of each invocation's output in both pipes instead
+(frames.END_OF_OUTPUT, written before the reply): what follows a mark is held until that
+reply is taken and logged under the invocation it belongs to. Those sent ahead start here
+(``next``) when the owner keeps the instance after a reply; the worker runs them strictly in
+turn, so when the instance goes before a reply, the ones behind it have not started and go
+back to the owner (``rerun``).
 
 Also SCF's platform lines of each invocation (clb-features.md §3.5): ``START`` (written lazily:
 before the first output line, else with the END, so a quiet invocation costs one write for all
@@ -29,6 +36,7 @@ Must not know: HTTP, the event's fields, the pool's queue, what a reply status m
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import select
@@ -68,6 +76,11 @@ EXIT_POLL = 0.05
 #: handler output lines longer than this are logged in pieces
 MAX_LINE = 16 * 1024
 STREAMS = ("stdout", "stderr")
+#: an instance that marks its output reads its pipes this often while it runs invocations
+OUTPUT_POLL = 0.05
+#: and asks for pipes this large (Linux's default limit for a process), so that a handler
+#: printing fast is not held up between two reads
+MARKED_PIPE_BYTES = 1 << 20
 #: an invocation's last output kept for the SCF API's Log (4 KB of it is answered), about
 TAIL_BYTES = 8 * 1024
 
@@ -89,6 +102,7 @@ class Owner(Protocol):
     def replied(self, instance: Instance, reply: Reply | None, status: str,
                 body: bytes) -> None: ...
     def gone(self, instance: Instance) -> None: ...
+    def rerun(self, event: bytes, request_id: str, reply: Reply) -> None: ...
     def reaped(self, instance: Instance) -> None: ...
 
 
@@ -178,6 +192,14 @@ class Instance:
         self.output: list[str] | None = None
         self.output_size = 0
         self.last_output: list[str] | None = None
+        #: invocations sent ahead (``invocations_ahead``), in order: (request id, where its
+        #: outcome goes, the event, kept to run it elsewhere if this instance dies first)
+        self.ahead: list[tuple[str, Reply, bytes]] = []
+        #: the worker marks the end of each invocation's output (frames.END_OF_OUTPUT)
+        self.marks = owner.config.invocations_ahead > 0
+        #: a marking instance's pipes are read by ``output_timer`` (busy), not as they fill
+        self.polling = False
+        self.output_timer: asyncio.TimerHandle | None = None
 
     # -- starting --------------------------------------------------------------------------
 
@@ -197,7 +219,8 @@ class Instance:
             for _ in STREAMS:
                 fds.extend(os.pipe())
             self.proc = subprocess.Popen(
-                runtime.worker_argv(SOURCE_ROOT, child.fileno(), fn.handler, fn.memory),
+                runtime.worker_argv(SOURCE_ROOT, child.fileno(), fn.handler, fn.memory,
+                                    self.marks),
                 stdin=subprocess.DEVNULL, stdout=fds[1], stderr=fds[3],
                 pass_fds=(child.fileno(),), cwd=self.owner.code, env=self.owner.environment,
                 start_new_session=True)
@@ -220,6 +243,11 @@ class Instance:
             read_end, write_end = fds[2 * index], fds[2 * index + 1]
             os.close(write_end)
             os.set_blocking(read_end, False)
+            if self.marks:
+                try:
+                    fcntl.fcntl(read_end, fcntl.F_SETPIPE_SZ, MARKED_PIPE_BYTES)
+                except OSError:  # over /proc/sys/fs/pipe-max-size: the default size it is
+                    pass
             self.loop.add_reader(read_end, self._read_output, index)
             self.outputs.append(read_end)
             self.output_poll.register(read_end, select.POLLIN)
@@ -297,16 +325,33 @@ class Instance:
             cold: bool = False) -> None:
         """Send one invocation; ``reply`` gets its outcome through the owner (``replied``), or
         the ProxyError that ended it (timeout, crash). ``cold``: the instance was started for
-        it (its START line is followed by an Init Report)."""
+        it (its START line is followed by an Init Report). Sent while another one runs, it is
+        an invocation ahead: the worker runs it next, and the owner starts it here (``next``)
+        when it keeps the instance after the reply."""
         assert self.transport is not None
+        length = frames.LENGTH.pack
+        self.transport.writelines((length(len(header)), header, length(len(event)), event))
+        if self.reply is not None:
+            self.ahead.append((request_id, reply, event))
+            return
+        self._begin(request_id, reply, cold)
+
+    def _begin(self, request_id: str, reply: Reply, cold: bool) -> None:
+        if self.marks and not self.polling:
+            self._read_output_by_timer(True)
         self.request_id = request_id
         self.reply = reply
         self.start_pending = True
         self.cold = cold
         self.run_at = time.perf_counter()
-        length = frames.LENGTH.pack
-        self.transport.writelines((length(len(header)), header, length(len(event)), event))
         self.owner.deadlines.arm(self, self.owner.config.timeout)
+
+    def next(self) -> None:
+        """The worker went on to the first invocation sent ahead: it is the one running now
+        (its timeout starts now), and what the worker printed after the last mark is its."""
+        request_id, reply, _ = self.ahead.pop(0)
+        self._begin(request_id, reply, False)
+        self._log_held()
 
     def expire(self) -> None:
         """The invocation's deadline passed (called by the owner's sweep)."""
@@ -317,13 +362,19 @@ class Instance:
         if self.deadline:
             self.owner.deadlines.disarm(self)
         self.drain_output()  # what it printed belongs to this request: log it first
+        if self.marks:
+            self._end_of_output()
         self._end_lines()
         # what it printed, for the SCF API's LogType Tail (kept until the next reply: the
         # pool may start the next invocation before the caller reads this one)
         self.last_output, self.output = self.output, None
         reply, self.reply = self.reply, None
         self.last_used = self.loop.time()
+        if self.marks and not self.ahead:
+            self._log_held()  # printed between invocations (a thread, a subprocess)
         self.owner.replied(self, reply, status, body)
+        if self.polling and self.reply is None and not self.dead:
+            self._read_output_by_timer(False)  # idle: its pipes are read as they fill
 
     def _timed_out(self) -> None:
         timeout = self.owner.config.timeout
@@ -369,6 +420,11 @@ class Instance:
         if self.transport is not None:
             self.transport.abort()
         self.owner.gone(self)
+        # The worker runs them in order, one after the other: those sent ahead of a reply
+        # that never came have not started, so another instance runs them.
+        ahead, self.ahead = self.ahead, []
+        for request_id, waiting, event in ahead:
+            self.owner.rerun(event, request_id, waiting)
 
     def on_eof(self) -> None:
         if not self.dead and self.returncode is None:
@@ -392,6 +448,10 @@ class Instance:
             except OSError:
                 pass
         self.returncode = self.proc.wait()  # a zombie by now: does not block
+        self.polling = False
+        if self.output_timer is not None:
+            self.output_timer.cancel()
+            self.output_timer = None
         self.drain_output()
         if not self.dead:
             self._crashed(exit_text(self.returncode))
@@ -431,21 +491,76 @@ class Instance:
             self.output_poll.unregister(fd)
             self.outputs[index] = -1
             os.close(fd)
-            if buf:
-                self._log_line(index, bytes(buf))
-                buf.clear()
+            rest = bytes(buf).replace(frames.END_OF_OUTPUT, b"\n") if self.marks else bytes(buf)
+            buf.clear()
+            for line in rest.split(b"\n"):
+                if line:
+                    self._log_line(index, line)
             return False
         buf += data
+        self._log_lines(index)
+        return True
+
+    def _log_lines(self, index: int) -> None:
+        """Log the complete lines in pipe ``index``'s buffer; where the worker marks, only
+        those before the first mark (after it, they are the next invocation's)."""
+        buf = self.partial[index]
+        end = buf.find(frames.END_OF_OUTPUT) if self.marks else -1
+        if end < 0:
+            end = len(buf)
+        pos = 0
         while True:
-            cut = buf.find(b"\n")
+            cut = buf.find(b"\n", pos, end)
             if cut >= 0:
-                self._log_line(index, bytes(buf[:cut]))
-                del buf[: cut + 1]
-            elif len(buf) >= MAX_LINE:
-                self._log_line(index, bytes(buf[:MAX_LINE]))
-                del buf[:MAX_LINE]
+                self._log_line(index, bytes(buf[pos:cut]))
+                pos = cut + 1
+            elif end - pos >= MAX_LINE:
+                self._log_line(index, bytes(buf[pos:pos + MAX_LINE]))
+                pos += MAX_LINE
             else:
-                return True
+                break
+        if pos:
+            del buf[:pos]
+
+    def _end_of_output(self) -> None:
+        """The invocation running replied: its output ends at the first mark of each pipe
+        (the worker wrote it before the reply); what precedes it unended is its last line."""
+        for index, buf in enumerate(self.partial):
+            end = buf.find(frames.END_OF_OUTPUT)
+            if end >= 0:
+                if end:
+                    self._log_line(index, bytes(buf[:end]))
+                del buf[:end + len(frames.END_OF_OUTPUT)]
+
+    def _log_held(self) -> None:
+        """Log what the buffers hold past a mark, now that it is known whose it is."""
+        for index, buf in enumerate(self.partial):
+            if buf:
+                self._log_lines(index)
+
+    def _read_output_by_timer(self, busy: bool) -> None:
+        """A marking instance's pipes are read as they fill only while it is idle; while it
+        runs invocations, at each reply and every OUTPUT_POLL seconds, so that the marks it
+        writes after each invocation wake nobody (on a shared CPU, a wake-up per mark would
+        cost more than the invocations ahead save)."""
+        self.polling = busy
+        for index, fd in enumerate(self.outputs):
+            if fd >= 0:
+                if busy:
+                    self.loop.remove_reader(fd)
+                else:
+                    self.loop.add_reader(fd, self._read_output, index)
+        if self.output_timer is not None:
+            self.output_timer.cancel()
+            self.output_timer = None
+        if busy:
+            self.output_timer = self.loop.call_later(OUTPUT_POLL, self._poll_output)
+
+    def _poll_output(self) -> None:
+        self.output_timer = None
+        if self.polling and not self.dead:
+            self.drain_output()
+            self.output_timer = self.loop.call_later(OUTPUT_POLL, self._poll_output)
 
     def drain_output(self) -> None:
         """Log what the pipes hold now: one poll says which (a handler that printed nothing,

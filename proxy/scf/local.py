@@ -8,6 +8,13 @@ bounded queue (``queue_size``, ``queue_timeout``) and get Overloaded (503) past 
 status maps to one outcome (the table ``_OUTCOMES``); scf/instance.py turns a timeout and a death
 into FunctionTimeout (504) and FunctionCrashed (502), and the pool replaces the instance.
 
+With ``invocations_ahead`` (ours, off by default), a caller that finds every instance busy and
+no slot free is sent at once to a busy instance with room (``_offer``/``_take_open``: up to
+that many per instance) instead of waiting in line; nobody waits in line while an instance has
+room, so the order stays first come, first served. The instance runs them in turn and starts
+each one's timeout as it starts; one that goes first hands them back (``rerun``), each run
+once. docs/CONFIG.md says what it trades.
+
 Strategy: slots, not processes, are counted against ``concurrency``: a slot freed by a death is
 handed straight to the first waiting caller, who starts the replacement, so nobody overtakes the
 queue. The hot path is callbacks only: ``start`` with a warm instance free hands the event to
@@ -148,6 +155,8 @@ class LocalFunction:
         #: live instances + slots handed to waiters that are starting one; <= concurrency
         self._slots = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        #: busy instances that may be sent another invocation ahead (``invocations_ahead``)
+        self._open: set[Instance] = set()
         self.cold_starts = 0
         self.invocations = 0
         #: the deadlines of the invocations running and of the callers waiting in line
@@ -160,42 +169,41 @@ class LocalFunction:
 
     def start(self, event: bytes, request_id: str, done: Done) -> Cancel:
         """Run the function on ``event`` (JSON bytes); ``done`` gets the Invocation, or the
-        ProxyError, once. With a warm instance free this is all callbacks; otherwise the
-        wait for one runs on a task. Returns what drops the caller (the invocation itself
-        still runs to its end, see the module docstring)."""
+        ProxyError, once (Overloaded and PayloadTooLarge are raised at once). A warm instance
+        free, an invocation ahead on a busy one, or a place in line: callbacks only; a cold
+        start runs on a task. Returns what drops the caller (the invocation itself still
+        runs to its end, see the module docstring)."""
+        if self.closed:
+            raise Overloaded("shutting down", log_detail=f"{self.key}: closed")
+        if len(event) > frames.MAX_EVENT_BYTES:
+            raise PayloadTooLarge(log_detail=f"{self.key}: event of {len(event)} bytes")
         idle = self._idle
-        if self.closed or len(event) > frames.MAX_EVENT_BYTES or (
-                not idle and self._slots < self.config.concurrency):
-            return on_task(self.invoke(event, request_id), done)  # an error, or a cold start
-        if idle:
+        while idle:
             instance = idle.pop()
-            if not instance.dead:
-                call = _Call(self, done, request_id, False)
-                self._run(instance, event, call)
-                return call.drop
-            idle.append(instance)  # dead: gone() will take it out; the slow path copes
-            return on_task(self.invoke(event, request_id), done)
-        # every instance busy: wait in line, handed the next free one directly
+            if not instance.dead:  # (a dead one is on its way out: gone() forgets it)
+                return self._call(instance, event, request_id, done)
+        if self._slots < self.config.concurrency:
+            self._slots += 1
+            return on_task(self._cold_invoke(event, request_id), done)
+        busy = self._take_open()
+        if busy is not None:  # every instance busy: it runs this one next
+            return self._call(busy, event, request_id, done)
+        # wait in line, handed the next free instance (or room on a busy one) directly
         queued = _Queued(self, event, request_id, done)
         queued.waiter = self._wait_in_line(queued.granted)
         return queued.cancel
 
     async def invoke(self, event: bytes, request_id: str) -> Invocation:
         """Run the function on ``event`` (JSON bytes) and wait for its Invocation."""
-        if len(event) > frames.MAX_EVENT_BYTES:
-            raise PayloadTooLarge(log_detail=f"{self.key}: event of {len(event)} bytes")
-        while True:
-            instance, cold = await self._acquire(request_id)
-            if not instance.dead:  # one handed over can have died before we resumed
-                break
-
-        def start(done: Done) -> Cancel:
-            call = _Call(self, done, request_id, cold)
-            self._run(instance, event, call)
-            return call.drop  # cancelled: the invocation runs on, its result is dropped
-
-        invocation: Invocation = await awaited(start)
+        invocation: Invocation = await awaited(
+            lambda done: self.start(event, request_id, done))
         return invocation
+
+    def _call(self, instance: Instance, event: bytes, request_id: str, done: Done,
+              cold: bool = False) -> Cancel:
+        call = _Call(self, done, request_id, cold)
+        self._run(instance, event, call)
+        return call.drop  # cancelled: the invocation runs on, its result is dropped
 
     def _run(self, instance: Instance, event: bytes, call: _Call) -> None:
         header = b'{"request_id":%b,"context":%b}' % (orjson.dumps(call.request_id),
@@ -203,32 +211,19 @@ class LocalFunction:
         self.invocations += 1
         call.instance = instance
         instance.run(header, event, call.request_id, call, call.cold)
+        if self.config.invocations_ahead:
+            self._offer(instance)
 
     def stats(self) -> dict[str, int]:
         """Counters for metrics: instances (total/busy/idle/starting), queue, starts, calls."""
         starting = sum(1 for i in self._instances if not i.ready)
+        ahead = sum(len(i.ahead) for i in self._instances) if self._instances else 0
         return {"instances": len(self._instances), "idle": len(self._idle),
                 "busy": len(self._instances) - len(self._idle) - starting,
-                "starting": starting, "queued": len(self._waiters),
+                "starting": starting, "queued": len(self._waiters) + ahead,
                 "cold_starts": self.cold_starts, "invocations": self.invocations}
 
     # -- getting an instance ---------------------------------------------------------------
-
-    async def _acquire(self, request_id: str) -> tuple[Instance, bool]:
-        if self.closed:
-            raise Overloaded("shutting down", log_detail=f"{self.key}: closed")
-        if self._idle:
-            return self._idle.pop(), False
-        if self._slots < self.config.concurrency:
-            self._slots += 1
-            return await self._cold_start(request_id), True
-        began = time.perf_counter()
-        granted = await self._queue()
-        if self._waited is not None:
-            self._waited(self.key, time.perf_counter() - began)
-        if granted is not None:
-            return granted, False
-        return await self._cold_start(request_id), True  # we were handed a free slot
 
     def _wait_in_line(self, granted: Callable[[Any], None]) -> _Waiter:
         """Queue a caller; ``granted`` gets an idle instance, None (a free slot: start one),
@@ -243,6 +238,49 @@ class LocalFunction:
         self.deadlines.arm(waiter, cfg.queue_timeout)
         return waiter
 
+    # -- invocations ahead -------------------------------------------------------------------
+
+    def _has_room(self, instance: Instance) -> bool:
+        """``instance`` is busy and may be sent one more invocation ahead."""
+        return (instance.reply is not None and not instance.dead
+                and len(instance.ahead) < self.config.invocations_ahead
+                and not (self.closed or self.retiring or instance in self._stale))
+
+    def _offer(self, instance: Instance) -> None:
+        """A busy instance with room: the first caller in line is sent to it, else it is kept
+        open for the next caller (nobody waits in line while an instance has room)."""
+        if not self._has_room(instance):
+            self._open.discard(instance)
+        elif not self._grant(instance):
+            self._open.add(instance)
+
+    def _take_open(self) -> Instance | None:
+        while self._open:
+            instance = self._open.pop()
+            if self._has_room(instance):
+                return instance
+        return None
+
+    def rerun(self, event: bytes, request_id: str, reply: Reply) -> None:
+        """An invocation sent ahead to an instance that died before it started it (the worker
+        runs them in turn): it starts again as a new call would, on another instance."""
+        call = reply
+        assert isinstance(call, _Call)
+        if call.done is None:
+            function_log.info("function=%s request_id=%s not run: its instance went and its "
+                              "caller is gone", self.key, request_id)
+            return
+
+        def done(result: Any) -> None:
+            caller, call.done = call.done, None
+            if caller is not None:  # else the caller went away meanwhile (``call.drop``)
+                caller(result)
+
+        try:
+            self.start(event, request_id, done)
+        except ProxyError as exc:  # closed, or the queue is full
+            done(exc)
+
     def _grant(self, value: Instance | None) -> bool:
         """Hand ``value`` to the first caller in line; False when nobody waits."""
         if not self._waiters:
@@ -254,29 +292,6 @@ class LocalFunction:
         waiter.granted(value)
         return True
 
-    async def _queue(self) -> Instance | None:
-        """Wait for an idle instance (returned) or a free slot (None)."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        box: list[Any] = []
-
-        def granted(value: Any) -> None:
-            box.append(value)
-            future.set_result(None)
-
-        waiter = self._wait_in_line(granted)
-        try:
-            await future
-        except asyncio.CancelledError:
-            if box:  # handed something just as we were cancelled: pass it on, or it is lost
-                self._pass_on(box.pop())
-            else:
-                waiter.withdraw()
-            raise
-        value = box.pop()
-        if isinstance(value, BaseException):
-            raise value
-        return value  # type: ignore[no-any-return]
-
     def _pass_on(self, value: Any) -> None:
         """What a caller that went away was handed goes to the next one (or back)."""
         if value is None:
@@ -287,13 +302,8 @@ class LocalFunction:
     async def _cold_invoke(self, event: bytes, request_id: str) -> Invocation:
         """A caller handed a free slot: start an instance in it and invoke it there."""
         instance = await self._cold_start(request_id)
-
-        def start(done: Done) -> Cancel:
-            call = _Call(self, done, request_id, True)
-            self._run(instance, event, call)
-            return call.drop
-
-        invocation: Invocation = await awaited(start)
+        invocation: Invocation = await awaited(
+            lambda done: self._call(instance, event, request_id, done, True))
         return invocation
 
     async def _cold_start(self, request_id: str) -> Instance:
@@ -324,6 +334,7 @@ class LocalFunction:
 
     def release(self, instance: Instance) -> None:
         """An instance is free: to the first caller waiting, else on top of the idle stack."""
+        self._open.discard(instance)
         if instance.dead:
             return
         if self.closed or (self._stale and instance in self._stale):
@@ -353,7 +364,10 @@ class LocalFunction:
         """An instance answered: the caller gets the outcome; the instance goes back or goes
         (back first: the caller's callback may well start the next invocation on it)."""
         result, keep = _OUTCOMES[status](self, instance, body)
-        if keep:
+        if keep and instance.ahead:
+            instance.next()  # the worker went on to it already
+            self._offer(instance)
+        elif keep:
             self.release(instance)
         else:
             instance.kill(None)
@@ -367,6 +381,7 @@ class LocalFunction:
     def gone(self, instance: Instance) -> None:
         """An instance was killed or died: its slot is free (its process may still be dying)."""
         self._stale.discard(instance)
+        self._open.discard(instance)
         if instance in self._instances:
             self._instances.discard(instance)
             if instance in self._idle:
@@ -576,9 +591,7 @@ class _Queued:
         elif value is None:
             self.stop = on_task(self.fn._cold_invoke(self.event, self.request_id), done)
         else:
-            call = _Call(self.fn, done, self.request_id, False)
-            self.fn._run(value, self.event, call)
-            self.stop = call.drop
+            self.stop = self.fn._call(value, self.event, self.request_id, done)
 
     def cancel(self) -> None:
         if self.stop is not None:

@@ -52,6 +52,7 @@ import io
 import os
 import re
 import resource
+import signal
 import socket
 import sys
 import time
@@ -108,9 +109,12 @@ _VMSIZE = re.compile(rb"^VmSize:\s+(\d+) kB", re.MULTILINE)
 Handler = Callable[[Any, Any], Any]
 
 
-def worker_argv(root: str, fd: int, handler: str, memory_mb: int) -> list[str]:
-    """The command line of a worker: the socket's fd number, the handler, ``memory`` in MB."""
-    return [sys.executable, "-c", BOOTSTRAP, root, str(fd), handler, str(memory_mb)]
+def worker_argv(root: str, fd: int, handler: str, memory_mb: int,
+                marks: bool = False) -> list[str]:
+    """The command line of a worker: the socket's fd number, the handler, ``memory`` in MB,
+    and whether it marks the end of each invocation's output (frames.END_OF_OUTPUT)."""
+    return [sys.executable, "-c", BOOTSTRAP, root, str(fd), handler, str(memory_mb),
+            "1" if marks else "0"]
 
 
 def role_credentials(environ: Mapping[str, str]) -> dict[str, str] | None:
@@ -330,6 +334,16 @@ def _flush_output() -> None:
             pass
 
 
+def _mark_output() -> None:
+    # After the flush: what the invocation printed is in the pipes before the mark, and the
+    # mark before the reply (a write this short to a pipe is atomic).
+    for fd in (1, 2):
+        try:
+            os.write(fd, frames.END_OF_OUTPUT)
+        except OSError:  # the handler closed it: nothing of it to tell apart
+            pass
+
+
 def listen_for_debugger(address: str) -> None:
     """``--debug``: listen for a debugpy attach at ``HOST:PORT`` (before the memory limit, so
     debugpy's adapter process is not held to it, and before the handler's import)."""
@@ -341,8 +355,10 @@ def listen_for_debugger(address: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """Worker entry point: ``argv`` = [proxy source root, socket fd, handler, memory MB]."""
+    """Worker entry point: ``argv`` = [proxy source root, socket fd, handler, memory MB,
+    marks ("1": mark the end of each invocation's output)]."""
     root, fd, handler, memory_mb = argv[0], int(argv[1]), argv[2], int(argv[3])
+    marks = argv[4:5] == ["1"]
     debug = os.environ.pop(DEBUG_VARIABLE, "")  # not for the handler's own subprocesses
     if debug:
         listen_for_debugger(debug)
@@ -377,6 +393,13 @@ def main(argv: list[str]) -> int:
                                                   orjson.loads(header), event)
         del event
         _flush_output()
+        if marks:
+            _mark_output()
         # the instance's peak resident memory so far: one getrusage, for SCF's MemUsage
         sock.sendall(frames.encode(orjson.dumps({"status": status, "mem_kb": _peak_kb()}),
                                    body))
+        if status == frames.MEMORY:
+            # The pool replaces an instance that ran out of memory: run nothing more, so an
+            # invocation it was sent ahead can go to another instance without having started.
+            while True:
+                signal.pause()

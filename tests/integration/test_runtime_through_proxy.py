@@ -20,11 +20,12 @@ from tests.proxyproc import ProxyProcess
 HELLO = b"<html><body><h1>Hello CLB</h1></body></html>"
 
 
-_PATHS = ("sleeps", "hog", "counter", "printer", "crash", "many")
+_PATHS = ("sleeps", "hog", "counter", "printer", "crash", "many", "ahead")
 CONFIG = (listener() + "".join(scf_rule("rt.test", f"/{name}", name) for name in _PATHS)
           + function("sleeps", concurrency=4, timeout=10, queue_size=10)
           + function("hog", memory=128) + function("counter", concurrency=1)
-          + function("printer") + function("crash") + function("many", "counter", concurrency=8))
+          + function("printer") + function("crash") + function("many", "counter", concurrency=8)
+          + function("ahead", "printer", concurrency=1, invocations_ahead=4))
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +149,33 @@ def test_a_thousand_requests_over_50_connections_succeed_and_leak_no_instance(
     many = proxy.access_records("/many", 1000)
     assert len(many) == 1000
     assert sum(r["cold_start"] for r in many) <= 8
-    assert len(_descendants(proxy.pid)) <= 8 + 4 + 1 + 1 + 1 + 1 + 1
+    assert len(_descendants(proxy.pid)) <= 8 + 4 + 1 + 1 + 1 + 1 + 1 + 1
+
+
+def test_invocations_sent_ahead_keep_their_output_under_their_request_ids(
+        proxy: ProxyProcess) -> None:
+    port = proxy.port()
+
+    def client(_: int) -> list[int]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            return [_get(port, "/ahead", conn)[0] for _ in range(10)]
+        finally:
+            conn.close()
+
+    with ThreadPoolExecutor(12) as pool:
+        statuses = [s for batch in pool.map(client, range(12)) for s in batch]
+    assert statuses == [200] * 120
+    records = proxy.access_records("/ahead", 120)
+    # one instance ran them all, most of them sent ahead while it ran another
+    assert sum(r["cold_start"] for r in records) <= 1
+    proxy.wait_for_log(f"child process {records[-1]['function_request_id']}")
+    lines = [line for line in proxy.stderr.splitlines() if "function=default/ahead " in line]
+    for record in records:
+        request_id = record["function_request_id"]
+        for what in ("print to stdout", "print to stderr", "fd write", "child process"):
+            [line] = [line for line in lines if f"{what} {request_id}" in line]
+            assert f"request_id={request_id} " in line
 
 
 def test_the_hello_clb_code_runs_unchanged(tmp_path: Path) -> None:

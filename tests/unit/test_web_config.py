@@ -87,6 +87,9 @@ def test_a_web_function_has_no_handler(site: Path) -> None:
      "function[0].instance_concurrency: must be 1..100"),
     ('type = "HTTP"\ninit_timeout = 0', "function[0].init_timeout: must be 1..900"),
     ("instance_concurrency = 2", "function[0].instance_concurrency: must be 1 for an event"),
+    ('type = "HTTP"\ninvocations_ahead = 2',
+     "function[0].invocations_ahead: must be 0 for a web function"),
+    ("invocations_ahead = 17", "function[0].invocations_ahead: must be 0..16"),
 ])
 def test_bad_web_settings_name_the_field(site: Path, line: str, expected: str) -> None:
     assert expected in _error(site.parent, line)
