@@ -57,6 +57,12 @@ class PlatformLines:
         self._second = -1
         self._prefix = ""
 
+    @property
+    def enabled(self) -> bool:
+        """Whether the lines are written at all (the log level lets INFO through): asked
+        before they are built, which costs more than writing them."""
+        return self.logger.isEnabledFor(logging.INFO)
+
     def write(self, *messages: str) -> None:
         logger = self.logger
         if not logger.isEnabledFor(logging.INFO):

@@ -591,6 +591,9 @@ class Instance:
 
     def _end_lines(self) -> None:
         """END and Report of the invocation that ended (START first, if nothing was printed)."""
+        if not PLATFORM.enabled:
+            self.start_pending = False
+            return
         key, request_id = self.owner.key, self.request_id
         lines = self._start_lines() if self.start_pending else []
         lines.append(f"function={key} END RequestId:{request_id}")

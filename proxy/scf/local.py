@@ -297,7 +297,10 @@ class LocalFunction:
         if value is None:
             self._free_slot()
         elif isinstance(value, Instance):
-            self.release(value)
+            if value.reply is not None:  # room on a busy one (invocations ahead)
+                self._offer(value)
+            else:
+                self.release(value)
 
     async def _cold_invoke(self, event: bytes, request_id: str) -> Invocation:
         """A caller handed a free slot: start an instance in it and invoke it there."""
