@@ -42,6 +42,9 @@ PATHS: dict[str, tuple[Callable[[Bench], str], Load, bool]] = {
     "https": (scenarios.https_toml,
               Load(Row("https", "", "", Side(""), Side("")), scenarios.ORIGIN, scheme="https"),
               False),
+    "https-handshake": (scenarios.https_toml,
+                        Load(Row("https-handshake", "", "", Side(""), Side("")),
+                             scenarios.ORIGIN, scheme="https", closing=True), False),
 }
 
 
@@ -78,9 +81,11 @@ def record(bench: Bench, server: procs.Server, load: Load, raw: Path,
 
     def generate() -> None:
         try:
-            loaded["result"] = wrk.run(url, connections=bench.connections,
-                                       duration=bench.duration + 2, cpus=bench.load_cpus,
-                                       headers=[f"Host: {load.host}"])
+            loaded["result"] = wrk.run(
+                url, connections=bench.connections, duration=bench.duration + 2,
+                cpus=bench.load_cpus, closing=load.closing,
+                headers=[f"Host: {load.host}"] + (["Connection: close"] if load.closing
+                                                  else []))
         except wrk.LoadError as exc:
             loaded["error"] = exc
 

@@ -471,6 +471,10 @@ def _is_ip(name: str) -> bool:
     return True
 
 
+#: SNI names whose certificate choice a listener remembers (SniTable.select)
+SNI_CACHE_MAX = 4096
+
+
 class SniTable:
     """Which certificate (by index) a handshake gets for an SNI name; pure.
 
@@ -479,7 +483,7 @@ class SniTable:
     or an unknown name gets certificate 0, the listener's first.
     """
 
-    __slots__ = ("_index",)
+    __slots__ = ("_index", "_chosen")
 
     def __init__(self, names_per_certificate: Sequence[Sequence[str]]) -> None:
         index: dict[str, int] = {}
@@ -487,6 +491,10 @@ class SniTable:
             for name in names:
                 index.setdefault(name.lower(), position)
         self._index = index
+        #: ``select``'s answers by the name as sent: a handshake's lookup is one dict probe
+        #: (the name's folding and its IP-literal test cost more than the rest of it);
+        #: bounded, so names made up by a scanner cannot grow it
+        self._chosen: dict[str, int] = {}
 
     def lookup(self, server_name: str) -> int | None:
         for key in _lookup_keys(server_name):
@@ -498,8 +506,14 @@ class SniTable:
     def select(self, server_name: str | None) -> int:
         if not server_name:
             return 0
-        hit = self.lookup(server_name)
-        return 0 if hit is None else hit
+        chosen = self._chosen.get(server_name)
+        if chosen is None:
+            hit = self.lookup(server_name)
+            chosen = 0 if hit is None else hit
+            if len(self._chosen) >= SNI_CACHE_MAX:
+                self._chosen.clear()
+            self._chosen[server_name] = chosen
+        return chosen
 
 
 # --------------------------------------------------------------------------- contexts

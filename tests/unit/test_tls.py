@@ -806,6 +806,20 @@ def test_sni_table_exact_name_beats_a_wildcard_listed_earlier() -> None:
     assert table.select(None) == 0
 
 
+def test_sni_table_remembers_its_choices_up_to_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    table = tls.SniTable([("a.test",), ("*.w.test",)])
+    monkeypatch.setattr(tls, "SNI_CACHE_MAX", 3)
+    looked: list[str] = []
+    keys = tls._lookup_keys
+    monkeypatch.setattr(tls, "_lookup_keys", lambda name: looked.append(name) or keys(name))
+    assert [table.select(n) for n in ("x.w.test", "x.w.test", "A.test", "A.test")] == [1, 1, 0, 0]
+    assert looked == ["x.w.test", "A.test"]  # asked once per name as sent
+    for name in ("n1.test", "n2.test", "n3.test", "n4.test"):  # scanner-made names
+        assert table.select(name) == 0
+    assert len(table._chosen) <= 3
+    assert table.select("x.w.test") == 1  # forgotten and found again the same
+
+
 # --------------------------------------------------------------------------- dev certificate
 
 def test_dev_certificate_is_generated_with_a_private_key_file(
