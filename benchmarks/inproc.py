@@ -1,6 +1,6 @@
 """The CVM path's own cost, without sockets or a second process: instructions per request.
 
-``python benchmarks/inproc.py [--requests N] [--profile]`` builds the real ProxyServer state
+``python benchmarks/inproc.py [--requests N] [--profile] [--scf]`` builds the real ProxyServer state
 (ServerState, Router, CvmUpstreams, access log off) from the cvm scenario's config, connects
 one keep-alive client connection through an in-memory transport, and answers each upstream
 request head from an in-memory origin (the pool's ``loop.create_connection`` is patched to hand
@@ -10,6 +10,12 @@ per request. Nothing here touches a socket, so the figure is the interpreter's w
 instructions that a loaded machine does not change: run it with two N (say 1000 and 3000) and
 divide the difference by 2000 to leave out start-up. ``--profile`` prints cProfile's top
 entries instead.
+
+``--scf`` drives the SCF path instead: the scf scenario's config, the built-in Hello CLB
+function with one warm local instance (a real worker process: valgrind, without
+``--trace-children``, counts the proxy's instructions only), each request waiting for the
+instance's answer. The loop's waits for the worker are then part of the count, so compare
+it with itself, not with the CVM figure.
 
 A measuring tool, not part of the product or of ``make test`` (its own test runs it briefly).
 """
@@ -110,7 +116,7 @@ class Origin:
             self.loop.call_soon(self.protocol.data_received, ANSWER)
 
 
-async def drive(requests: int, profile: bool) -> float:
+async def drive(requests: int, profile: bool, scf: bool = False) -> float:
     from proxy.connection import HttpConnection
     from proxy.server import ProxyServer
 
@@ -125,16 +131,24 @@ async def drive(requests: int, profile: bool) -> float:
         return wire, protocol
 
     loop.create_connection = create_connection  # type: ignore[method-assign]
-    text = confs.proxy_listener(rules=[(confs.BENCH_DOMAIN, "/",
-                                        confs.cvm_target(ORIGIN_PORT))])
+    if scf:
+        from proxy.builtin import HELLO_CODE_DIR
+
+        text = (confs.proxy_listener(rules=[(confs.BENCH_DOMAIN, "/", confs.SCF_TARGET)])
+                + "\n" + confs.hello_function(HELLO_CODE_DIR, 1))
+    else:
+        text = confs.proxy_listener(rules=[(confs.BENCH_DOMAIN, "/",
+                                            confs.cvm_target(ORIGIN_PORT))])
     config = parse_document(text, None, Path.cwd(), label="inproc.toml")
     server = ProxyServer(config, access_log=AccessLog(enabled=False))
+    if scf:
+        await server.backends.local.start()
     from proxy.connection import ListenerContext
 
     ctx = ListenerContext(config.listeners[0], "auto", server.state)
     answers = bytearray()
     done = asyncio.Event()
-    end = b"Hello, world!"
+    end = b"</html>" if scf else b"Hello, world!"
 
     def client_sink(data: bytes) -> None:
         answers.extend(data)
@@ -164,13 +178,17 @@ async def drive(requests: int, profile: bool) -> float:
     if profiler:
         profiler.disable()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
-    return (time.process_time() - start) / requests * 1e6
+    spent = (time.process_time() - start) / requests * 1e6
+    if scf:
+        await server.backends.local.close()
+    return spent
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--profile", action="store_true", help="print cProfile's top entries")
+    parser.add_argument("--scf", action="store_true", help="the SCF path (one local instance)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as state:
         os.environ.setdefault("CLBSCF_PROXY_STATE", state)
@@ -180,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
             runner = uvloop.run
         except ImportError:  # pragma: no cover
             runner = asyncio.run
-        us = runner(drive(args.requests, args.profile))
-    print(f"{args.requests} requests, {us:.1f} us of CPU per request (in-process, no sockets)")
+        us = runner(drive(args.requests, args.profile, args.scf))
+    print(f"{args.requests} {'SCF' if args.scf else 'CVM'} requests, {us:.1f} us of CPU per "
+          f"request (in-process{', the proxy only' if args.scf else ', no sockets'})")
     return 0
 
 

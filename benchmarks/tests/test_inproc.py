@@ -1,4 +1,5 @@
-"""The in-process driver runs the real CVM path and refuses an answer that is not the origin's."""
+"""The in-process driver runs the real CVM path (and the SCF path, with a real instance) and
+refuses an answer that is not the origin's."""
 
 from __future__ import annotations
 
@@ -16,7 +17,13 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_drives_requests_through_the_real_path(capsys: pytest.CaptureFixture[str]) -> None:
     assert inproc.main(["--requests", "200"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("200 requests, ") and "us of CPU per request" in out
+    assert out.startswith("200 CVM requests, ") and "us of CPU per request" in out
+
+
+def test_drives_scf_requests_through_a_real_instance(capsys: pytest.CaptureFixture[str]) -> None:
+    assert inproc.main(["--requests", "50", "--scf"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("50 SCF requests, ") and "the proxy only" in out
 
 
 def test_a_wrong_answer_stops_it(tmp_path: Path) -> None:
