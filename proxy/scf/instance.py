@@ -195,6 +195,8 @@ class Instance:
         #: invocations sent ahead (``invocations_ahead``), in order: (request id, where its
         #: outcome goes, the event, kept to run it elsewhere if this instance dies first)
         self.ahead: list[tuple[str, Reply, bytes]] = []
+        #: the frames of invocations ahead not written yet (``_uncork``)
+        self.corked: list[bytes] = []
         #: the worker marks the end of each invocation's output (frames.END_OF_OUTPUT)
         self.marks = owner.config.invocations_ahead > 0
         #: a marking instance's pipes are read by ``output_timer`` (busy), not as they fill
@@ -330,11 +332,21 @@ class Instance:
         when it keeps the instance after the reply."""
         assert self.transport is not None
         length = frames.LENGTH.pack
-        self.transport.writelines((length(len(header)), header, length(len(event)), event))
         if self.reply is not None:
             self.ahead.append((request_id, reply, event))
+            # Sent at the end of this turn of the loop with the others that came in it: the
+            # worker wakes once for all of them, not once each.
+            if not self.corked:
+                self.loop.call_soon(self._uncork)
+            self.corked += (length(len(header)), header, length(len(event)), event)
             return
+        self.transport.writelines((length(len(header)), header, length(len(event)), event))
         self._begin(request_id, reply, cold)
+
+    def _uncork(self) -> None:
+        corked, self.corked = self.corked, []
+        if not self.dead and self.transport is not None:
+            self.transport.writelines(corked)
 
     def _begin(self, request_id: str, reply: Reply, cold: bool) -> None:
         if self.marks and not self.polling:
