@@ -12,8 +12,9 @@ With ``invocations_ahead`` (ours, off by default), a caller that finds every ins
 no slot free is sent at once to a busy instance with room (``_offer``/``_take_open``: up to
 that many per instance) instead of waiting in line; nobody waits in line while an instance has
 room, so the order stays first come, first served. The instance runs them in turn and starts
-each one's timeout as it starts; one that goes first hands them back (``rerun``), each run
-once. docs/CONFIG.md says what it trades.
+each one's timeout as it starts; ``queue_timeout`` holds for each until it starts (its caller
+gets the 503, the invocation runs on: ``_Call.expire``); one that goes first hands them back
+(``rerun``), each run once. docs/CONFIG.md says what it trades.
 
 Strategy: slots, not processes, are counted against ``concurrency``: a slot freed by a death is
 handed straight to the first waiting caller, who starts the replacement, so nobody overtakes the
@@ -212,6 +213,8 @@ class LocalFunction:
         call.instance = instance
         instance.run(header, event, call.request_id, call, call.cold)
         if self.config.invocations_ahead:
+            if instance.reply is not call:  # sent ahead: it waits as a caller in line would
+                self.deadlines.arm(call, self.config.queue_timeout)
             self._offer(instance)
 
     def stats(self) -> dict[str, int]:
@@ -266,6 +269,7 @@ class LocalFunction:
         runs them in turn): it starts again as a new call would, on another instance."""
         call = reply
         assert isinstance(call, _Call)
+        self.deadlines.disarm(call)  # it starts over: as a new call, it waits anew
         if call.done is None:
             function_log.info("function=%s request_id=%s not run: its instance went and its "
                               "caller is gone", self.key, request_id)
@@ -369,6 +373,8 @@ class LocalFunction:
         result, keep = _OUTCOMES[status](self, instance, body)
         if keep and instance.ahead:
             instance.next()  # the worker went on to it already
+            if isinstance(instance.reply, _Call):
+                self.deadlines.disarm(instance.reply)  # started: its timeout counts now
             self._offer(instance)
         elif keep:
             self.release(instance)
@@ -508,7 +514,7 @@ class _Call:
     """One invocation's caller: turns the instance's reply into an Invocation for ``done``,
     or drops it when the caller went away (the invocation is not stopped: SCF runs it)."""
 
-    __slots__ = ("fn", "done", "request_id", "cold", "began", "instance")
+    __slots__ = ("fn", "done", "request_id", "cold", "began", "instance", "deadline")
 
     def __init__(self, fn: LocalFunction, done: Done | None, request_id: str,
                  cold: bool) -> None:
@@ -519,9 +525,22 @@ class _Call:
         self.began = time.perf_counter()
         #: the instance running it (its last reported memory goes into the Invocation)
         self.instance: Instance | None = None
+        #: sent ahead: by when it must have started (the function's sweep; 0.0: not armed)
+        self.deadline = 0.0
 
     def drop(self) -> None:
         self.done = None
+
+    def expire(self) -> None:
+        """Sent ahead and not started within ``queue_timeout``: its caller gets the 503 of a
+        caller that waited in line that long; the invocation still runs in its turn (it was
+        sent), and its result is dropped."""
+        done, self.done = self.done, None
+        if done is not None:
+            fn = self.fn
+            done(Overloaded("waited too long for an instance", log_detail=(
+                f"{fn.key}: not started within {fn.config.queue_timeout:g}s on the busy "
+                "instance it was sent ahead to")))
 
     def __call__(self, result: Any) -> None:
         done = self.done

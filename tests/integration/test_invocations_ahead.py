@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -193,4 +194,26 @@ def test_a_caller_gone_before_its_turn_ahead_gets_nothing_and_the_rest_run(
             assert fn.stats()["idle"] == 1
         # as SCF does, what was sent runs to its end: its result is dropped
         assert _runs(tmp_path) == ["first", "dropped", "kept"]
+    uvloop.run(main())
+
+
+def test_one_sent_ahead_that_does_not_start_within_queue_timeout_gets_503_and_still_runs(
+        tmp_path: Path) -> None:
+    async def main() -> None:
+        fn_config = _fn("late", _code(tmp_path), concurrency=1, min_instances=1,
+                        invocations_ahead=2, timeout=5, queue_timeout=0.5)
+        async with _pool(fn_config, start=True) as pool:
+            fn = _get(pool, "late")
+            first = asyncio.ensure_future(fn.invoke(_event(seconds=1.5), "first"))
+            await _until(lambda: fn.stats()["busy"] == 1)
+            began = time.monotonic()
+            with pytest.raises(Overloaded) as info:
+                await fn.invoke(_event(), "late")  # sent ahead, its turn 1.5 s away
+            assert 0.4 <= time.monotonic() - began < 1.2
+            assert info.value.status_hint == 503
+            assert _body(await first)["tag"] == "first"
+            # it was sent, so it runs in its turn (its result dropped); the instance stays
+            await _until(lambda: _runs(tmp_path) == ["first", "late"])
+            await _until(lambda: fn.stats()["idle"] == 1)
+            assert _body(await fn.invoke(_event(), "after"))["tag"] == "after"
     uvloop.run(main())
