@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import threading
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
@@ -25,6 +26,24 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
+
+    def shutdown_request(self, request: Any) -> None:
+        # A lingering close, as nginx's: a body the application did not read (a chunked one,
+        # which wsgiref never reads) is read and dropped before the close. Closing with it
+        # unread makes the kernel reset the connection, and a proxy reading our answer just
+        # then loses it with the reset (seen once in CI as a 502).
+        try:
+            request.shutdown(socket.SHUT_WR)
+            request.settimeout(LINGER_SECONDS)
+            while request.recv(65536):
+                pass
+        except OSError:
+            pass
+        self.close_request(request)
+
+
+#: how long a closing connection's unread input is read and dropped
+LINGER_SECONDS = 2.0
 
 
 class _QuietHandler(WSGIRequestHandler):
