@@ -46,10 +46,11 @@ def test_proxy_root_is_a_directory_option() -> None:
     assert build_parser().parse_args([]).proxy_root is None
 
 
-def test_profile_defaults_cover_the_three_paths() -> None:
+def test_profile_defaults_cover_every_path() -> None:
     from benchmarks import profile
 
     args = profile.build_parser().parse_args([])
     assert (args.duration, args.connections, args.top) == (15.0, 50, 15)
-    assert args.paths == ["cvm", "scf", "https"] == list(profile.PATHS)
+    assert args.paths == ["cvm", "scf", "https", "https-handshake"] == list(profile.PATHS)
+    assert profile.PATHS["https-handshake"][1].closing  # a new TLS connection per request
     assert profile.PATHS["scf"][2] is True  # py-spy follows the function instances
