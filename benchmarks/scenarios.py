@@ -110,13 +110,14 @@ def https(bench: Bench) -> list[Row]:
                 "req/s", Side("clbscf-proxy tls"), Side("nginx tls"),
                 checks=(Check("value", ">=", 0.8),))
     floor = floor_row("https-floor", keep, "floor relay tls")
+    fresh_floor = floor_row("https-handshake-floor", fresh, "floor relay tls")
     loads = [Load(keep, ORIGIN, scheme="https", floor=floor),
-             Load(fresh, ORIGIN, scheme="https", closing=True)]
+             Load(fresh, ORIGIN, scheme="https", closing=True, floor=fresh_floor)]
     compare(bench, loads, {
         OURS: lambda: bench.proxy("proxy-https", https_toml(bench)),
         PEER: lambda: bench.nginx_proxy("nginx-https", bench.origin_port(), tls=True),
         FLOOR: lambda: bench.floor("floor-https", tls=True)})
-    return [keep, floor, fresh]
+    return [keep, floor, fresh, fresh_floor]
 
 
 #: h2load's load of the HTTP/2 scenario: connections, and concurrent streams on each
