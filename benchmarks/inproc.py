@@ -9,7 +9,7 @@ per request. Nothing here touches a socket, so the figure is the interpreter's w
 ``valgrind --tool=callgrind python benchmarks/inproc.py --requests N`` counts it in
 instructions that a loaded machine does not change: run it with two N (say 1000 and 3000) and
 divide the difference by 2000 to leave out start-up. ``--profile`` prints cProfile's top
-entries instead.
+entries instead (``--sort cumulative`` and ``--top N`` choose which).
 
 ``--scf`` drives the SCF path instead: the scf scenario's config, the built-in Hello CLB
 function with one warm local instance (a real worker process: valgrind, without
@@ -116,7 +116,8 @@ class Origin:
             self.loop.call_soon(self.protocol.data_received, ANSWER)
 
 
-async def drive(requests: int, profile: bool, scf: bool = False) -> float:
+async def drive(requests: int, profile: bool, scf: bool = False, sort: str = "tottime",
+                top: int = 25) -> float:
     from proxy.connection import HttpConnection
     from proxy.server import ProxyServer
 
@@ -177,7 +178,7 @@ async def drive(requests: int, profile: bool, scf: bool = False) -> float:
         await one()
     if profiler:
         profiler.disable()
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+        pstats.Stats(profiler).sort_stats(sort).print_stats(top)
     spent = (time.process_time() - start) / requests * 1e6
     if scf:
         await server.backends.local.close()
@@ -189,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--profile", action="store_true", help="print cProfile's top entries")
     parser.add_argument("--scf", action="store_true", help="the SCF path (one local instance)")
+    parser.add_argument("--sort", default="tottime", choices=("tottime", "cumulative", "ncalls"),
+                        help="--profile's order (default tottime: self time)")
+    parser.add_argument("--top", type=int, default=25, help="--profile's entries (default 25)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as state:
         os.environ.setdefault("CLBSCF_PROXY_STATE", state)
@@ -198,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             runner = uvloop.run
         except ImportError:  # pragma: no cover
             runner = asyncio.run
-        us = runner(drive(args.requests, args.profile, args.scf))
+        us = runner(drive(args.requests, args.profile, args.scf, args.sort, args.top))
     print(f"{args.requests} {'SCF' if args.scf else 'CVM'} requests, {us:.1f} us of CPU per "
           f"request (in-process{', the proxy only' if args.scf else ', no sockets'})")
     return 0

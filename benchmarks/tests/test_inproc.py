@@ -26,6 +26,14 @@ def test_drives_scf_requests_through_a_real_instance(capsys: pytest.CaptureFixtu
     assert out.startswith("50 SCF requests, ") and "the proxy only" in out
 
 
+def test_profile_order_and_length(capsys: pytest.CaptureFixture[str]) -> None:
+    assert inproc.main(["--requests", "50", "--profile", "--sort", "cumulative",
+                        "--top", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "Ordered by: cumulative time" in out and "to 6 due to restriction <6>" in out
+    assert "connection.py" in out  # the proxy's path, not only the driver
+
+
 def test_a_wrong_answer_stops_it(tmp_path: Path) -> None:
     # an origin answering 404 must not be counted as the CVM path's cost
     script = ("import sys; from benchmarks import inproc; "
