@@ -431,12 +431,13 @@ class Instance:
                 pass
         if self.transport is not None:
             self.transport.abort()
-        self.owner.gone(self)
         # The worker runs them in order, one after the other: those sent ahead of a reply
-        # that never came have not started, so another instance runs them.
+        # that never came have not started, so another instance runs them. Before the slot
+        # is freed: they were admitted before anyone now in line, and the slot goes to them.
         ahead, self.ahead = self.ahead, []
         for request_id, waiting, event in ahead:
             self.owner.rerun(event, request_id, waiting)
+        self.owner.gone(self)
 
     def on_eof(self) -> None:
         if not self.dead and self.returncode is None:

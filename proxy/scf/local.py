@@ -168,12 +168,15 @@ class LocalFunction:
         #: instances started before the code changed (``recycle``): they go when released
         self._stale: set[Instance] = set()
 
-    def start(self, event: bytes, request_id: str, done: Done) -> Cancel:
+    def start(self, event: bytes, request_id: str, done: Done, *, rerun: bool = False
+              ) -> Cancel:
         """Run the function on ``event`` (JSON bytes); ``done`` gets the Invocation, or the
         ProxyError, once (Overloaded and PayloadTooLarge are raised at once). A warm instance
         free, an invocation ahead on a busy one, or a place in line: callbacks only; a cold
         start runs on a task. Returns what drops the caller (the invocation itself still
-        runs to its end, see the module docstring)."""
+        runs to its end, see the module docstring). ``rerun``: one admitted before, whose
+        instance went before starting it; if it must wait, it goes to the front of the line
+        (behind earlier reruns only) and is never refused for a full queue."""
         if self.closed:
             raise Overloaded("shutting down", log_detail=f"{self.key}: closed")
         if len(event) > frames.MAX_EVENT_BYTES:
@@ -191,7 +194,7 @@ class LocalFunction:
             return self._call(busy, event, request_id, done)
         # wait in line, handed the next free instance (or room on a busy one) directly
         queued = _Queued(self, event, request_id, done)
-        queued.waiter = self._wait_in_line(queued.granted)
+        queued.waiter = self._wait_in_line(queued.granted, first=rerun)
         return queued.cancel
 
     async def invoke(self, event: bytes, request_id: str) -> Invocation:
@@ -228,16 +231,24 @@ class LocalFunction:
 
     # -- getting an instance ---------------------------------------------------------------
 
-    def _wait_in_line(self, granted: Callable[[Any], None]) -> _Waiter:
+    def _wait_in_line(self, granted: Callable[[Any], None], first: bool = False) -> _Waiter:
         """Queue a caller; ``granted`` gets an idle instance, None (a free slot: start one),
-        or the Overloaded error (queue full now, or no instance within queue_timeout)."""
+        or the Overloaded error (queue full now, or no instance within queue_timeout).
+        ``first``: a rerun, placed before every caller that is not one and never refused."""
         cfg = self.config
-        if len(self._waiters) >= cfg.queue_size:
+        waiters = self._waiters
+        if len(waiters) >= cfg.queue_size and not first:
             raise Overloaded("all instances busy", log_detail=(
                 f"{self.key}: all {cfg.concurrency} instances busy and "
-                f"{len(self._waiters)} callers waiting"))
-        waiter = _Waiter(self, granted)
-        self._waiters.append(waiter)
+                f"{len(waiters)} callers waiting"))
+        waiter = _Waiter(self, granted, first)
+        if first:
+            place = 0
+            while place < len(waiters) and waiters[place].first:
+                place += 1
+            waiters.insert(place, waiter)
+        else:
+            waiters.append(waiter)
         self.deadlines.arm(waiter, cfg.queue_timeout)
         return waiter
 
@@ -266,7 +277,9 @@ class LocalFunction:
 
     def rerun(self, event: bytes, request_id: str, reply: Reply) -> None:
         """An invocation sent ahead to an instance that died before it started it (the worker
-        runs them in turn): it starts again as a new call would, on another instance."""
+        runs them in turn): it starts again on another instance, before the callers that
+        came after it (``start(rerun=True)``); the instance reruns them before it frees its
+        slot, so the slot goes to the first of them."""
         call = reply
         assert isinstance(call, _Call)
         self.deadlines.disarm(call)  # it starts over: as a new call, it waits anew
@@ -281,8 +294,8 @@ class LocalFunction:
                 caller(result)
 
         try:
-            self.start(event, request_id, done)
-        except ProxyError as exc:  # closed, or the queue is full
+            self.start(event, request_id, done, rerun=True)
+        except ProxyError as exc:  # closed
             done(exc)
 
     def _grant(self, value: Instance | None) -> bool:
@@ -563,13 +576,16 @@ class _Call:
 class _Waiter:
     """A caller in line for an instance (see ``LocalFunction._wait_in_line``)."""
 
-    __slots__ = ("fn", "granted", "began", "deadline")
+    __slots__ = ("fn", "granted", "began", "deadline", "first")
 
-    def __init__(self, fn: LocalFunction, granted: Callable[[Any], None]) -> None:
+    def __init__(self, fn: LocalFunction, granted: Callable[[Any], None],
+                 first: bool = False) -> None:
         self.fn = fn
         self.granted = granted
         self.began = time.perf_counter()
         self.deadline = 0.0
+        #: a rerun: ahead of every caller in line that is not one
+        self.first = first
 
     def expire(self) -> None:
         """Waited queue_timeout (called by the function's sweep)."""

@@ -156,6 +156,32 @@ def test_what_an_instance_that_goes_did_not_reach_runs_once_on_a_new_one(
     uvloop.run(main())
 
 
+def test_what_an_instance_that_goes_did_not_reach_runs_before_callers_in_line(
+        tmp_path: Path) -> None:
+    # the two sent ahead were admitted before "late", which waits in line and fills the
+    # queue (queue_size 1): when the instance dies they run first, and neither is refused
+    async def main() -> None:
+        fn_config = _fn("order", _code(tmp_path), concurrency=1, min_instances=1,
+                        invocations_ahead=2, queue_size=1)
+        async with _pool(fn_config, start=True) as pool:
+            fn = _get(pool, "order")
+            first = asyncio.ensure_future(fn.invoke(_event(seconds=0.3, how="exit"), "first"))
+            await _until(lambda: fn.stats()["busy"] == 1)
+            ahead = [asyncio.ensure_future(fn.invoke(_event(), f"next-{i}")) for i in range(2)]
+            await _until(lambda: fn.stats()["queued"] == 2)
+            late = asyncio.ensure_future(fn.invoke(_event(), "late"))
+            await _until(lambda: len(fn._waiters) == 1)
+            with pytest.raises(Overloaded):  # the line is full for a new caller
+                await fn.invoke(_event(), "refused")
+            with pytest.raises(FunctionCrashed):
+                await first
+            answers = [_body(r) for r in await asyncio.gather(*ahead, late)]
+            assert [a["tag"] for a in answers] == ["next-0", "next-1", "late"]
+            assert len({a["pid"] for a in answers}) == 1  # the one replacement, in turn
+        assert _runs(tmp_path) == ["first", "next-0", "next-1", "late"]
+    uvloop.run(main())
+
+
 def test_close_fails_the_invocations_sent_ahead_and_leaves_no_process(tmp_path: Path) -> None:
     async def main() -> None:
         pool_cm = _pool(_fn("closing", _code(tmp_path), concurrency=1, min_instances=1,
