@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from . import customconfig, http2, writer
 from .errors import ProxyError, RequestTimeout
 from .handover import Cancel, on_task
-from .http1 import Limits, RequestHead, make_parser
+from .http1 import Limits, RequestHead, RequestParser, make_parser
 from .messages import ClientCertificate, Outcome, Request, Response
 from .recording import Recorder, tls_fields
 from .streams import RequestBody
@@ -68,6 +68,8 @@ def next_request_id() -> str:
 
 #: pipelined requests parsed ahead of the one in flight before we stop reading
 MAX_QUEUED = 8
+#: parsers a listener keeps for its connections between requests (ListenerContext.spare)
+SPARE_PARSERS = 256
 # Why reading is paused (HttpConnection.pauses): the reasons, as bits.
 PAUSED_QUEUE = 1  # enough pipelined requests are waiting, or the last one is in
 PAUSED_BODY = 2  # the backend is not reading the request body fast enough
@@ -165,7 +167,7 @@ class ListenerContext:
     __slots__ = ("listener", "scheme", "parser_kind", "limits", "state", "_extra_headers",
                  "gate", "server_header", "response_headers", "domain_headers", "plain",
                  "send_timeout", "wants_server_addr", "max_requests", "mutual",
-                 "connection_class")
+                 "connection_class", "spare")
 
     def __init__(self, listener: Listener, parser_kind: str, state: ServerState,
                  extra_headers: tuple[tuple[str, str], ...] = ()) -> None:
@@ -180,6 +182,9 @@ class ListenerContext:
         )
         self.state = state
         self._extra_headers = extra_headers
+        #: request parsers between requests, for the next connection that receives bytes: an
+        #: idle keep-alive connection holds none (SPARE_PARSERS at most are kept)
+        self.spare: list[RequestParser] = []
         #: counts this listener's connections against max_connections (listening.py)
         self.gate: AcceptGate | None = None
         #: the listener's tls.ServerTLS (HTTPS), which judges client certificates (MUTUAL)
@@ -242,7 +247,9 @@ class HttpConnection(asyncio.Protocol):
         self.ctx = ctx
         self.state = ctx.state
         self.transport: Any = None
-        self.parser = make_parser(ctx.parser_kind, ctx.limits)
+        #: the request parser while a request is on its way in or in flight; None while the
+        #: connection is idle (see _after_response: it waits in ``ctx.spare`` then)
+        self.parser: RequestParser | None = None
         self.client_ip = ""
         self.client_port = 0
         self.phase = IDLE
@@ -357,7 +364,8 @@ class HttpConnection(asyncio.Protocol):
             self.tunnel.client_eof()
             return self.half_close
         try:
-            self.parser.feed_eof()
+            if self.parser is not None:  # else it was idle: nothing was cut short
+                self.parser.feed_eof()
         except ProxyError as exc:
             self._fail(exc)
             return self.half_close
@@ -380,8 +388,13 @@ class HttpConnection(asyncio.Protocol):
         if self.phase == IDLE:
             self.phase = HEAD
             self.received_at = time.time()
+        parser = self.parser
+        if parser is None:
+            spare = self.ctx.spare
+            parser = self.parser = spare.pop() if spare else make_parser(
+                self.ctx.parser_kind, self.ctx.limits)
         try:
-            events = self.parser.feed(data)
+            events = parser.feed(data)
         except ProxyError as exc:
             self._fail(exc)
             return
@@ -396,11 +409,11 @@ class HttpConnection(asyncio.Protocol):
                 self._on_head(event)
             else:
                 self._on_end()
-        if self.parser.error is not None and not self.pauses & PAUSED_ERROR:
+        if parser.error is not None and not self.pauses & PAUSED_ERROR:
             # The requests before the broken bytes were delivered above; the error is
             # answered after them.
-            self._fail(self.parser.error)
-        elif self.phase == HEAD or (self.phase == IDLE and self.parser.partial_head):
+            self._fail(parser.error)
+        elif self.phase == HEAD or (self.phase == IDLE and parser.partial_head):
             # A head left incomplete (the first request's or a pipelined one's) must be done
             # within client_header_timeout; a head that came whole needs no deadline at all.
             self.phase = HEAD
@@ -542,7 +555,8 @@ class HttpConnection(asyncio.Protocol):
             # Linger too when the client sent more after its last request (pipelined after
             # "close"): closing with unread input would reset the connection and could take
             # this response with it (RFC 9112 §9.6).
-            self._close(linger=unread or bool(self.parser.trailing))
+            self._close(linger=unread or (self.parser is not None
+                                          and bool(self.parser.trailing)))
         else:
             self._after_response()
 
@@ -624,6 +638,15 @@ class HttpConnection(asyncio.Protocol):
             self._shut()
             return
         if self.phase == IDLE:
+            # Idle: what only a request needs goes (the floats back to the shared 0.0, the
+            # parser to the listener's spares), so an idle connection weighs less.
+            self.received_at = self.started = 0.0
+            parser = self.parser
+            if parser is not None and parser.between_requests:
+                self.parser = None
+                spare = self.ctx.spare
+                if len(spare) < SPARE_PARSERS:
+                    spare.append(parser)
             self._arm(self.ctx.listener.keepalive_timeout, HttpConnection._idle_timeout)
 
     # -- errors and timeouts ----------------------------------------------------------------

@@ -196,6 +196,12 @@ class RequestParser(ABC):
         return self._state == _HEAD and bool(self._buf)
 
     @property
+    def between_requests(self) -> bool:
+        """Nothing of a request is held and nothing went wrong: the parser is as good as new
+        (its connection may hand it to another one; ``_emit_head`` reset its head scan)."""
+        return self._state == _HEAD and not self._buf and self._error is None
+
+    @property
     def trailing(self) -> bytes:
         """Bytes received after the final request (Connection: close, HTTP/1.0 or Upgrade)."""
         return bytes(self._trailing)
