@@ -9,7 +9,8 @@ per request. Nothing here touches a socket, so the figure is the interpreter's w
 ``valgrind --tool=callgrind python benchmarks/inproc.py --requests N`` counts it in
 instructions that a loaded machine does not change: run it with two N (say 1000 and 3000) and
 divide the difference by 2000 to leave out start-up. ``--profile`` prints cProfile's top
-entries instead (``--sort cumulative`` and ``--top N`` choose which).
+entries instead (``--sort cumulative`` and ``--top N`` choose which). ``--access-log``
+turns the JSON access log on, written to /dev/null: the difference is what a line costs.
 
 ``--scf`` drives the SCF path instead: the scf scenario's config, the built-in Hello CLB
 function with one warm local instance (a real worker process: valgrind, without
@@ -117,7 +118,7 @@ class Origin:
 
 
 async def drive(requests: int, profile: bool, scf: bool = False, sort: str = "tottime",
-                top: int = 25) -> float:
+                top: int = 25, access_log: bool = False) -> float:
     from proxy.connection import HttpConnection
     from proxy.server import ProxyServer
 
@@ -141,7 +142,10 @@ async def drive(requests: int, profile: bool, scf: bool = False, sort: str = "to
         text = confs.proxy_listener(rules=[(confs.BENCH_DOMAIN, "/",
                                             confs.cvm_target(ORIGIN_PORT))])
     config = parse_document(text, None, Path.cwd(), label="inproc.toml")
-    server = ProxyServer(config, access_log=AccessLog(enabled=False))
+    # --access-log: the JSON lines go to /dev/null, through the log's own buffer and flushes
+    log = AccessLog(open(os.devnull, "wb"), enabled=True) if access_log \
+        else AccessLog(enabled=False)
+    server = ProxyServer(config, access_log=log)
     if scf:
         await server.backends.local.start()
     from proxy.connection import ListenerContext
@@ -193,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sort", default="tottime", choices=("tottime", "cumulative", "ncalls"),
                         help="--profile's order (default tottime: self time)")
     parser.add_argument("--top", type=int, default=25, help="--profile's entries (default 25)")
+    parser.add_argument("--access-log", action="store_true",
+                        help="the JSON access log on, written to /dev/null (its cost)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as state:
         os.environ.setdefault("CLBSCF_PROXY_STATE", state)
@@ -202,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             runner = uvloop.run
         except ImportError:  # pragma: no cover
             runner = asyncio.run
-        us = runner(drive(args.requests, args.profile, args.scf, args.sort, args.top))
+        us = runner(drive(args.requests, args.profile, args.scf, args.sort, args.top,
+                          args.access_log))
     print(f"{args.requests} {'SCF' if args.scf else 'CVM'} requests, {us:.1f} us of CPU per "
           f"request (in-process{', the proxy only' if args.scf else ', no sockets'})")
     return 0

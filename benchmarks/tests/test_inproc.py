@@ -26,6 +26,11 @@ def test_drives_scf_requests_through_a_real_instance(capsys: pytest.CaptureFixtu
     assert out.startswith("50 SCF requests, ") and "the proxy only" in out
 
 
+def test_the_access_log_can_be_on(capsys: pytest.CaptureFixture[str]) -> None:
+    assert inproc.main(["--requests", "200", "--access-log"]) == 0
+    assert capsys.readouterr().out.startswith("200 CVM requests, ")
+
+
 def test_profile_order_and_length(capsys: pytest.CaptureFixture[str]) -> None:
     assert inproc.main(["--requests", "50", "--profile", "--sort", "cumulative",
                         "--top", "6"]) == 0
