@@ -442,7 +442,7 @@ class HttpConnection(asyncio.Protocol):
             head.method, head.path, head.query, head.headers, b"", head.http_version,
             self.client_ip, self.client_port, self.ctx.scheme, self.ctx.listener.name,
             self.received_at, head.keep_alive, body, head.upgrade, next_request_id(),
-            self.server_addr,
+            self.server_addr, None, head.length,
         ))
         self.phase = BODY if has_body else HEAD
         self.heads += 1

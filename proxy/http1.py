@@ -91,6 +91,8 @@ class RequestHead:
     expect_continue: bool
     #: the Upgrade header value of a request asking to switch protocols, else ""
     upgrade: str
+    #: bytes of the head as received (request line, fields, the empty line)
+    length: int = 0
 
 
 class EndOfRequest:
@@ -327,6 +329,7 @@ class RequestParser(ABC):
             raw = bytes(memoryview(data)[pos:stop])
         self._check_head(raw)
         head = _interpret(raw, self._limits)
+        head.length = stop - pos
         events.append(head)
         self._closing = not head.keep_alive or bool(head.upgrade)
         if head.chunked:

@@ -14,7 +14,7 @@ made building a ``Request`` three times dearer, once per request on the hot path
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import ClientCertificateInvalid, ClientCertificateRequired, ProxyError
@@ -58,6 +58,9 @@ class Request:
     server_addr: str = ""
     #: mutual TLS listeners: what the client certificate check found (X-Client-Cert-*)
     client_cert: ClientCertificate | None = None
+    #: bytes of the request line and header block as received (CLB's request_length counts
+    #: them); 0 where there were none (HTTP/2: the length is worked out from the fields)
+    head_length: int = 0
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), or None."""
@@ -126,6 +129,11 @@ class Route:
     target: str
     #: this route's metric series, resolved when the router was built (metrics.RouteMeter)
     meter: Any = None
+    #: the rule as the logs and metrics name it: domain and url ("" for no rule)
+    rule: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.rule = f"{self.domain}{self.url}"
 
 
 @dataclass(slots=True)
