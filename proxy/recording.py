@@ -139,14 +139,17 @@ class Recorder:
         })
 
 
+#: the upstream_* fields of an answer refused before routing (``answered`` writes the same
+#: from _NO_TIMING)
 _NO_UPSTREAM: dict[str, object] = {
     "upstream_addr": "", "upstream_status": "", "upstream_connect_time": None,
     "upstream_header_time": None, "upstream_response_time": None,
 }
 
 
-#: CLB's upstream_* fields (seconds from the start of connecting to the upstream until the
-#: request went out, the head came, the response ended; null: it did not) without an upstream
+#: the timing of an answer that had no upstream (a function, a page of our own): its
+#: upstream_* fields (CLB's: seconds from the start of connecting to the upstream until the
+#: request went out, the head came, the response ended) are "" or null, as _NO_UPSTREAM's
 _NO_TIMING = UpstreamTiming("", 0.0)
 #: what an answer without a route (none matched, an error of our own) logs for the rule
 _NO_ROUTE = Route("", "", "", "", "")
