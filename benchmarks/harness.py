@@ -82,7 +82,9 @@ class Bench:
     sut_cpus: set[int] | None
     load_cpus: set[int] | None
     idle_connections: int
-    rounds: int = 1  # each side is measured this many times, alternating; the best is kept
+    rounds: int = 1  # each side is measured this many times, alternating
+    #: which round a side keeps (``pick_round``): "median" (issue 12's targets) or "best"
+    statistic: str = "median"
     #: the SCF scenarios' function's ``invocations_ahead`` (0: not written, as before the key)
     invocations_ahead: int = 0
     log: Callable[[str], None] = print
@@ -217,18 +219,35 @@ def fail(rows: Sequence[Row], which: str, exc: BaseException,
             row.extra[f"{which}_log"] = log
 
 
+#: the statistics a side's kept round can be chosen by (``pick_round``)
+STATISTICS = ("median", "best")
+
+
+def pick_round(rates: Sequence[float], statistic: str) -> int:
+    """The index of the round a side keeps: "median", the round whose rate is the median (of
+    an even count, the lower of the middle two: a real run, never a mean of two, and the
+    conservative one); "best", the highest rate."""
+    if statistic not in STATISTICS:
+        raise ValueError(f"unknown statistic {statistic!r} (choose from {', '.join(STATISTICS)})")
+    order = sorted(range(len(rates)), key=lambda i: (rates[i], i))
+    return order[-1] if statistic == "best" else order[(len(rates) - 1) // 2]
+
+
 def compare(bench: Bench, loads: Sequence[Load],
             starters: Mapping[str, Callable[[], procs.Server]]) -> None:
     """Start every server (OURS, PEER, FLOOR), run each load it fills on each in turn,
     ``bench.rounds`` times, stop them all.
 
-    Each side keeps its best round (highest requests/s): on a shared two-core machine a
-    neighbour's burst only ever slows a run down, so the best of alternating rounds is the
-    fairest single number; every round's rate is kept in the row's ``extra``.
+    Each side keeps one round, chosen by ``bench.statistic`` (``pick_round``): by default the
+    median of the alternating rounds, as issue 12's targets are stated; "best" keeps the
+    highest rate (a neighbour's burst on a shared machine only ever slows a run down). The
+    kept round gives every figure of the side (rate, latencies, CPU), and every round's rate
+    and CPU are kept in the row's ``extra``.
     Fail soft: a side that does not start fails its side of every row; a load that fails
     fails its row for that side, and the other side is still measured.
     """
     servers: dict[str, procs.Server] = {}
+    measured: dict[tuple[int, str], tuple[Side, list[Measured]]] = {}
     try:
         for which, start in starters.items():
             row, side = next(t for load in loads for t in load.targets(which))
@@ -242,8 +261,10 @@ def compare(bench: Bench, loads: Sequence[Load],
             for which, server in servers.items():
                 for i, load in enumerate(loads):
                     if load.targets(which) and (which, i) not in failed:
-                        if not _run_one(bench, which, server, load, round_no):
+                        if not _run_one(bench, which, server, load, round_no, measured):
                             failed.add((which, i))
+        for side, runs in measured.values():
+            runs[pick_round([run.wrk.rps for run in runs], bench.statistic)].fill(side)
     finally:
         for server in servers.values():
             server.stop()
@@ -253,7 +274,8 @@ def _rows(loads: Sequence[Load], which: str) -> list[Row]:
     return [row for load in loads for row, _ in load.targets(which)]
 
 
-def _run_one(bench: Bench, which: str, server: procs.Server, load: Load, round_no: int) -> bool:
+def _run_one(bench: Bench, which: str, server: procs.Server, load: Load, round_no: int,
+             kept: dict[tuple[int, str], tuple[Side, list[Measured]]]) -> bool:
     try:
         measured = bench.load(server, load, first=round_no == 0)
     except Exception as exc:  # noqa: BLE001
@@ -266,8 +288,7 @@ def _run_one(bench: Bench, which: str, server: procs.Server, load: Load, round_n
         row.extra.setdefault("cpu_rounds", {}).setdefault(side_name, []).append(
             round(proctree.total(measured.cpu), 2))
         side: Side = getattr(row, side_name)
-        if side.value is None or result.rps > side.value:
-            measured.fill(side)
+        kept.setdefault((id(row), side_name), (side, []))[1].append(measured)
     latency = ("" if result.p50_ms is None or result.p99_ms is None else
                f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms, ")
     bench.log(f"    {load.row.scenario} {which} round {round_no + 1}: {result.rps:,.0f} req/s, "

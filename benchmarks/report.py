@@ -27,7 +27,8 @@ class Side:
     p99_ms: float | None = None
     #: what went wrong for the load generator (socket errors, non-2xx) when it was tolerable
     notes: str = ""
-    #: CPU time of all its processes per request served, in the run kept (the best round)
+    #: CPU time of all its processes per request served, in the run kept (the round
+    #: ``Bench.statistic`` chose)
     cpu_us_per_request: float | None = None
     #: each process of that figure: {name, comm, pid, us_per_request}
     cpu_processes: list[dict[str, object]] = field(default_factory=list)

@@ -18,7 +18,7 @@ import pytest
 
 from benchmarks.tests.servers import serving
 from benchmarks import confs, procs, proctree
-from benchmarks.harness import FLOOR, OURS, PEER, Bench, Load, compare
+from benchmarks.harness import FLOOR, OURS, PEER, Bench, Load, compare, pick_round
 from benchmarks.report import Row, Side
 
 FAKE_PROXY = """\
@@ -94,9 +94,9 @@ def test_memory_counts_the_children_too(tmp_path: Path) -> None:
                 pass
 
 
-def bench(tmp_path: Path, rounds: int = 1) -> Bench:
+def bench(tmp_path: Path, rounds: int = 1, statistic: str = "median") -> Bench:
     return Bench(tmp_path, duration=1, connections=4, sut_cpus=None, load_cpus=None,
-                 idle_connections=10, rounds=rounds, log=lambda text: None)
+                 idle_connections=10, rounds=rounds, statistic=statistic, log=lambda text: None)
 
 
 def row() -> Row:
@@ -156,14 +156,36 @@ def test_wrong_answer_fails_the_row_before_any_load(tmp_path: Path) -> None:
     assert r.ours.value is None
 
 
-def test_each_side_keeps_its_best_round_of_real_wrk_runs(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("rates", "median", "best"), [
+    ([5.0], 0, 0),
+    ([3.0, 9.0, 6.0], 2, 1),
+    ([9.0, 3.0], 1, 0),  # even: the lower of the middle two
+    ([4.0, 8.0, 1.0, 6.0], 0, 1),
+    ([2.0, 2.0, 2.0], 1, 2),  # ties: by round order
+])
+def test_pick_round_keeps_the_median_or_the_best(rates: list[float], median: int,
+                                                 best: int) -> None:
+    assert pick_round(rates, "median") == median
+    assert pick_round(rates, "best") == best
+
+
+def test_pick_round_refuses_an_unknown_statistic() -> None:
+    with pytest.raises(ValueError, match="unknown statistic 'mean'"):
+        pick_round([1.0], "mean")
+
+
+@pytest.mark.parametrize("statistic", ["median", "best"])
+def test_each_side_keeps_the_round_its_statistic_picks_of_real_wrk_runs(
+        tmp_path: Path, statistic: str) -> None:
     r = row()
-    compare(bench(tmp_path, rounds=2), [Load(r, confs.ORIGIN_BODY.encode())],
-            {PEER: lambda: origin(tmp_path)})
+    compare(bench(tmp_path, rounds=3, statistic=statistic),
+            [Load(r, confs.ORIGIN_BODY.encode())], {PEER: lambda: origin(tmp_path)})
     assert not r.error, r.error
     rounds = r.extra["rounds"]["peer"]
-    assert len(rounds) == 2 and "ours" not in r.extra["rounds"]
-    assert r.peer.value is not None and round(r.peer.value) == max(rounds)
+    assert len(rounds) == 3 and "ours" not in r.extra["rounds"]
+    kept = pick_round(rounds, statistic)
+    assert r.peer.value is not None and round(r.peer.value) == rounds[kept]
+    assert r.peer.cpu_us_per_request == r.extra["cpu_rounds"]["peer"][kept]
     assert r.peer.p50_ms is not None and r.peer.p99_ms is not None
     assert 0 < r.peer.p50_ms <= r.peer.p99_ms
 

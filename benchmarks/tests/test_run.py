@@ -15,6 +15,8 @@ def test_defaults_are_the_issues_ten_seconds_fifty_connections() -> None:
     assert (args.duration, args.connections, args.rounds) == (10.0, 50, 2)
     assert args.only is None and args.out is None and not args.markdown
     assert args.idle_connections == 10_000
+    assert args.statistic == "median"  # issue 12's targets are medians of the rounds
+    assert build_parser().parse_args(["--statistic", "best"]).statistic == "best"
 
 
 def test_only_takes_several_known_scenarios() -> None:
