@@ -101,6 +101,8 @@ def end_to_end(request: Request, trusted: TrustedProxies,
     replaced by the peer's address)."""
     headers = request.headers
     lowers = [name.lower() for name, _ in headers]
+    if drop.isdisjoint(lowers):  # most requests: nothing to drop (Connection is in drop)
+        return list(headers), request.client_ip
     nominated = _connection_options(headers, lowers) if "connection" in lowers else frozenset()
     client_ip = request.client_ip
     keep_xff = not trusted.none and client_ip in trusted
