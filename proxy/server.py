@@ -77,7 +77,10 @@ class ProxyServer:
         region = config.scf.region if config.scf else DEFAULT_REGION
         # upstream pools and health state outlive reloads; large buffered uploads are spooled
         # under the state folder (as nginx's client_body_temp)
-        self.cvm = CvmUpstreams(spool_dir=tls.default_state_dir() / "client_body_temp")
+        # (the upstream timings are the access log's fields only: not taken without it)
+        access_log = access_log or AccessLog()
+        self.cvm = CvmUpstreams(spool_dir=tls.default_state_dir() / "client_body_temp",
+                                timed=access_log.enabled)
         self.backends = Backends(local=LocalFunctions(event_functions(config.functions),
                                                       region=region),
                                  cvm=self.cvm.bind,
@@ -93,7 +96,7 @@ class ProxyServer:
         self.table = table or Table(None, lambda text: self.config, None)
         self.table.attach(lambda: self.config, self.reload, self.check, self.metrics.registry)
         self.state = ServerState(Router(config, self.backends, self.metrics),
-                                 access_log or AccessLog(), self.metrics)
+                                 access_log, self.metrics)
         self._track()
         #: the last minute's totals, sampled once a second for the status page while an
         #: admin shows it (this process's, or the supervisor's for a worker)

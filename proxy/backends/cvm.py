@@ -340,7 +340,9 @@ class _Exchange:
         self._take()
 
     def _take(self) -> None:
-        self.timing = UpstreamTiming(self.target.pool.address, clock())
+        # the times are for the access log's upstream_* fields only: none without the log
+        self.timing = UpstreamTiming(self.target.pool.address, clock()) \
+            if self.target.timed else None
         conn = self.target.pool.take()
         if conn is None:
             self._connect()
@@ -478,14 +480,17 @@ class CvmTarget:
 
     __slots__ = ("pool", "passive", "check", "trusted", "connect_timeout", "read_timeout",
                  "buffering", "body_limit", "spool_dir", "redirect_prefixes", "send_timeout",
-                 "optional_headers")
+                 "optional_headers", "timed")
 
     def __init__(self, pool: Pool, passive: PassiveEjection, check: ActiveCheck,
                  listener: Listener, spool_dir: Path,
-                 domain: CustomConfig | None = None, scheme: str = "http") -> None:
+                 domain: CustomConfig | None = None, scheme: str = "http",
+                 timed: bool = True) -> None:
         """``domain``: the rule's domain's custom_config, over the listener's settings (which
-        already hold the listener's custom_config)."""
+        already hold the listener's custom_config); ``timed``: record each exchange's
+        UpstreamTiming (the access log's upstream_* fields; off when the log is)."""
         own = domain.overrides() if domain is not None else {}
+        self.timed = timed
         self.pool = pool
         self.passive = passive
         self.check = check
@@ -601,10 +606,13 @@ class CvmUpstreams:
 
     def __init__(self, *, max_idle: int = MAX_IDLE, idle_timeout: float = IDLE_TIMEOUT,
                  eject_after: int = 3, eject_for: float = 10.0,
-                 spool_dir: Path | None = None) -> None:
+                 spool_dir: Path | None = None, timed: bool = True) -> None:
         """``spool_dir``: where buffered request bodies too large for memory are kept (the
-        system's temp folder when not given; the server gives the state folder's)."""
+        system's temp folder when not given; the server gives the state folder's);
+        ``timed``: the targets record upstream timings (the server turns it off with its
+        access log: nothing else reads them)."""
         self.spool_dir = spool_dir or Path(tempfile.gettempdir())
+        self.timed = timed
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.eject_after = eject_after
@@ -639,7 +647,7 @@ class CvmUpstreams:
             pool = self._pools[key] = Pool(address, self.max_idle, self.idle_timeout,
                                            ssl_context=context)
         bound = CvmTarget(pool, passive, check, listener, self.spool_dir, rule.custom_config,
-                          "https" if context is not None else "http")
+                          "https" if context is not None else "http", self.timed)
         return bound, bound.usable
 
     def _check(self, listener: Listener, rule: Rule, target: Target,

@@ -68,9 +68,9 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 
 def run(test: Callable[[Env], Awaitable[Any]], *, read_timeout: float = 5.0,
         handler: Handler | None = None, address: str | None = None,
-        buffering: bool = False, spool_dir: Path | None = None) -> Any:
+        buffering: bool = False, spool_dir: Path | None = None, timed: bool = True) -> Any:
     """``buffering``: proxy_request_buffering (off by default here: most tests are about the
-    streamed exchange)."""
+    streamed exchange); ``timed``: CvmUpstreams' (upstream timings, the access log's)."""
     async def main() -> Any:
         upstream = Server("A")
         server = await asyncio.start_server(handler or upstream.serve, "127.0.0.1", 0)
@@ -81,7 +81,7 @@ def run(test: Callable[[Env], Awaitable[Any]], *, read_timeout: float = 5.0,
                             client_max_body_size=1 << 20)
         rule = Rule("a.test", "/", health_check=HealthCheck(enabled=False), targets=(target,),
                     location_id="loc-1")
-        upstreams = CvmUpstreams(eject_after=3, eject_for=10,
+        upstreams = CvmUpstreams(eject_after=3, eject_for=10, timed=timed,
                                  **({"spool_dir": spool_dir} if spool_dir else {}))
         bound, _ = upstreams.bind(listener, rule, target)
         assert isinstance(bound, CvmTarget)
@@ -152,6 +152,23 @@ def test_response_headers_drop_hop_by_hop_named_framing_date_and_server() -> Non
 
 
 # --- responses -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("timed", [True, False])
+def test_upstream_timings_are_taken_only_when_timed(timed: bool) -> None:
+    async def test(env: Env) -> None:
+        for path in ("/", "/download"):  # the body with the head, and one streamed after it
+            outcome = await env.target(_request("GET", path, "n=100000"), ROUTE)
+            body = await _read(outcome.response)
+            assert outcome.response.status == 200 and body
+            timing = outcome.upstream
+            if not timed:
+                assert timing is None
+                continue
+            assert timing is not None and timing.status == 200
+            assert timing.address == env.target.pool.address
+            assert 0 < timing.start <= timing.sent <= timing.header <= timing.done
+    run(test, timed=timed)
+
 
 def test_get_streams_the_body_and_reuses_the_connection() -> None:
     async def test(env: Env) -> None:
