@@ -68,6 +68,7 @@ class Measured:
         side.value, side.p50_ms, side.p99_ms = result.rps, result.p50_ms, result.p99_ms
         side.notes = result.notes()
         side.cpu_us_per_request = round(proctree.total(self.cpu), 2)
+        side.cpu_system_us_per_request = round(proctree.system_total(self.cpu), 2)
         side.cpu_processes = [p.as_json() for p in self.cpu]
         side.origin_cpu_us_per_request = (None if self.origin_cpu_us is None
                                           else round(self.origin_cpu_us, 2))
@@ -292,5 +293,6 @@ def _run_one(bench: Bench, which: str, server: procs.Server, load: Load, round_n
     latency = ("" if result.p50_ms is None or result.p99_ms is None else
                f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms, ")
     bench.log(f"    {load.row.scenario} {which} round {round_no + 1}: {result.rps:,.0f} req/s, "
-              f"{latency}CPU {proctree.total(measured.cpu):.1f} µs/req")
+              f"{latency}CPU {proctree.total(measured.cpu):.1f} µs/req "
+              f"(kernel {proctree.system_total(measured.cpu):.1f})")
     return True

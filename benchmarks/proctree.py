@@ -1,6 +1,7 @@
 """Process trees and their CPU time, read from /proc/PID/stat.
 
-Owns reading one process's stat line (command name, parent, utime + stime, start time), the
+Owns reading one process's stat line (command name, parent, utime + stime and stime alone,
+start time), the
 tree under a root pid (walked through every process's parent), a snapshot of the CPU time of
 named trees and the CPU time per request between two snapshots. A process is known by its pid
 and its start time, so a pid reused during a run is a new process; one absent from the first
@@ -25,6 +26,9 @@ class Stat:
     ppid: int
     ticks: int  # utime + stime: this process's own CPU time, all its threads
     start: int  # start time after boot, in ticks: tells a reused pid from the old process
+    #: stime alone: the part of ``ticks`` spent in the kernel (system calls, and the network
+    #: stack's work done on the process's behalf)
+    system: int = 0
 
 
 @dataclass(frozen=True)
@@ -35,10 +39,13 @@ class ProcCpu:
     comm: str
     pid: int
     us_per_request: float
+    #: the part of ``us_per_request`` spent in the kernel (stime)
+    system_us_per_request: float = 0.0
 
     def as_json(self) -> dict[str, object]:
         return {"name": self.name, "comm": self.comm, "pid": self.pid,
-                "us_per_request": round(self.us_per_request, 2)}
+                "us_per_request": round(self.us_per_request, 2),
+                "system_us_per_request": round(self.system_us_per_request, 2)}
 
 
 def parse_stat(pid: int, text: str) -> Stat:
@@ -46,7 +53,7 @@ def parse_stat(pid: int, text: str) -> Stat:
     comm = text[text.index("(") + 1: text.rindex(")")]
     fields = text[text.rindex(")") + 2:].split()  # fields[0] is field 3 (state) of proc(5)
     return Stat(pid=pid, comm=comm, ppid=int(fields[1]), ticks=int(fields[11]) + int(fields[12]),
-                start=int(fields[19]))
+                start=int(fields[19]), system=int(fields[12]))
 
 
 def all_stats() -> dict[int, Stat]:
@@ -100,9 +107,16 @@ def per_request(before: Snapshot, after: Snapshot, requests: int) -> list[ProcCp
     for key, (name, stat) in after.items():
         earlier = before.get(key)
         ticks = stat.ticks - (earlier[1].ticks if earlier else 0)
-        found.append(ProcCpu(name, stat.comm, stat.pid, ticks * us_per_tick / max(1, requests)))
+        system = stat.system - (earlier[1].system if earlier else 0)
+        found.append(ProcCpu(name, stat.comm, stat.pid, ticks * us_per_tick / max(1, requests),
+                             system * us_per_tick / max(1, requests)))
     return sorted(found, key=lambda p: (-p.us_per_request, p.pid))
 
 
 def total(processes: Sequence[ProcCpu]) -> float:
     return sum(p.us_per_request for p in processes)
+
+
+def system_total(processes: Sequence[ProcCpu]) -> float:
+    """The kernel's part of ``total``."""
+    return sum(p.system_us_per_request for p in processes)

@@ -30,7 +30,9 @@ class Side:
     #: CPU time of all its processes per request served, in the run kept (the round
     #: ``Bench.statistic`` chose)
     cpu_us_per_request: float | None = None
-    #: each process of that figure: {name, comm, pid, us_per_request}
+    #: the kernel's part of it (stime: system calls and the network stack's work for them)
+    cpu_system_us_per_request: float | None = None
+    #: each process of that figure: {name, comm, pid, us_per_request, system_us_per_request}
     cpu_processes: list[dict[str, object]] = field(default_factory=list)
     #: the shared origin's CPU time per request in that run (in neither side's total)
     origin_cpu_us_per_request: float | None = None

@@ -210,6 +210,11 @@ def test_floor_fills_its_row_beside_the_same_peer_runs_with_cpu_per_request(
         assert side.cpu_us_per_request is not None and side.cpu_us_per_request > 0
         assert side.cpu_us_per_request == round(sum(
             float(str(p["us_per_request"])) for p in side.cpu_processes), 2)
+        # the kernel's part: loopback networking is system time, and never more than the whole
+        assert side.cpu_system_us_per_request is not None
+        assert 0 < side.cpu_system_us_per_request <= side.cpu_us_per_request
+        assert side.cpu_system_us_per_request == round(sum(
+            float(str(p["system_us_per_request"])) for p in side.cpu_processes), 2)
         # the origin is in neither side's figure but measured in the same runs
         assert side.origin_cpu_us_per_request is not None and side.origin_cpu_us_per_request > 0
 

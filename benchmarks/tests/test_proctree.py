@@ -24,6 +24,7 @@ def test_stat_line_with_spaces_and_parentheses_in_the_name() -> None:
     assert stat.comm == "my (odd) name"
     assert stat.ppid == 4
     assert stat.ticks == 14 + 15  # utime + stime
+    assert stat.system == 15  # stime
     assert stat.start == 22
 
 
@@ -32,6 +33,7 @@ def test_own_stat_matches_os_times() -> None:
     assert stat.ppid == os.getppid()
     times = os.times()
     assert abs(stat.ticks / proctree.TICKS_PER_S - (times.user + times.system)) < 0.1
+    assert abs(stat.system / proctree.TICKS_PER_S - times.system) < 0.1
 
 
 def test_a_child_started_during_the_run_counts_from_zero() -> None:
@@ -61,10 +63,12 @@ def test_a_child_started_during_the_run_counts_from_zero() -> None:
 
 
 def test_a_reused_pid_is_a_new_process() -> None:
-    old = proctree.Stat(pid=7, comm="old", ppid=1, ticks=500, start=10)
-    new = proctree.Stat(pid=7, comm="new", ppid=1, ticks=20, start=99)
+    old = proctree.Stat(pid=7, comm="old", ppid=1, ticks=500, start=10, system=100)
+    new = proctree.Stat(pid=7, comm="new", ppid=1, ticks=20, start=99, system=5)
     before: proctree.Snapshot = {(7, 10): ("s", old)}
     after: proctree.Snapshot = {(7, 99): ("s", new)}
     (cpu,) = proctree.per_request(before, after, requests=10)
     assert cpu.comm == "new"
     assert cpu.us_per_request == 20 * 1e6 / proctree.TICKS_PER_S / 10
+    assert cpu.system_us_per_request == 5 * 1e6 / proctree.TICKS_PER_S / 10
+    assert proctree.system_total([cpu]) == cpu.system_us_per_request
