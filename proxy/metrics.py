@@ -467,17 +467,30 @@ class RouteMeter:
 
 
 class FunctionMeter(RouteMeter):
-    """A route to a function: each request is also an invocation."""
+    """A route to a function: each request is also an invocation. A warm one that went well
+    (most of them) counts through the two series it resolved the first time; the others go by
+    their labels."""
 
-    __slots__ = ("_function",)
+    __slots__ = ("_function", "_ok", "_took")
 
     def __init__(self, metrics: ProxyMetrics, key: tuple[str, str, str]) -> None:
         super().__init__(metrics, key)
         self._function = key[2].partition(":")[2]
+        self._ok: CounterChild | None = None
+        self._took: HistogramChild | None = None
 
     def observe_target(self, error: str, cold_start: bool, function_ms: float) -> None:
-        self._metrics.observe_invocation(self._function, cold_start, error or "ok",
-                                         function_ms / 1000.0 if not error else None)
+        if error or cold_start:
+            self._metrics.observe_invocation(self._function, cold_start, error or "ok",
+                                             function_ms / 1000.0 if not error else None)
+            return
+        ok, took = self._ok, self._took
+        if ok is None or took is None:
+            metrics = self._metrics
+            ok = self._ok = metrics.invocations.labels(self._function, "ok")
+            took = self._took = metrics.invocation_duration.labels(self._function)
+        ok.value += 1
+        took.observe(function_ms / 1000.0)
 
 
 class UpstreamMeter(RouteMeter):

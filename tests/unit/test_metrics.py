@@ -221,6 +221,23 @@ def test_proxy_metrics_invocations_cold_starts_queue_and_instances() -> None:
     assert not any(name == "clbscf_function_instances" for name, _ in parse(metrics.render()))
 
 
+def test_a_function_route_counts_every_invocation_by_outcome_and_its_warm_durations() -> None:
+    metrics = ProxyMetrics()
+    meter = metrics.route_meter("web", "a.test/", "SCF:default/hello", "SCF")
+    meter.observe_target("", True, 300.0)  # cold
+    for ms in (10.0, 20.0, 2500.0):  # warm, through the series resolved once
+        meter.observe_target("", False, ms)
+    meter.observe_target("timeout", False, 0.0)
+    samples = parse(metrics.render())
+    fn = (("function", "default/hello"),)
+    assert samples[("clbscf_function_invocations_total", fn + (("outcome", "ok"),))] == 4
+    assert samples[("clbscf_function_invocations_total", fn + (("outcome", "timeout"),))] == 1
+    assert samples[("clbscf_function_cold_starts_total", fn)] == 1
+    assert samples[("clbscf_function_duration_seconds_count", fn)] == 4
+    assert samples[("clbscf_function_duration_seconds_sum", fn)] == pytest.approx(2.83)
+    assert samples[("clbscf_function_duration_seconds_bucket", fn + (("le", "+Inf"),))] == 4
+
+
 def test_proxy_metrics_upstreams_connections_and_reloads() -> None:
     metrics = ProxyMetrics()
     metrics.set_upstream_health("web", "example.com/", "10.0.0.7:8080", False)
