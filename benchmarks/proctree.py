@@ -1,11 +1,11 @@
 """Process trees and their CPU time, read from /proc/PID/stat.
 
 Owns reading one process's stat line (command name, parent, utime + stime and stime alone,
-start time), the
-tree under a root pid (walked through every process's parent), a snapshot of the CPU time of
-named trees and the CPU time per request between two snapshots. A process is known by its pid
-and its start time, so a pid reused during a run is a new process; one absent from the first
-snapshot (started during the run) counts from zero. Knows nothing of servers or wrk.
+start time), the tree under a root pid (walked through every process's parent), a snapshot of
+the CPU time of named trees and the CPU time per request between two snapshots. A process is
+known by its pid and its start time, so a pid reused during a run is a new process; one absent
+from the first snapshot (started during the run) counts from zero. Knows nothing of servers or
+wrk.
 """
 
 from __future__ import annotations
