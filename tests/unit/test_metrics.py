@@ -201,6 +201,18 @@ def test_proxy_metrics_count_requests_by_route_and_status() -> None:
     assert samples[("clbscf_requests_total", unmatched)] == 1
 
 
+def invocation_counts(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float],
+                      function: str) -> dict[str, float]:
+    """A function's invocation series: ok and timed-out invocations, cold starts, and the
+    invocations with a duration observed."""
+    fn = (("function", function),)
+    return {"ok": samples[("clbscf_function_invocations_total", fn + (("outcome", "ok"),))],
+            "timeout": samples[("clbscf_function_invocations_total",
+                                fn + (("outcome", "timeout"),))],
+            "cold": samples[("clbscf_function_cold_starts_total", fn)],
+            "timed": samples[("clbscf_function_duration_seconds_count", fn)]}
+
+
 def test_proxy_metrics_invocations_cold_starts_queue_and_instances() -> None:
     metrics = ProxyMetrics()
     metrics.observe_invocation("default/hello", True, "ok", 0.3)
@@ -211,10 +223,8 @@ def test_proxy_metrics_invocations_cold_starts_queue_and_instances() -> None:
     metrics.track_instances(lambda: stats)
     samples = parse(metrics.render())
     fn = (("function", "default/hello"),)
-    assert samples[("clbscf_function_invocations_total", fn + (("outcome", "ok"),))] == 2
-    assert samples[("clbscf_function_invocations_total", fn + (("outcome", "timeout"),))] == 1
-    assert samples[("clbscf_function_cold_starts_total", fn)] == 1
-    assert samples[("clbscf_function_duration_seconds_count", fn)] == 2
+    assert invocation_counts(samples, "default/hello") == {
+        "ok": 2, "timeout": 1, "cold": 1, "timed": 2}
     assert samples[("clbscf_function_queue_wait_seconds_count", fn)] == 1
     assert samples[("clbscf_function_instances", fn + (("state", "busy"),))] == 2
     stats.clear()  # the function went away at a reload: its instance series go too
@@ -230,10 +240,8 @@ def test_a_function_route_counts_every_invocation_by_outcome_and_its_warm_durati
     meter.observe_target("timeout", False, 0.0)
     samples = parse(metrics.render())
     fn = (("function", "default/hello"),)
-    assert samples[("clbscf_function_invocations_total", fn + (("outcome", "ok"),))] == 4
-    assert samples[("clbscf_function_invocations_total", fn + (("outcome", "timeout"),))] == 1
-    assert samples[("clbscf_function_cold_starts_total", fn)] == 1
-    assert samples[("clbscf_function_duration_seconds_count", fn)] == 4
+    assert invocation_counts(samples, "default/hello") == {
+        "ok": 4, "timeout": 1, "cold": 1, "timed": 4}
     assert samples[("clbscf_function_duration_seconds_sum", fn)] == pytest.approx(2.83)
     assert samples[("clbscf_function_duration_seconds_bucket", fn + (("le", "+Inf"),))] == 4
 
